@@ -1,0 +1,53 @@
+"""Every error leaves the API as application/problem+json (RFC 9457), mapped in one place."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import GenqError
+
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, *, type_: str = "about:blank",
+            errors: list[dict] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict = {"type": type_, "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict]:
+    """Location and reason of each error; the offending input is not echoed back."""
+    return [{"loc": list(err.get("loc", ())), "msg": err.get("msg", "invalid")}
+            for err in exc.errors()]
+
+
+async def _genq_error(_request: Request, exc: GenqError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return problem(exc.status, exc.title, exc.detail, type_=exc.type, errors=exc.errors,
+                   headers=headers)
+
+
+async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = _validation_errors(exc)
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    return problem(422, "Invalid request", f"{where}: {first['msg']}",
+                   type_="https://genq.dev/problems/invalid-request", errors=errors)
+
+
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    title = HTTPStatus(exc.status_code).phrase
+    return problem(exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GenqError, _genq_error)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

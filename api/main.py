@@ -1,0 +1,43 @@
+"""The genq REST API: builds the app and gathers the routers."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.metrics import MetricsMiddleware
+from api.routes import catalogue, health, jobs, usage
+from api.services import Services
+from models.logging import configure_logging
+from models.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app bound to `settings` (the process settings when not given)."""
+    settings = settings or get_settings()
+    services = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        services.publisher.close()
+
+    app = FastAPI(title="genq", version="1", lifespan=lifespan,
+                  description="Text and image generation jobs, queued, retried and costed.")
+    app.state.services = services
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    for module in (jobs, catalogue, usage, health):
+        app.include_router(module.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for uvicorn (`--factory`)."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

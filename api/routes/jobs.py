@@ -1,0 +1,53 @@
+"""`/v1/jobs`: submit, poll, list, and fetch generated images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api.deps import KeyDep, ServicesDep, SessionDep
+from api.submit import submit_job
+from models.attempts import get_image
+from models.errors import JobNotFound
+from models.jobs import get_job, job_public, list_jobs
+from models.schemas import JobCreate, JobList, JobPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+def create(body: JobCreate, key: KeyDep, services: ServicesDep, response: Response,
+           idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
+    """Accept a job; poll the URL in `Location` for its result."""
+    job = submit_job(services, key_id=key.id, body=body, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_public(job)
+
+
+@router.get("", response_model=JobList)
+def index(key: KeyDep, session: SessionDep, status: StatusFilter | None = None,
+          limit: Annotated[int, Query(ge=1, le=100)] = 20,
+          cursor: Annotated[str | None, Query(max_length=200)] = None) -> JobList:
+    """The key's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    jobs, next_cursor = list_jobs(session, key_id=key.id, status=status, limit=limit,
+                                  cursor=cursor)
+    return JobList(data=[job_public(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
+    return job_public(get_job(session, job_id=job_id, key_id=key.id))
+
+
+@router.get("/{job_id}/images/{index}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def image(job_id: str, index: int, key: KeyDep, session: SessionDep) -> Response:
+    """The bytes of one generated image."""
+    get_job(session, job_id=job_id, key_id=key.id)
+    stored = get_image(session, job_id=job_id, index=index)
+    if stored is None:
+        raise JobNotFound(f"job {job_id!r} has no image {index}")
+    return Response(stored.data, media_type=stored.content_type,
+                    headers={"Cache-Control": "private, max-age=86400"})

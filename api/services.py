@@ -1,0 +1,34 @@
+"""What a running API holds: settings, engine, catalogue and publisher, built once per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from api.enqueue import Publisher
+from models.catalogue import Catalogue, get_catalogue
+from models.db import get_engine
+from models.policy import Defaults
+from models.settings import Settings
+from models.tokens import install_encodings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    catalogue: Catalogue
+    publisher: Publisher
+
+    @property
+    def defaults(self) -> Defaults:
+        return Defaults(text_model=self.settings.default_text_model,
+                        image_model=self.settings.default_image_model)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        install_encodings(settings.tiktoken_cache_dir)
+        return cls(settings=settings, engine=get_engine(settings.database_url),
+                   catalogue=get_catalogue(settings.catalogue_path),
+                   publisher=Publisher(settings.redis_url))

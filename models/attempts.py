@@ -1,0 +1,69 @@
+"""Attempts (one row per provider call) and generated images, and how a job's totals follow them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Column, DateTime, LargeBinary, Text
+from sqlmodel import Field, Session, SQLModel, select
+
+from models.db import Money, utcnow
+from models.jobs import Job
+
+SUCCEEDED, RETRYABLE, FAILED = "succeeded", "retryable_error", "failed"
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=32)
+    number: int
+    model: str = Field(max_length=100)
+    provider: str = Field(max_length=32)
+    worker: str | None = Field(default=None, max_length=200)
+    outcome: str = Field(max_length=32)
+    http_status: int | None = None
+    error_type: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    latency_ms: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    cost_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    finished_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class Image(SQLModel, table=True):
+    """Generated images live in the database: one transaction stores them with the job's end."""
+
+    __tablename__ = "images"
+
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True, max_length=32)
+    index: int = Field(primary_key=True)
+    content_type: str = Field(default="image/png", max_length=64)
+    width: int
+    height: int
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+def add_attempt(session: Session, *, job: Job, attempt: Attempt) -> None:
+    """Store one provider call and fold its usage and cost into the job's totals."""
+    session.add(attempt)
+    job.attempts += 1
+    job.prompt_tokens += attempt.prompt_tokens
+    job.completion_tokens += attempt.completion_tokens
+    job.cost_usd += attempt.cost_usd
+    session.add(job)
+
+
+def get_image(session: Session, *, job_id: str, index: int) -> Image | None:
+    return session.exec(select(Image).where(Image.job_id == job_id, Image.index == index)).first()
+
+
+def list_attempts(session: Session, *, job_id: str) -> list[Attempt]:
+    query = select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)
+    return list(session.exec(query))

@@ -1,0 +1,129 @@
+"""The model catalogue: prices and limits, loaded from a TOML data file (never from code)."""
+
+from __future__ import annotations
+
+import tomllib
+from decimal import Decimal
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.errors import CatalogueError
+
+Kind = Literal["text", "image"]
+Tier = Literal["economy", "balanced", "premium"]
+PER_MILLION = Decimal(1_000_000)
+
+
+class ModelSpec(BaseModel):
+    """One catalogue entry: what a model costs and what it accepts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    kind: Kind
+    tier: Tier
+    provider: str = "openai"
+    context_window: int = Field(gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    input_per_1m: Decimal = Field(default=Decimal(0), ge=0)
+    cached_input_per_1m: Decimal = Field(default=Decimal(0), ge=0)
+    output_per_1m: Decimal = Field(default=Decimal(0), ge=0)
+    max_images: int = Field(default=1, ge=1)
+    #: quality -> size -> USD per image
+    image_prices: dict[str, dict[str, Decimal]] = Field(default_factory=dict)
+    encoding: str = "o200k_base"
+
+    @model_validator(mode="after")
+    def _kind_has_prices(self) -> ModelSpec:
+        if self.kind == "text" and self.max_output_tokens is None:
+            raise ValueError("text models need max_output_tokens")
+        if self.kind == "image" and not self.image_prices:
+            raise ValueError("image models need image_prices")
+        return self
+
+    @property
+    def sizes(self) -> list[str]:
+        """Every size any quality of this model supports, in catalogue order."""
+        return list(dict.fromkeys(s for q in self.image_prices.values() for s in q))
+
+    @property
+    def default_quality(self) -> str:
+        """The first quality listed is the cheapest and the default."""
+        return next(iter(self.image_prices))
+
+    def image_price(self, size: str, quality: str | None) -> Decimal | None:
+        """USD per image, or None when the model does not offer this size/quality."""
+        return self.image_prices.get(quality or self.default_quality, {}).get(size)
+
+    def public(self) -> dict:
+        """The catalogue entry as `GET /v1/models` shows it."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class Catalogue:
+    """All known models by id."""
+
+    def __init__(self, specs: dict[str, ModelSpec]):
+        self._specs = specs
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return self._specs.get(model_id)
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._specs
+
+
+def _read(text: str, source: str) -> dict[str, dict]:
+    try:
+        data = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogueError(f"{source}: {exc}") from None
+    models = data.get("models")
+    if not isinstance(models, dict):
+        raise CatalogueError(f"{source}: expected a [models.<id>] table")
+    return models
+
+
+def _build(raw: dict[str, dict], source: str) -> dict[str, ModelSpec]:
+    specs = {}
+    for model_id, entry in raw.items():
+        try:
+            specs[model_id] = ModelSpec(id=model_id, **entry)
+        except (ValidationError, TypeError) as exc:
+            detail = _first_error(exc)
+            raise CatalogueError(f"{source}: model {model_id!r}: {detail}") from None
+    return specs
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "entry"
+        return f"{loc}: {err['msg']}"
+    return str(exc)
+
+
+def load_catalogue(extra_path: Path | None = None) -> Catalogue:
+    """Built-in catalogue, extended or overridden entry by entry by the file at `extra_path`."""
+    builtin = resources.files("models.data").joinpath("catalogue.toml").read_text()
+    raw = _read(builtin, "built-in catalogue")
+    if extra_path is not None:
+        try:
+            text = Path(extra_path).read_text()
+        except OSError as exc:
+            raise CatalogueError(f"{extra_path}: {exc.strerror}") from None
+        raw |= _read(text, str(extra_path))
+    return Catalogue(_build(raw, "catalogue"))
+
+
+@lru_cache
+def get_catalogue(extra_path: Path | None = None) -> Catalogue:
+    """Cached catalogue for the process."""
+    return load_catalogue(extra_path)

@@ -1,0 +1,83 @@
+"""The one tree of genq errors; the API maps them to problem+json in a single handler."""
+
+from __future__ import annotations
+
+
+class GenqError(Exception):
+    """Base of every error genq raises on purpose."""
+
+    status = 500
+    title = "Internal error"
+    type = "about:blank"
+
+    def __init__(self, detail: str, *, errors: list[dict] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class CatalogueError(GenqError):
+    """The model catalogue file is broken; genq refuses to start."""
+
+    title = "Invalid model catalogue"
+
+
+class InvalidRequest(GenqError):
+    """The request is well-formed JSON but asks for something genq cannot do."""
+
+    status = 422
+    title = "Invalid request"
+    type = "https://genq.dev/problems/invalid-request"
+
+
+class Unauthorized(GenqError):
+    status = 401
+    title = "Unauthorized"
+    type = "https://genq.dev/problems/unauthorized"
+
+
+class JobNotFound(GenqError):
+    status = 404
+    title = "Job not found"
+    type = "https://genq.dev/problems/not-found"
+
+
+class Conflict(GenqError):
+    status = 409
+    title = "Conflict"
+    type = "https://genq.dev/problems/conflict"
+
+
+class PayloadTooLarge(GenqError):
+    status = 413
+    title = "Request body too large"
+    type = "https://genq.dev/problems/payload-too-large"
+
+
+class NotReady(GenqError):
+    status = 503
+    title = "Service not ready"
+    type = "https://genq.dev/problems/not-ready"
+
+
+class ProviderError(GenqError):
+    """A model call failed. `status_code` is the provider's HTTP status when there was one."""
+
+    retryable = False
+
+    def __init__(self, detail: str, *, status_code: int | None = None,
+                 retry_after_s: float | None = None, kind: str = "provider_error"):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+        self.kind = kind
+
+
+class RetryableProviderError(ProviderError):
+    """429, 5xx, timeouts and connection errors: worth another attempt."""
+
+    retryable = True
+
+
+class PermanentProviderError(ProviderError):
+    """Any other 4xx: retrying would fail the same way and cost money."""

@@ -1,0 +1,167 @@
+"""Jobs: the table, and the keyword-only functions that move a job through its life.
+
+Status flow: queued → running → succeeded | failed. A worker owns a running job through a claim
+token; finishing is guarded by that token, so a duplicate message can never run or finish a job
+that another delivery has claimed.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint, update
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from models.db import Money, utcnow
+from models.errors import InvalidRequest, JobNotFound
+from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
+from models.schemas import JobPublic, UsagePublic
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "running", "succeeded", "failed", "cancelled",
+)
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),
+        Index("ix_jobs_key_created", "key_id", "created_at", "id"),
+    )
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, primary_key=True, max_length=32)
+    key_id: str = Field(foreign_key="api_keys.id", max_length=32)
+    kind: str = Field(max_length=16)
+    status: str = Field(default=QUEUED, max_length=16, index=True)
+    model: str = Field(max_length=100)
+    provider: str | None = Field(default=None, max_length=32)
+    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
+    estimated_cost_usd: Decimal | None = Field(default=None, sa_type=Money)
+    output_text: str | None = Field(default=None, sa_column=Column(Text))
+    image_count: int = 0
+    error_type: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    claim_token: str | None = Field(default=None, max_length=32)
+    worker: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every genq datetime is UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def create_job(session: Session, *, job: Job) -> Job:
+    """Insert a queued job; with an idempotency key, return the first job stored under it."""
+    if job.idempotency_key:
+        existing = session.exec(
+            select(Job).where(Job.key_id == job.key_id,
+                              Job.idempotency_key == job.idempotency_key)
+        ).first()
+        if existing is not None:
+            return existing
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:
+    """The job, seen through `key_id` when given: another key's job does not exist for it."""
+    job = session.get(Job, job_id)
+    if job is None or (key_id is not None and job.key_id != key_id):
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{aware(job.created_at).isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), job_id
+    except ValueError:
+        raise InvalidRequest("cursor is not one that genq returned") from None
+
+
+def list_jobs(session: Session, *, key_id: str, status: str | None, limit: int,
+              cursor: str | None) -> tuple[list[Job], str | None]:
+    """Newest first, keyset-paginated so pages stay stable while jobs are added."""
+    query = select(Job).where(Job.key_id == key_id)
+    if status:
+        query = query.where(Job.status == status)
+    if cursor:
+        stamp, last_id = decode_cursor(cursor)
+        stamp = stamp if session.bind.dialect.name != "sqlite" else stamp.replace(tzinfo=None)
+        query = query.where(
+            (col(Job.created_at) < stamp) | ((col(Job.created_at) == stamp) & (col(Job.id) < last_id))
+        )
+    query = query.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit + 1)
+    rows = list(session.exec(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (encode_cursor(rows[-1]) if more else None)
+
+
+def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> str | None:
+    """Atomically move a queued job to running; the claim token, or None if already taken."""
+    token = uuid.uuid4().hex
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
+        .values(status=RUNNING, claim_token=token, worker=worker, started_at=now,
+                lease_until=now + timedelta(seconds=lease_s))
+    )
+    return token if result.rowcount == 1 else None
+
+
+def owned_job(session: Session, *, job_id: str, token: str) -> Job | None:
+    """The running job if this claim still owns it (row-locked on PostgreSQL)."""
+    query = select(Job).where(Job.id == job_id, Job.status == RUNNING, Job.claim_token == token)
+    return session.exec(query.with_for_update()).first()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return aware(moment).isoformat() if moment else None
+
+
+def job_public(job: Job) -> JobPublic:
+    """The contract-v1 view of a job."""
+    output: dict[str, Any] | None = None
+    if job.status == SUCCEEDED and job.kind == "text":
+        output = {"text": job.output_text}
+    elif job.status == SUCCEEDED:
+        output = {"images": [{"url": f"/v1/jobs/{job.id}/images/{i}", "content_type": "image/png"}
+                             for i in range(job.image_count)]}
+    error = {"type": job.error_type, "message": job.error_message or ""} if job.error_type else None
+    return JobPublic(
+        id=job.id, kind=job.kind, status=job.status, model=job.model, provider=job.provider,
+        attempts=job.attempts, output=output,
+        usage=UsagePublic(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens,
+                          total_tokens=job.prompt_tokens + job.completion_tokens),
+        cost_usd=float(job.cost_usd),
+        estimated_cost_usd=None if job.estimated_cost_usd is None else float(job.estimated_cost_usd),
+        error=error, metadata=job.meta or {}, created_at=_iso(job.created_at),
+        started_at=_iso(job.started_at), finished_at=_iso(job.finished_at),
+    )

@@ -1,0 +1,48 @@
+"""structlog set-up shared by API, workers and CLI: JSON lines, or console text in `genq dev`."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import structlog
+
+from models.settings import Settings
+
+#: anything that looks like an API secret is masked before a line is written
+SECRET_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|genq_[A-Za-z0-9_\-]{10,})")
+
+
+def redact(text: str) -> str:
+    """Mask OpenAI and genq secrets inside free text."""
+    return SECRET_PATTERN.sub(lambda m: m.group(0)[:5] + "***", text)
+
+
+def _redact_event(_logger, _name, event_dict: dict) -> dict:
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route stdlib and structlog output through one renderer at the configured level."""
+    renderer = (structlog.dev.ConsoleRenderer(colors=False) if settings.log_format == "console"
+                else structlog.processors.JSONRenderer())
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_event,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=renderer, foreign_pre_chain=[structlog.stdlib.add_log_level, _redact_event]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)

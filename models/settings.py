@@ -1,0 +1,114 @@
+"""genq settings: one pydantic-settings object, read from `GENQ_*` variables and a `.env` file."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything genq reads from its environment, validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GENQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///./genq.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    provider: Literal["auto", "openai", "offline"] = "auto"
+
+    # The OpenAI SDK's own variables, read without the GENQ_ prefix.
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "GENQ_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "GENQ_OPENAI_BASE_URL")
+    )
+    openai_timeout_s: float = Field(default=60.0, gt=0)
+
+    offline_latency_ms: int = Field(default=0, ge=0, le=600_000)
+    offline_faults: str = ""
+
+    default_text_model: str = "gpt-4.1-nano"
+    default_image_model: str = "dall-e-2"
+    catalogue_path: Path | None = None
+
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    retry_initial_s: float = Field(default=0.5, ge=0)
+    retry_max_s: float = Field(default=20.0, ge=0)
+    retry_after_cap_s: float = Field(default=60.0, ge=0)
+
+    worker_concurrency: int = Field(default=8, ge=1, le=512)
+    lease_s: int = Field(default=600, ge=10)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    tiktoken_cache_dir: Path = Path.home() / ".cache" / "genq" / "tiktoken"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("offline_faults")
+    @classmethod
+    def _faults_parse(cls, value: str) -> str:
+        parse_faults(value)
+        return value
+
+    @property
+    def effective_provider(self) -> Literal["openai", "offline"]:
+        """`auto` means OpenAI when a key is configured, else the offline simulator."""
+        if self.provider == "auto":
+            return "openai" if self.openai_api_key else "offline"
+        return self.provider
+
+
+def parse_faults(spec: str) -> dict[int, Decimal]:
+    """Parse `429:0.3,500:0.1` into {status: probability}; total probability must stay ≤ 1."""
+    faults: dict[int, Decimal] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        status, sep, prob = part.partition(":")
+        try:
+            code, p = int(status), Decimal(prob)
+        except (ValueError, ArithmeticError):
+            raise ValueError(f"{part!r} is not STATUS:PROBABILITY") from None
+        if not sep or not 400 <= code <= 599 or not 0 <= p <= 1:
+            raise ValueError(f"{part!r}: status must be 400-599 and probability 0..1")
+        faults[code] = p
+    if sum(faults.values(), Decimal(0)) > 1:
+        raise ValueError("fault probabilities add up to more than 1")
+    return faults
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the first bad variable, e.g. `GENQ_MAX_ATTEMPTS: must be ≥ 1`."""
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "settings"
+    name = field.upper() if field.startswith(("OPENAI_", "GENQ_")) else f"GENQ_{field.upper()}"
+    return f"invalid setting {name}: {err['msg']}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; exits with one clear line when they are invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(f"genq: {describe_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,39 @@
+"""The Celery app the workers run: Redis broker, JSON only, no result backend, late acks."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from models.queue import IMAGE_QUEUE, TEXT_QUEUE
+from models.settings import Settings, get_settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Configured for long, I/O-bound model calls whose results live in the database."""
+    app = Celery("genq", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
+        task_queues=[Queue(name, Exchange(name), routing_key=name)
+                     for name in (TEXT_QUEUE, IMAGE_QUEUE)],
+        task_default_queue=TEXT_QUEUE,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers an unacked message after this long; it must exceed any job's run time.
+        # A redelivered message for a running job is ignored by the claim in worker/runner.py.
+        broker_transport_options={"visibility_timeout": settings.lease_s * 2},
+    )
+    return app
+
+
+celery_app = make_celery(get_settings())

@@ -1,0 +1,20 @@
+"""Pick the provider the settings ask for (`auto`: OpenAI with a key, else the simulator)."""
+
+from __future__ import annotations
+
+from models.settings import Settings
+from worker.providers.base import Provider
+from worker.providers.offline import OfflineProvider
+from worker.providers.openai_provider import OpenAIProvider
+from worker.providers.simulator import Simulator
+
+
+def build_provider(settings: Settings) -> Provider:
+    if settings.effective_provider == "openai":
+        if settings.openai_api_key is None:
+            raise SystemExit("genq: GENQ_PROVIDER=openai needs OPENAI_API_KEY")
+        return OpenAIProvider(api_key=settings.openai_api_key.get_secret_value(),
+                              base_url=settings.openai_base_url,
+                              timeout_s=settings.openai_timeout_s)
+    return OfflineProvider(Simulator.from_spec(latency_ms=settings.offline_latency_ms,
+                                               faults=settings.offline_faults))

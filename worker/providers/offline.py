@@ -1,0 +1,43 @@
+"""The `offline` provider: the simulator called in-process, with no network and no key."""
+
+from __future__ import annotations
+
+from models.errors import PermanentProviderError, RetryableProviderError
+from models.pricing import Usage
+from models.schemas import ImageParams, TextParams
+from worker.providers.base import GeneratedImage, ImageResult, TextResult, parse_size
+from worker.providers.simulator import Simulator, draw_png
+from worker.retry import is_retryable_status
+
+
+class OfflineProvider:
+    name = "offline"
+
+    def __init__(self, simulator: Simulator):
+        self.simulator = simulator
+
+    def _maybe_fail(self) -> None:
+        self.simulator.wait()
+        fault = self.simulator.next_fault()
+        if fault is None:
+            return
+        error = RetryableProviderError if is_retryable_status(fault.status) else \
+            PermanentProviderError
+        raise error(fault.message, status_code=fault.status, retry_after_s=fault.retry_after_s,
+                    kind="rate_limited" if fault.status == 429 else "provider_error")
+
+    def generate_text(self, *, model: str, messages: list[dict[str, str]],
+                      params: TextParams) -> TextResult:
+        self._maybe_fail()
+        text, prompt_tokens, completion_tokens = self.simulator.complete(
+            messages, max_tokens=params.max_tokens)
+        return TextResult(text=text, usage=Usage(prompt_tokens=prompt_tokens,
+                                                 completion_tokens=completion_tokens))
+
+    def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
+        self._maybe_fail()
+        width, height = parse_size(params.size)
+        images = [GeneratedImage(data=draw_png(prompt, width, height, i), width=width,
+                                 height=height) for i in range(params.n)]
+        return ImageResult(images=images, usage=Usage(images=params.n, size=params.size,
+                                                      quality=params.quality))

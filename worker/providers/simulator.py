@@ -1,0 +1,119 @@
+"""The offline simulator: deterministic text with real token counts, real PNGs, latency, faults.
+
+Its output is always labelled synthetic. It backs both the in-process `offline` provider and
+`genq simulator`, the same behaviour served over HTTP as an OpenAI-compatible API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from PIL import Image, ImageDraw
+
+from models.settings import parse_faults
+from models.tokens import count_messages, count_text, encoding
+
+SYNTHETIC_LABEL = "[synthetic]"
+#: with no max_tokens, a reply is this many tokens at most (a short paragraph)
+DEFAULT_REPLY_TOKENS = 120
+WORDS = ["spring", "campaign", "bright", "fresh", "launch", "customers", "story", "value", "simple", "clear", "bold", "green", "growth", "morning", "light", "ideas", "team", "season", "offer", "quality", "craft", "detail", "honest", "warm", "calm", "river", "city", "garden", "ocean", "mountain", "path", "journey", "voice", "design", "color", "future", "moment"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    """A simulated failure: the HTTP status and, for 429, the Retry-After seconds."""
+
+    status: int
+    retry_after_s: float | None = None
+
+    @property
+    def message(self) -> str:
+        return f"simulated {self.status} from the genq offline simulator"
+
+
+@dataclass(kw_only=True)
+class Simulator:
+    latency_ms: int = 0
+    faults: dict[int, Decimal] = field(default_factory=dict)
+    retry_after_s: float = 1.0
+    rng: random.Random = field(default_factory=random.Random)
+    #: queued outcomes (an HTTP status, 200 = success) served before the random faults
+    script: deque[int] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_spec(cls, *, latency_ms: int, faults: str, retry_after_s: float = 1.0) -> Simulator:
+        return cls(latency_ms=latency_ms, faults=parse_faults(faults), retry_after_s=retry_after_s)
+
+    def next_fault(self) -> Fault | None:
+        """Draw this call's outcome: a scripted one first, else by the fault probabilities."""
+        with self._lock:
+            status = self.script.popleft() if self.script else self._draw()
+        if status is None or status < 400:
+            return None
+        return Fault(status=status, retry_after_s=self.retry_after_s if status == 429 else None)
+
+    def _draw(self) -> int | None:
+        roll, edge = Decimal(repr(self.rng.random())), Decimal(0)
+        for status, probability in self.faults.items():
+            edge += probability
+            if roll < edge:
+                return status
+        return None
+
+    def wait(self) -> None:
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None,
+                 encoding_name: str = "o200k_base") -> tuple[str, int, int]:
+        """Reply text, prompt tokens and completion tokens, all derived from the prompt."""
+        prompt_tokens = count_messages(messages, encoding_name)
+        text = _reply(messages, max_tokens or DEFAULT_REPLY_TOKENS, encoding_name)
+        return text, prompt_tokens, count_text(text, encoding_name)
+
+
+def _seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def _reply(messages: list[dict[str, str]], limit: int, encoding_name: str) -> str:
+    """Deterministic words seeded by the prompt, cut to at most `limit` tokens."""
+    prompt = "\n".join(m["content"] for m in messages)
+    rng = random.Random(_seed(prompt))
+    target = min(limit, 20 + rng.randrange(DEFAULT_REPLY_TOKENS))
+    words = " ".join(rng.choice(WORDS) for _ in range(target + 8))
+    text = f"{SYNTHETIC_LABEL} {words}"
+    enc = encoding(encoding_name)
+    tokens = enc.encode(text)[: max(target, 1)]
+    text = enc.decode(tokens).rstrip()
+    while count_text(text, encoding_name) > limit and " " in text:  # re-encoding can differ
+        text = text.rsplit(" ", 1)[0]
+    return text
+
+
+def draw_png(prompt: str, width: int, height: int, index: int = 0) -> bytes:
+    """A real PNG of the requested size, coloured by the prompt and labelled SYNTHETIC."""
+    rng = random.Random(_seed(f"{index}:{prompt}"))
+    top = tuple(rng.randrange(256) for _ in range(3))
+    bottom = tuple(rng.randrange(256) for _ in range(3))
+    gradient = Image.linear_gradient("L").resize((width, height))
+    image = Image.composite(Image.new("RGB", (width, height), bottom),
+                            Image.new("RGB", (width, height), top), gradient)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randrange(max(width, height) // 12 + 1, max(width, height) // 4 + 2)
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=(255, 255, 255), width=3)
+    draw.rectangle((0, 0, width, 28), fill=(0, 0, 0))
+    draw.text((8, 8), f"SYNTHETIC - genq offline simulator - {prompt[:60]}", fill=(255, 255, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
