@@ -8,8 +8,12 @@ from models.errors import NotReady
 from models.queue import QUEUE_BY_KIND, TASK_BY_KIND
 
 #: a submit must answer quickly even when Redis is down: a few short tries, then 503
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                        "interval_max": 0.5}
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 
 
 class Publisher:
@@ -18,18 +22,27 @@ class Publisher:
     def __init__(self, redis_url: str):
         self.app = Celery("genq-api", broker=redis_url, set_as_current=False)
         self.app.conf.update(
-            task_serializer="json", accept_content=["json"], broker_connection_timeout=2,
+            task_serializer="json",
+            accept_content=["json"],
+            broker_connection_timeout=2,
             broker_transport_options={"socket_timeout": 2, "socket_connect_timeout": 2},
         )
 
     def publish(self, *, job_id: str, kind: str) -> None:
         """Send the job's message; raises NotReady when the broker cannot take it."""
         try:
-            self.app.send_task(TASK_BY_KIND[kind], args=[job_id], queue=QUEUE_BY_KIND[kind],
-                               retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+            self.app.send_task(
+                TASK_BY_KIND[kind],
+                args=[job_id],
+                queue=QUEUE_BY_KIND[kind],
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
         except Exception as exc:  # kombu raises many transport-specific types
-            raise NotReady(f"the job queue is unavailable ({type(exc).__name__}); "
-                           "nothing was stored, retry the request") from exc
+            raise NotReady(
+                f"the job queue is unavailable ({type(exc).__name__}); "
+                "nothing was stored, retry the request"
+            ) from exc
 
     def close(self) -> None:
         self.app.close()

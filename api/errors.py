@@ -14,8 +14,15 @@ from models.errors import GenqError
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, *, type_: str = "about:blank",
-            errors: list[dict] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_: str = "about:blank",
+    errors: list[dict] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict = {"type": type_, "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
@@ -24,22 +31,29 @@ def problem(status: int, title: str, detail: str, *, type_: str = "about:blank",
 
 def _validation_errors(exc: RequestValidationError) -> list[dict]:
     """Location and reason of each error; the offending input is not echoed back."""
-    return [{"loc": list(err.get("loc", ())), "msg": err.get("msg", "invalid")}
-            for err in exc.errors()]
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", "invalid")} for err in exc.errors()
+    ]
 
 
 async def _genq_error(_request: Request, exc: GenqError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return problem(exc.status, exc.title, exc.detail, type_=exc.type, errors=exc.errors,
-                   headers=headers)
+    return problem(
+        exc.status, exc.title, exc.detail, type_=exc.type, errors=exc.errors, headers=headers
+    )
 
 
 async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = _validation_errors(exc)
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-    return problem(422, "Invalid request", f"{where}: {first['msg']}",
-                   type_="https://genq.dev/problems/invalid-request", errors=errors)
+    return problem(
+        422,
+        "Invalid request",
+        f"{where}: {first['msg']}",
+        type_="https://genq.dev/problems/invalid-request",
+        errors=errors,
+    )
 
 
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

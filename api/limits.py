@@ -16,7 +16,7 @@ class BodyTooLarge(HTTPException):
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 problem+json when Content-Length or the streamed body exceeds the cap."""
+    """ASGI middleware: 413 problem+json when the declared or streamed body exceeds the cap."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int):
         self.app = app
@@ -52,12 +52,22 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({
-            "type": "https://genq.dev/problems/payload-too-large",
-            "title": "Request body too large", "status": 413,
-            "detail": BodyTooLarge(self.max_bytes).detail,
-        }).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/problem+json"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "type": "https://genq.dev/problems/payload-too-large",
+                "title": "Request body too large",
+                "status": 413,
+                "detail": BodyTooLarge(self.max_bytes).detail,
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

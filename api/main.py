@@ -25,8 +25,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         services.publisher.close()
 
-    app = FastAPI(title="genq", version="1", lifespan=lifespan,
-                  description="Text and image generation jobs, queued, retried and costed.")
+    app = FastAPI(
+        title="genq",
+        version="1",
+        lifespan=lifespan,
+        description="Text and image generation jobs, queued, retried and costed.",
+    )
     app.state.services = services
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -23,12 +23,17 @@ class Services:
 
     @property
     def defaults(self) -> Defaults:
-        return Defaults(text_model=self.settings.default_text_model,
-                        image_model=self.settings.default_image_model)
+        return Defaults(
+            text_model=self.settings.default_text_model,
+            image_model=self.settings.default_image_model,
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         install_encodings(settings.tiktoken_cache_dir)
-        return cls(settings=settings, engine=get_engine(settings.database_url),
-                   catalogue=get_catalogue(settings.catalogue_path),
-                   publisher=Publisher(settings.redis_url))
+        return cls(
+            settings=settings,
+            engine=get_engine(settings.database_url),
+            catalogue=get_catalogue(settings.catalogue_path),
+            publisher=Publisher(settings.redis_url),
+        )

@@ -19,14 +19,18 @@ def _stored_under(services: Services, *, key_id: str, idempotency_key: str) -> J
         return session.exec(query).one()
 
 
-def submit_job(services: Services, *, key_id: str, body: JobCreate,
-               idempotency_key: str | None) -> Job:
+def submit_job(
+    services: Services, *, key_id: str, body: JobCreate, idempotency_key: str | None
+) -> Job:
     """Store the job and publish it; a publish failure removes the job and answers 503."""
     plan = plan_job(body, services.catalogue, services.defaults)
     job = Job(
-        key_id=key_id, kind=body.kind, model=plan.spec.id,
+        key_id=key_id,
+        kind=body.kind,
+        model=plan.spec.id,
         request=body.model_dump(mode="json", exclude={"metadata"}, exclude_none=True),
-        meta=body.metadata, idempotency_key=idempotency_key,
+        meta=body.metadata,
+        idempotency_key=idempotency_key,
         estimated_cost_usd=plan.estimated_cost_usd,
     )
     try:

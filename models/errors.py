@@ -65,8 +65,14 @@ class ProviderError(GenqError):
 
     retryable = False
 
-    def __init__(self, detail: str, *, status_code: int | None = None,
-                 retry_after_s: float | None = None, kind: str = "provider_error"):
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+        kind: str = "provider_error",
+    ):
         super().__init__(detail)
         self.status_code = status_code
         self.retry_after_s = retry_after_s

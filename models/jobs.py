@@ -22,7 +22,11 @@ from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
 from models.schemas import JobPublic, UsagePublic
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "running", "succeeded", "failed", "cancelled",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
 )
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
@@ -72,8 +76,7 @@ def create_job(session: Session, *, job: Job) -> Job:
     """Insert a queued job; with an idempotency key, return the first job stored under it."""
     if job.idempotency_key:
         existing = session.exec(
-            select(Job).where(Job.key_id == job.key_id,
-                              Job.idempotency_key == job.idempotency_key)
+            select(Job).where(Job.key_id == job.key_id, Job.idempotency_key == job.idempotency_key)
         ).first()
         if existing is not None:
             return existing
@@ -104,8 +107,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidRequest("cursor is not one that genq returned") from None
 
 
-def list_jobs(session: Session, *, key_id: str, status: str | None, limit: int,
-              cursor: str | None) -> tuple[list[Job], str | None]:
+def list_jobs(
+    session: Session, *, key_id: str, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
     """Newest first, keyset-paginated so pages stay stable while jobs are added."""
     query = select(Job).where(Job.key_id == key_id)
     if status:
@@ -114,7 +118,8 @@ def list_jobs(session: Session, *, key_id: str, status: str | None, limit: int,
         stamp, last_id = decode_cursor(cursor)
         stamp = stamp if session.bind.dialect.name != "sqlite" else stamp.replace(tzinfo=None)
         query = query.where(
-            (col(Job.created_at) < stamp) | ((col(Job.created_at) == stamp) & (col(Job.id) < last_id))
+            (col(Job.created_at) < stamp)
+            | ((col(Job.created_at) == stamp) & (col(Job.id) < last_id))
         )
     query = query.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit + 1)
     rows = list(session.exec(query))
@@ -130,8 +135,13 @@ def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> st
     result = session.execute(
         update(Job)
         .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
-        .values(status=RUNNING, claim_token=token, worker=worker, started_at=now,
-                lease_until=now + timedelta(seconds=lease_s))
+        .values(
+            status=RUNNING,
+            claim_token=token,
+            worker=worker,
+            started_at=now,
+            lease_until=now + timedelta(seconds=lease_s),
+        )
     )
     return token if result.rowcount == 1 else None
 
@@ -152,16 +162,33 @@ def job_public(job: Job) -> JobPublic:
     if job.status == SUCCEEDED and job.kind == "text":
         output = {"text": job.output_text}
     elif job.status == SUCCEEDED:
-        output = {"images": [{"url": f"/v1/jobs/{job.id}/images/{i}", "content_type": "image/png"}
-                             for i in range(job.image_count)]}
+        output = {
+            "images": [
+                {"url": f"/v1/jobs/{job.id}/images/{i}", "content_type": "image/png"}
+                for i in range(job.image_count)
+            ]
+        }
     error = {"type": job.error_type, "message": job.error_message or ""} if job.error_type else None
     return JobPublic(
-        id=job.id, kind=job.kind, status=job.status, model=job.model, provider=job.provider,
-        attempts=job.attempts, output=output,
-        usage=UsagePublic(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens,
-                          total_tokens=job.prompt_tokens + job.completion_tokens),
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        model=job.model,
+        provider=job.provider,
+        attempts=job.attempts,
+        output=output,
+        usage=UsagePublic(
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=job.completion_tokens,
+            total_tokens=job.prompt_tokens + job.completion_tokens,
+        ),
         cost_usd=float(job.cost_usd),
-        estimated_cost_usd=None if job.estimated_cost_usd is None else float(job.estimated_cost_usd),
-        error=error, metadata=job.meta or {}, created_at=_iso(job.created_at),
-        started_at=_iso(job.started_at), finished_at=_iso(job.finished_at),
+        estimated_cost_usd=None
+        if job.estimated_cost_usd is None
+        else float(job.estimated_cost_usd),
+        error=error,
+        metadata=job.meta or {},
+        created_at=_iso(job.created_at),
+        started_at=_iso(job.started_at),
+        finished_at=_iso(job.finished_at),
     )

@@ -27,8 +27,11 @@ def _redact_event(_logger, _name, event_dict: dict) -> dict:
 
 def configure_logging(settings: Settings) -> None:
     """Route stdlib and structlog output through one renderer at the configured level."""
-    renderer = (structlog.dev.ConsoleRenderer(colors=False) if settings.log_format == "console"
-                else structlog.processors.JSONRenderer())
+    renderer = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if settings.log_format == "console"
+        else structlog.processors.JSONRenderer()
+    )
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -41,8 +44,11 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler()
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processor=renderer, foreign_pre_chain=[structlog.stdlib.add_log_level, _redact_event]))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer, foreign_pre_chain=[structlog.stdlib.add_log_level, _redact_event]
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

@@ -38,14 +38,17 @@ def _plan_text(request: JobCreate, spec: ModelSpec) -> Plan:
     except ValidationError as exc:
         raise _params_error(exc) from None
     if params.max_tokens and spec.max_output_tokens and params.max_tokens > spec.max_output_tokens:
-        raise _invalid("params.max_tokens",
-                       f"max_tokens {params.max_tokens} exceeds {spec.id}'s limit of "
-                       f"{spec.max_output_tokens}")
+        raise _invalid(
+            "params.max_tokens",
+            f"max_tokens {params.max_tokens} exceeds {spec.id}'s limit of {spec.max_output_tokens}",
+        )
     prompt_tokens = count_messages(request.chat_messages(), spec.encoding)
     if prompt_tokens + (params.max_tokens or 0) > spec.context_window:
-        raise _invalid("messages",
-                       f"prompt is {prompt_tokens} tokens; with max_tokens it exceeds "
-                       f"{spec.id}'s context window of {spec.context_window}")
+        raise _invalid(
+            "messages",
+            f"prompt is {prompt_tokens} tokens; with max_tokens it exceeds "
+            f"{spec.id}'s context window of {spec.context_window}",
+        )
     estimate = estimate_text(spec, prompt_tokens=prompt_tokens, max_tokens=params.max_tokens)
     return Plan(spec=spec, prompt_tokens=prompt_tokens, estimated_cost_usd=estimate)
 
@@ -58,16 +61,18 @@ def _plan_image(request: JobCreate, spec: ModelSpec) -> Plan:
     if params.quality is not None and params.quality not in spec.image_prices:
         raise _invalid("params.quality", f"{spec.id} offers quality {list(spec.image_prices)}")
     if spec.image_price(params.size, params.quality) is None:
-        raise _invalid("params.size",
-                       f"size {params.size!r} is not supported by {spec.id}; "
-                       f"supported: {', '.join(spec.sizes)}")
+        raise _invalid(
+            "params.size",
+            f"size {params.size!r} is not supported by {spec.id}; "
+            f"supported: {', '.join(spec.sizes)}",
+        )
     if params.n > spec.max_images:
         raise _invalid("params.n", f"n must be between 1 and {spec.max_images} for {spec.id}")
     prompt = request.prompt or ""
     if len(prompt) > spec.context_window:
-        raise _invalid("prompt",
-                       f"prompt is {len(prompt)} characters; {spec.id} accepts "
-                       f"{spec.context_window}")
+        raise _invalid(
+            "prompt", f"prompt is {len(prompt)} characters; {spec.id} accepts {spec.context_window}"
+        )
     estimate = estimate_image(spec, n=params.n, size=params.size, quality=params.quality)
     return Plan(spec=spec, prompt_tokens=0, estimated_cost_usd=estimate)
 
@@ -78,7 +83,9 @@ def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Pl
     plan = _plan_text(request, spec) if request.kind == "text" else _plan_image(request, spec)
     ceiling = request.policy.max_cost_usd
     if ceiling is not None and plan.estimated_cost_usd > ceiling:
-        raise _invalid("policy.max_cost_usd",
-                       f"worst-case cost {plan.estimated_cost_usd} USD on {spec.id} exceeds "
-                       f"max_cost_usd {ceiling}")
+        raise _invalid(
+            "policy.max_cost_usd",
+            f"worst-case cost {plan.estimated_cost_usd} USD on {spec.id} exceeds "
+            f"max_cost_usd {ceiling}",
+        )
     return plan

@@ -1,4 +1,4 @@
-"""Cost arithmetic: usage × catalogue prices, in `Decimal` only."""
+"""Cost arithmetic: usage times catalogue prices, in `Decimal` only."""
 
 from __future__ import annotations
 

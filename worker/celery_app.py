@@ -22,8 +22,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_pool="threads",
         worker_concurrency=settings.worker_concurrency,
-        task_queues=[Queue(name, Exchange(name), routing_key=name)
-                     for name in (TEXT_QUEUE, IMAGE_QUEUE)],
+        task_queues=[
+            Queue(name, Exchange(name), routing_key=name) for name in (TEXT_QUEUE, IMAGE_QUEUE)
+        ],
         task_default_queue=TEXT_QUEUE,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -37,8 +37,12 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(max_attempts=settings.max_attempts, initial_s=settings.retry_initial_s,
-                   max_s=settings.retry_max_s, retry_after_cap_s=settings.retry_after_cap_s)
+        return cls(
+            max_attempts=settings.max_attempts,
+            initial_s=settings.retry_initial_s,
+            max_s=settings.retry_max_s,
+            retry_after_cap_s=settings.retry_after_cap_s,
+        )
 
     def wait_s(self, state: RetryCallState) -> float:
         """Seconds before the next attempt."""

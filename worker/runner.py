@@ -47,12 +47,21 @@ class Call:
 
     def attempt(self, provider: str, *, outcome: str, usage: Usage, **extra) -> Attempt:
         return Attempt(
-            job_id=self.job_id, number=self.number, model=self.spec.id, provider=provider,
-            worker=self.worker, outcome=outcome, started_at=self.started_at,
+            job_id=self.job_id,
+            number=self.number,
+            model=self.spec.id,
+            provider=provider,
+            worker=self.worker,
+            outcome=outcome,
+            started_at=self.started_at,
             latency_ms=round((time.perf_counter() - self.clock) * 1000),
-            prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
-            completion_tokens=usage.completion_tokens, images=usage.images,
-            cost_usd=cost_of(self.spec, usage), **extra)
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            images=usage.images,
+            cost_usd=cost_of(self.spec, usage),
+            **extra,
+        )
 
 
 @dataclass(kw_only=True)
@@ -82,8 +91,13 @@ class Runner:
         try:
             for attempt in Retrying(**self.retry.tenacity_kwargs(), sleep=self.sleep):
                 with attempt:
-                    call = Call(job_id=job_id, token=token, spec=spec, worker=worker,
-                                number=attempt.retry_state.attempt_number)
+                    call = Call(
+                        job_id=job_id,
+                        token=token,
+                        spec=spec,
+                        worker=worker,
+                        number=attempt.retry_state.attempt_number,
+                    )
                     self._attempt(call, request, bound.bind(attempt=call.number))
         except ProviderError:
             return "failed"
@@ -97,17 +111,21 @@ class Runner:
         try:
             if request.kind == "text":
                 result = self.provider.generate_text(
-                    model=call.spec.id, messages=request.chat_messages(),
-                    params=request.text_params())
+                    model=call.spec.id,
+                    messages=request.chat_messages(),
+                    params=request.text_params(),
+                )
             else:
                 result = self.provider.generate_image(
-                    model=call.spec.id, prompt=request.prompt or "", params=request.image_params())
+                    model=call.spec.id, prompt=request.prompt or "", params=request.image_params()
+                )
         except ProviderError as exc:
             self._record_failure(call, exc, bound)
             raise
         except Exception as exc:  # a bug or an unexpected SDK shape: fail, never leave it running
-            error = PermanentProviderError(redact(f"{type(exc).__name__}: {exc}"),
-                                           kind="internal_error")
+            error = PermanentProviderError(
+                redact(f"{type(exc).__name__}: {exc}"), kind="internal_error"
+            )
             self._record_failure(call, error, bound)
             raise error from exc
         self._record_success(call, result, bound)
@@ -123,14 +141,24 @@ class Runner:
         with session_scope(self.engine) as session:
             job = self._owned(session, call)
             job.provider = self.provider.name
-            attempt = call.attempt(self.provider.name, outcome=FAILED if final else RETRYABLE,
-                                   usage=Usage(), http_status=exc.status_code,
-                                   error_type=exc.kind, error=exc.detail)
+            attempt = call.attempt(
+                self.provider.name,
+                outcome=FAILED if final else RETRYABLE,
+                usage=Usage(),
+                http_status=exc.status_code,
+                error_type=exc.kind,
+                error=exc.detail,
+            )
             add_attempt(session, job=job, attempt=attempt)
             if final:
                 _finish(job, JOB_FAILED, error_type=exc.kind, error=exc.detail)
-        bound.warning("attempt.failed", status=exc.status_code, error_type=exc.kind,
-                      final=final, retry_after_s=exc.retry_after_s)
+        bound.warning(
+            "attempt.failed",
+            status=exc.status_code,
+            error_type=exc.kind,
+            final=final,
+            retry_after_s=exc.retry_after_s,
+        )
 
     def _record_success(self, call: Call, result: TextResult | ImageResult, bound) -> None:
         with session_scope(self.engine) as session:
@@ -142,13 +170,25 @@ class Runner:
                 job.output_text = result.text
             else:
                 for index, image in enumerate(result.images):
-                    session.add(Image(job_id=job.id, index=index, data=image.data,
-                                      width=image.width, height=image.height,
-                                      content_type=image.content_type))
+                    session.add(
+                        Image(
+                            job_id=job.id,
+                            index=index,
+                            data=image.data,
+                            width=image.width,
+                            height=image.height,
+                            content_type=image.content_type,
+                        )
+                    )
                 job.image_count = len(result.images)
             _finish(job, JOB_SUCCEEDED)
-        bound.info("job.succeeded", cost_usd=str(job.cost_usd), attempts=job.attempts,
-                   prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens)
+        bound.info(
+            "job.succeeded",
+            cost_usd=str(job.cost_usd),
+            attempts=job.attempts,
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=job.completion_tokens,
+        )
 
     def _fail_unrunnable(self, job_id: str, token: str, reason: str) -> None:
         with session_scope(self.engine) as session:
@@ -158,8 +198,9 @@ class Runner:
                 session.add(job)
 
 
-def _finish(job: Job, status: str, *, error_type: str | None = None,
-            error: str | None = None) -> None:
+def _finish(
+    job: Job, status: str, *, error_type: str | None = None, error: str | None = None
+) -> None:
     job.status = status
     job.error_type = error_type
     job.error_message = error

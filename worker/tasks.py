@@ -25,9 +25,13 @@ def get_runner() -> Runner:
     """One Runner per worker process, shared by its threads."""
     settings = get_settings()
     install_encodings(settings.tiktoken_cache_dir)
-    return Runner(engine=get_engine(settings.database_url), provider=build_provider(settings),
-                  catalogue=get_catalogue(settings.catalogue_path),
-                  retry=RetryPolicy.from_settings(settings), lease_s=settings.lease_s)
+    return Runner(
+        engine=get_engine(settings.database_url),
+        provider=build_provider(settings),
+        catalogue=get_catalogue(settings.catalogue_path),
+        retry=RetryPolicy.from_settings(settings),
+        lease_s=settings.lease_s,
+    )
 
 
 @setup_logging.connect
@@ -40,8 +44,11 @@ def _logging(**_kwargs) -> None:
 def _announce(**_kwargs) -> None:
     runner = get_runner()
     if runner.provider.name == "offline":
-        log.warning("provider.offline", message="OFFLINE SIMULATOR in use: outputs are synthetic "
-                    "(set OPENAI_API_KEY or GENQ_PROVIDER=openai for real models)")
+        log.warning(
+            "provider.offline",
+            message="OFFLINE SIMULATOR in use: outputs are synthetic "
+            "(set OPENAI_API_KEY or GENQ_PROVIDER=openai for real models)",
+        )
     else:
         log.info("provider.ready", provider=runner.provider.name)
 

@@ -28,8 +28,9 @@ def readyz(services: ServicesDep) -> dict:
     except Exception as exc:
         raise NotReady(f"database unavailable ({type(exc).__name__})") from exc
     try:
-        client = redis.Redis.from_url(services.settings.redis_url, socket_timeout=1,
-                                      socket_connect_timeout=1)
+        client = redis.Redis.from_url(
+            services.settings.redis_url, socket_timeout=1, socket_connect_timeout=1
+        )
         client.ping()
         client.close()
     except redis.RedisError as exc:

@@ -18,8 +18,13 @@ StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 @router.post("", status_code=202, response_model=JobPublic)
-def create(body: JobCreate, key: KeyDep, services: ServicesDep, response: Response,
-           idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
+def create(
+    body: JobCreate,
+    key: KeyDep,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
     """Accept a job; poll the URL in `Location` for its result."""
     job = submit_job(services, key_id=key.id, body=body, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -27,12 +32,15 @@ def create(body: JobCreate, key: KeyDep, services: ServicesDep, response: Respon
 
 
 @router.get("", response_model=JobList)
-def index(key: KeyDep, session: SessionDep, status: StatusFilter | None = None,
-          limit: Annotated[int, Query(ge=1, le=100)] = 20,
-          cursor: Annotated[str | None, Query(max_length=200)] = None) -> JobList:
+def index(
+    key: KeyDep,
+    session: SessionDep,
+    status: StatusFilter | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobList:
     """The key's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    jobs, next_cursor = list_jobs(session, key_id=key.id, status=status, limit=limit,
-                                  cursor=cursor)
+    jobs, next_cursor = list_jobs(session, key_id=key.id, status=status, limit=limit, cursor=cursor)
     return JobList(data=[job_public(j) for j in jobs], next_cursor=next_cursor)
 
 
@@ -41,13 +49,19 @@ def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
     return job_public(get_job(session, job_id=job_id, key_id=key.id))
 
 
-@router.get("/{job_id}/images/{index}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+@router.get(
+    "/{job_id}/images/{index}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
 def image(job_id: str, index: int, key: KeyDep, session: SessionDep) -> Response:
     """The bytes of one generated image."""
     get_job(session, job_id=job_id, key_id=key.id)
     stored = get_image(session, job_id=job_id, index=index)
     if stored is None:
         raise JobNotFound(f"job {job_id!r} has no image {index}")
-    return Response(stored.data, media_type=stored.content_type,
-                    headers={"Cache-Control": "private, max-age=86400"})
+    return Response(
+        stored.data,
+        media_type=stored.content_type,
+        headers={"Cache-Control": "private, max-age=86400"},
+    )

@@ -34,8 +34,9 @@ class Provider(Protocol):
 
     name: str
 
-    def generate_text(self, *, model: str, messages: list[dict[str, str]],
-                      params: TextParams) -> TextResult: ...
+    def generate_text(
+        self, *, model: str, messages: list[dict[str, str]], params: TextParams
+    ) -> TextResult: ...
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult: ...
 

@@ -13,8 +13,11 @@ def build_provider(settings: Settings) -> Provider:
     if settings.effective_provider == "openai":
         if settings.openai_api_key is None:
             raise SystemExit("genq: GENQ_PROVIDER=openai needs OPENAI_API_KEY")
-        return OpenAIProvider(api_key=settings.openai_api_key.get_secret_value(),
-                              base_url=settings.openai_base_url,
-                              timeout_s=settings.openai_timeout_s)
-    return OfflineProvider(Simulator.from_spec(latency_ms=settings.offline_latency_ms,
-                                               faults=settings.offline_faults))
+        return OpenAIProvider(
+            api_key=settings.openai_api_key.get_secret_value(),
+            base_url=settings.openai_base_url,
+            timeout_s=settings.openai_timeout_s,
+        )
+    return OfflineProvider(
+        Simulator.from_spec(latency_ms=settings.offline_latency_ms, faults=settings.offline_faults)
+    )

@@ -21,23 +21,34 @@ class OfflineProvider:
         fault = self.simulator.next_fault()
         if fault is None:
             return
-        error = RetryableProviderError if is_retryable_status(fault.status) else \
-            PermanentProviderError
-        raise error(fault.message, status_code=fault.status, retry_after_s=fault.retry_after_s,
-                    kind="rate_limited" if fault.status == 429 else "provider_error")
+        error = (
+            RetryableProviderError if is_retryable_status(fault.status) else PermanentProviderError
+        )
+        raise error(
+            fault.message,
+            status_code=fault.status,
+            retry_after_s=fault.retry_after_s,
+            kind="rate_limited" if fault.status == 429 else "provider_error",
+        )
 
-    def generate_text(self, *, model: str, messages: list[dict[str, str]],
-                      params: TextParams) -> TextResult:
+    def generate_text(
+        self, *, model: str, messages: list[dict[str, str]], params: TextParams
+    ) -> TextResult:
         self._maybe_fail()
         text, prompt_tokens, completion_tokens = self.simulator.complete(
-            messages, max_tokens=params.max_tokens)
-        return TextResult(text=text, usage=Usage(prompt_tokens=prompt_tokens,
-                                                 completion_tokens=completion_tokens))
+            messages, max_tokens=params.max_tokens
+        )
+        return TextResult(
+            text=text, usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        )
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
         self._maybe_fail()
         width, height = parse_size(params.size)
-        images = [GeneratedImage(data=draw_png(prompt, width, height, i), width=width,
-                                 height=height) for i in range(params.n)]
-        return ImageResult(images=images, usage=Usage(images=params.n, size=params.size,
-                                                      quality=params.quality))
+        images = [
+            GeneratedImage(data=draw_png(prompt, width, height, i), width=width, height=height)
+            for i in range(params.n)
+        ]
+        return ImageResult(
+            images=images, usage=Usage(images=params.n, size=params.size, quality=params.quality)
+        )

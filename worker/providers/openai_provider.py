@@ -35,15 +35,23 @@ def translate_error(exc: openai.OpenAIError) -> ProviderError:
     if isinstance(exc, openai.APITimeoutError):
         return RetryableProviderError("model call timed out", kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return RetryableProviderError(f"connection error: {redact(str(exc))}",
-                                      kind="connection_error")
+        return RetryableProviderError(
+            f"connection error: {redact(str(exc))}", kind="connection_error"
+        )
     if isinstance(exc, openai.APIStatusError):
         message = redact(getattr(exc, "message", "") or str(exc))
-        cls = RetryableProviderError if is_retryable_status(exc.status_code) else \
-            PermanentProviderError
+        cls = (
+            RetryableProviderError
+            if is_retryable_status(exc.status_code)
+            else PermanentProviderError
+        )
         kind = "rate_limited" if exc.status_code == 429 else "provider_error"
-        return cls(message, status_code=exc.status_code,
-                   retry_after_s=_retry_after(exc.response.headers), kind=kind)
+        return cls(
+            message,
+            status_code=exc.status_code,
+            retry_after_s=_retry_after(exc.response.headers),
+            kind=kind,
+        )
     return PermanentProviderError(redact(str(exc)))
 
 
@@ -52,23 +60,28 @@ class OpenAIProvider:
 
     def __init__(self, *, api_key: str, base_url: str | None, timeout_s: float):
         # max_retries=0: tenacity owns retrying, so a call is never retried twice over
-        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0,
-                                    timeout=timeout_s)
+        self.client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s
+        )
 
-    def generate_text(self, *, model: str, messages: list[dict[str, str]],
-                      params: TextParams) -> TextResult:
+    def generate_text(
+        self, *, model: str, messages: list[dict[str, str]], params: TextParams
+    ) -> TextResult:
         try:
             response = self.client.chat.completions.create(
-                model=model, messages=messages, **params.model_dump(exclude_none=True))
+                model=model, messages=messages, **params.model_dump(exclude_none=True)
+            )
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
         usage = response.usage
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
         return TextResult(
             text=response.choices[0].message.content or "",
-            usage=Usage(prompt_tokens=usage.prompt_tokens if usage else 0,
-                        cached_tokens=(getattr(details, "cached_tokens", 0) or 0),
-                        completion_tokens=usage.completion_tokens if usage else 0),
+            usage=Usage(
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                cached_tokens=(getattr(details, "cached_tokens", 0) or 0),
+                completion_tokens=usage.completion_tokens if usage else 0,
+            ),
         )
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
@@ -76,15 +89,17 @@ class OpenAIProvider:
         if params.quality:
             extra["quality"] = params.quality
         try:
-            response = self.client.images.generate(model=model, prompt=prompt, n=params.n,
-                                                   size=params.size, **extra)
+            response = self.client.images.generate(
+                model=model, prompt=prompt, n=params.n, size=params.size, **extra
+            )
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
         images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
         if len(images) != params.n:
             raise PermanentProviderError(f"asked for {params.n} images, got {len(images)}")
-        return ImageResult(images=images, usage=Usage(images=len(images), size=params.size,
-                                                      quality=params.quality))
+        return ImageResult(
+            images=images, usage=Usage(images=len(images), size=params.size, quality=params.quality)
+        )
 
 
 def _decode(b64: str) -> GeneratedImage:

@@ -23,7 +23,11 @@ from models.tokens import count_messages, count_text, encoding
 SYNTHETIC_LABEL = "[synthetic]"
 #: with no max_tokens, a reply is this many tokens at most (a short paragraph)
 DEFAULT_REPLY_TOKENS = 120
-WORDS = ["spring", "campaign", "bright", "fresh", "launch", "customers", "story", "value", "simple", "clear", "bold", "green", "growth", "morning", "light", "ideas", "team", "season", "offer", "quality", "craft", "detail", "honest", "warm", "calm", "river", "city", "garden", "ocean", "mountain", "path", "journey", "voice", "design", "color", "future", "moment"]
+WORDS = (
+    "spring campaign bright fresh launch customers story value simple clear bold green growth "
+    "morning light ideas team season offer quality craft detail honest warm calm river city "
+    "garden ocean mountain path journey voice design color future moment"
+).split()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,8 +76,13 @@ class Simulator:
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000)
 
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None,
-                 encoding_name: str = "o200k_base") -> tuple[str, int, int]:
+    def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None,
+        encoding_name: str = "o200k_base",
+    ) -> tuple[str, int, int]:
         """Reply text, prompt tokens and completion tokens, all derived from the prompt."""
         prompt_tokens = count_messages(messages, encoding_name)
         text = _reply(messages, max_tokens or DEFAULT_REPLY_TOKENS, encoding_name)
@@ -105,8 +114,9 @@ def draw_png(prompt: str, width: int, height: int, index: int = 0) -> bytes:
     top = tuple(rng.randrange(256) for _ in range(3))
     bottom = tuple(rng.randrange(256) for _ in range(3))
     gradient = Image.linear_gradient("L").resize((width, height))
-    image = Image.composite(Image.new("RGB", (width, height), bottom),
-                            Image.new("RGB", (width, height), top), gradient)
+    image = Image.composite(
+        Image.new("RGB", (width, height), bottom), Image.new("RGB", (width, height), top), gradient
+    )
     draw = ImageDraw.Draw(image)
     for _ in range(6):
         x, y = rng.randrange(width), rng.randrange(height)
