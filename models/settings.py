@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # Used by the `genq submit` / `genq status` client commands.
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
     tiktoken_cache_dir: Path = Path.home() / ".cache" / "genq" / "tiktoken"
 
     @field_validator("database_url")

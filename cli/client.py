@@ -1,0 +1,77 @@
+"""A small HTTP client for the genq API, used by `genq submit`, `genq status` and `genq dev`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class ClientError(Exception):
+    """One line a user can act on, built from the API's problem+json."""
+
+
+class GenqClient:
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 30):
+        self.http = httpx.Client(
+            base_url=base_url, timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"}
+        )
+
+    def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(
+                f"cannot reach the genq API at {self.http.base_url}: {type(exc).__name__}"
+            ) from None
+        if response.status_code >= 400:
+            raise ClientError(_describe(response))
+        return response
+
+    def submit(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json=body, headers=headers).json()
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}").json()
+
+    def usage(self, group_by: str = "model") -> dict:
+        return self._call("GET", "/v1/usage", params={"group_by": group_by}).json()
+
+    def image(self, url: str) -> bytes:
+        return self._call("GET", url).content
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 300,
+        interval_s: float = 0.25,
+        on_poll: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Poll until the job finishes; raises ClientError on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if on_poll:
+                on_poll(job)
+            if job["status"] in FINISHED:
+                return job
+            if time.monotonic() > deadline:
+                raise ClientError(f"job {job_id} still {job['status']} after {timeout_s:.0f}s")
+            time.sleep(interval_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _describe(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return f"{response.status_code} {body.get('title', '')}: {body.get('detail', '')}"
+    except ValueError:
+        return f"{response.status_code} {response.reason_phrase}"

@@ -1,0 +1,195 @@
+"""`genq dev`: the whole system on one machine, and a text and an image job through it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import redis
+
+from cli.client import ClientError, GenqClient
+from cli.render import console, job_summary
+from models.db import get_engine, session_scope
+from models.keys import create_key
+from models.migrate import current_revision, upgrade
+from models.settings import Settings, get_settings
+
+#: where a private redis-server listens when none answers on GENQ_REDIS_URL
+PRIVATE_REDIS_PORT = 6390
+LOG_DIR = Path(".genq/logs")
+DEMO_JOBS = (
+    {
+        "kind": "text",
+        "prompt": "Write a haiku about a spring marketing campaign",
+        "params": {"max_tokens": 60},
+    },
+    {"kind": "image", "prompt": "a red fox in a spring meadow", "params": {"size": "256x256"}},
+)
+
+
+class Children:
+    """Child processes started by the demo, stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def genq(self, name: str, *args: str) -> subprocess.Popen:
+        return self.start(name, [sys.executable, "-m", "cli", *args])
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise ClientError(
+                    f"{name} exited with code {proc.returncode}; see {LOG_DIR / (name + '.log')}"
+                )
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def ensure_redis(settings: Settings, children: Children) -> str:
+    """The Redis URL to use: the configured one, or a private redis-server we start."""
+    if _redis_answers(settings.redis_url):
+        console.print(f"redis: found at {settings.redis_url}")
+        return settings.redis_url
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ClientError(
+            f"no Redis answers at {settings.redis_url} and redis-server is not "
+            "installed; install it (apt install redis-server) or set GENQ_REDIS_URL"
+        )
+    url = f"redis://127.0.0.1:{PRIVATE_REDIS_PORT}/0"
+    children.start(
+        "redis",
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(PRIVATE_REDIS_PORT),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    )
+    _wait_for(lambda: _redis_answers(url), "private redis-server", children)
+    console.print(f"redis: none at {settings.redis_url}; started a private one at {url}")
+    return url
+
+
+def _wait_for(check, what: str, children: Children, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        children.check_alive()
+        if time.monotonic() > deadline:
+            raise ClientError(f"{what} did not come up within {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _describe_provider(settings: Settings) -> str:
+    if settings.effective_provider == "openai":
+        return "provider: OpenAI (OPENAI_API_KEY is set) — real models, real charges"
+    return (
+        "provider: OFFLINE SIMULATOR (no OPENAI_API_KEY) — outputs are synthetic, "
+        "token counts and costs are computed as for the real models"
+    )
+
+
+def run_demo(*, api_port: int, flower_port: int, once: bool) -> int:
+    settings = get_settings()
+    with ExitStack() as stack:
+        env = {**os.environ, "GENQ_LOG_FORMAT": "console"}
+        children = Children(env)
+        stack.callback(children.stop)
+        try:
+            return _demo(settings, children, api_port=api_port, flower_port=flower_port, once=once)
+        except ClientError as exc:
+            console.print(f"[red]genq dev: {exc}[/]")
+            return 1
+        except KeyboardInterrupt:
+            console.print("stopping…")
+            return 0
+
+
+def _demo(
+    settings: Settings, children: Children, *, api_port: int, flower_port: int, once: bool
+) -> int:
+    console.print(_describe_provider(settings))
+    upgrade(settings.database_url)
+    console.print(
+        f"database: {settings.database_url} at revision {current_revision(settings.database_url)}"
+    )
+    children.env["GENQ_REDIS_URL"] = ensure_redis(settings, children)
+    api_url = f"http://127.0.0.1:{api_port}"
+    flower_url = f"http://127.0.0.1:{flower_port}"
+    children.genq("api", "api", "--port", str(api_port))
+    children.genq("worker", "worker", "--concurrency", "4", "--hostname", "dev@%h")
+    children.genq("flower", "flower", f"--port={flower_port}", "--address=127.0.0.1")
+    _wait_for(lambda: _ready(f"{api_url}/readyz"), "the API", children)
+    _wait_for(lambda: _ready(f"{flower_url}/healthcheck"), "Flower", children)
+    console.print(f"processes: api, worker, flower (logs in {LOG_DIR}/)")
+
+    with session_scope(get_engine(settings.database_url)) as session:
+        _key, secret = create_key(session, name="genq-dev demo")
+    console.print(f"API key for this demo (shown once): [bold]{secret}[/]")
+    client = GenqClient(api_url, secret)
+    jobs = [client.submit(body) for body in DEMO_JOBS]
+    for job in jobs:
+        console.print(f"submitted {job['kind']} job {job['id']}")
+    for job in jobs:
+        finished = client.wait(job["id"], timeout_s=120)
+        children.check_alive()
+        console.print(job_summary(finished, api_url=api_url))
+    total = client.usage()["total"]
+    console.print(f"usage for this key: {total['total_tokens']} tokens, ${total['cost_usd']:.7f}")
+    console.print(
+        f"API docs: {api_url}/docs   Flower: {flower_url}   "
+        f"try: curl -H 'Authorization: Bearer {secret}' {api_url}/v1/jobs"
+    )
+    if once:
+        return 0
+    console.print("running; press Ctrl-C to stop")
+    while True:
+        children.check_alive()
+        time.sleep(1)

@@ -1,0 +1,196 @@
+"""The `genq` command line: run the parts of genq, manage keys, submit and inspect jobs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from cli.client import ClientError, GenqClient
+from cli.render import console, job_summary, print_json
+from models.settings import get_settings
+
+app = typer.Typer(
+    help="genq: distributed text and image generation jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one clear line on stderr and return the exit to raise."""
+    console.print(f"[red]genq: {message}[/]")
+    return typer.Exit(code)
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database in GENQ_DATABASE_URL to the newest schema."""
+    from models.migrate import current_revision, upgrade
+
+    url = get_settings().database_url
+    try:
+        upgrade(url)
+    except Exception as exc:
+        raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    console.print(f"database migrated to revision {current_revision(url)}")
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="A label for the key")]) -> None:
+    """Create an API key and print its secret alone on stdout (it is shown only once)."""
+    from models.db import get_engine, session_scope
+    from models.keys import create_key
+
+    if not name.strip() or len(name) > 200:
+        raise fail("NAME must be 1 to 200 characters")
+    try:
+        with session_scope(get_engine(get_settings().database_url)) as session:
+            key, secret = create_key(session, name=name.strip())
+    except Exception as exc:
+        reason = f"cannot store the key ({type(exc).__name__}); run `genq migrate` first?"
+        raise fail(reason) from None
+    console.print(f"created key {key.id} ({key.name}); the secret below is not stored anywhere")
+    print(secret)
+
+
+@app.command()
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the REST API with uvicorn."""
+    import uvicorn
+
+    uvicorn.run("api.main:app_factory", factory=True, host=host, port=port, log_config=None)
+
+
+@app.command(context_settings=PASS_THROUGH)
+def worker(ctx: typer.Context) -> None:
+    """Run a Celery worker; Celery options (--concurrency, --hostname, -Q …) pass through."""
+    from worker.celery_app import celery_app
+
+    args = list(ctx.args)
+    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
+        args = ["-Q", "text,images", *args]
+    celery_app.worker_main(["worker", "--loglevel", get_settings().log_level, *args])
+
+
+@app.command(context_settings=PASS_THROUGH)
+def flower(ctx: typer.Context) -> None:
+    """Run Flower, the Celery monitor; Flower options (--port, --address …) pass through."""
+    from worker.celery_app import celery_app
+
+    celery_app.start(["flower", *ctx.args])
+
+
+@app.command()
+def simulator(
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    latency_ms: Annotated[int | None, typer.Option(help="default GENQ_OFFLINE_LATENCY_MS")] = None,
+    faults: Annotated[str | None, typer.Option(help="e.g. 429:0.3,500:0.1")] = None,
+    retry_after: Annotated[float, typer.Option(help="Retry-After seconds on 429")] = 1.0,
+) -> None:
+    """Serve the offline simulator as an OpenAI-compatible API (synthetic outputs)."""
+    import uvicorn
+
+    from models.catalogue import get_catalogue
+    from models.settings import parse_faults
+    from models.tokens import install_encodings
+    from worker.providers.simulator import Simulator
+    from worker.simulator_server import create_simulator_app
+
+    settings = get_settings()
+    spec = settings.offline_faults if faults is None else faults
+    try:
+        parse_faults(spec)
+    except ValueError as exc:
+        raise fail(f"--faults: {exc}") from None
+    install_encodings(settings.tiktoken_cache_dir)
+    sim = Simulator.from_spec(
+        latency_ms=settings.offline_latency_ms if latency_ms is None else latency_ms,
+        faults=spec,
+        retry_after_s=retry_after,
+    )
+    console.print(f"genq simulator on http://{host}:{port}/v1 (synthetic outputs)")
+    uvicorn.run(
+        create_simulator_app(sim, get_catalogue(settings.catalogue_path)),
+        host=host,
+        port=port,
+        log_level="warning",
+    )
+
+
+def _client() -> GenqClient:
+    settings = get_settings()
+    if settings.api_key is None:
+        raise fail("set GENQ_API_KEY to a key from `genq keys create NAME`")
+    return GenqClient(settings.api_url, settings.api_key.get_secret_value())
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt")],
+    kind: Annotated[str, typer.Option(help="text or image")] = "text",
+    model: Annotated[str | None, typer.Option(help="Override the model choice")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Text: output token limit")] = None,
+    size: Annotated[str | None, typer.Option(help="Image: e.g. 1024x1024")] = None,
+    n: Annotated[int | None, typer.Option(help="Image: how many")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Makes a retried submit safe")] = None,
+    wait: Annotated[bool, typer.Option(help="Poll until the job finishes")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the job as JSON")] = False,
+) -> None:
+    """Submit a text or image job to the API at GENQ_API_URL."""
+    params = {k: v for k, v in {"max_tokens": max_tokens, "size": size, "n": n}.items() if v}
+    body = {"kind": kind, "prompt": prompt, "params": params, "model": model}
+    client = _client()
+    try:
+        job = client.submit(body, idempotency_key=idempotency_key)
+        if wait:
+            with console.status(f"job {job['id']} queued") as status:
+                job = client.wait(
+                    job["id"],
+                    on_poll=lambda j: status.update(
+                        f"job {j['id']} {j['status']} (attempts: {j['attempts']})"
+                    ),
+                )
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    _show(job, json_out)
+    if job["status"] == "failed":
+        raise typer.Exit(3)
+
+
+@app.command()
+def status(job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one job."""
+    try:
+        job = _client().job(job_id)
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    _show(job, json_out)
+
+
+def _show(job: dict, json_out: bool) -> None:
+    if json_out or not sys.stdout.isatty():
+        print_json(job)
+    else:
+        console.print(job_summary(job, api_url=get_settings().api_url))
+
+
+@app.command()
+def dev(
+    api_port: int = 8000,
+    flower_port: int = 5555,
+    once: Annotated[bool, typer.Option(help="Exit after the demo jobs")] = False,
+) -> None:
+    """The demo: migrate, find Redis, start API + worker + Flower, run a text and an image job."""
+    from cli.dev import run_demo
+
+    raise typer.Exit(run_demo(api_port=api_port, flower_port=flower_port, once=once))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,177 @@
+"""`genq simulator`: the offline simulator served as an OpenAI-compatible HTTP API.
+
+It lets the `openai` provider run through the real SDK over HTTP with no key and no network:
+`/v1/chat/completions` (with usage), `/v1/images/generations` (`b64_json`), `/v1/models`, the
+same latency and fault knobs, and 429 answers carrying `Retry-After`. Two control routes under
+`/_simulator/` script the next outcomes and count calls, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import time
+import uuid
+from collections import Counter
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from models.catalogue import Catalogue
+from worker.providers.base import parse_size
+from worker.providers.simulator import Fault, Simulator, draw_png
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[dict[str, str]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class ImageRequest(BaseModel):
+    model: str = "dall-e-2"
+    prompt: str = Field(min_length=1)
+    n: int = Field(default=1, ge=1, le=10)
+    size: str = "1024x1024"
+    quality: str | None = None
+    response_format: str | None = None
+
+
+class Script(BaseModel):
+    statuses: list[int]
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """OpenAI's error body, so the SDK raises the exception it would raise against OpenAI."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _fault_response(fault: Fault) -> JSONResponse:
+    headers = None
+    if fault.retry_after_s is not None:
+        headers = {
+            "retry-after": str(math.ceil(fault.retry_after_s)),
+            "retry-after-ms": str(int(fault.retry_after_s * 1000)),
+        }
+    kind = "rate_limit_exceeded" if fault.status == 429 else "server_error"
+    return _error(fault.status, fault.message, kind=kind, headers=headers)
+
+
+async def _parse(request: Request, schema: type[BaseModel]) -> BaseModel | JSONResponse:
+    try:
+        return schema.model_validate(await request.json())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return _error(400, f"{where}: {err['msg']}")
+    except ValueError:
+        return _error(400, "request body is not valid JSON")
+
+
+def chat_reply(
+    simulator: Simulator, catalogue: Catalogue, body: ChatRequest
+) -> dict | JSONResponse:
+    """A chat.completion object with real token usage, or OpenAI's 404 for unknown models."""
+    spec = catalogue.get(body.model)
+    if spec is None or spec.kind != "text":
+        return _error(404, f"The model `{body.model}` does not exist", kind="not_found")
+    limit = body.max_completion_tokens or body.max_tokens
+    text, prompt_tokens, completion_tokens = simulator.complete(
+        body.messages, max_tokens=limit, encoding_name=spec.encoding
+    )
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": "genq-simulator",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length" if limit == completion_tokens else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
+
+
+async def image_reply(catalogue: Catalogue, body: ImageRequest) -> dict | JSONResponse:
+    """Real PNGs of the requested size as `b64_json`."""
+    spec = catalogue.get(body.model)
+    if spec is None or spec.kind != "image":
+        return _error(404, f"The model `{body.model}` does not exist", kind="not_found")
+    if spec.image_price(body.size, body.quality) is None:
+        return _error(400, f"size {body.size!r} is not supported by {body.model}")
+    if body.response_format == "url":
+        return _error(400, "the simulator answers with b64_json only")
+    width, height = parse_size(body.size)
+    pngs = await run_in_threadpool(
+        lambda: [draw_png(body.prompt, width, height, i) for i in range(body.n)]
+    )
+    return {
+        "created": int(time.time()),
+        "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs],
+    }
+
+
+def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
+    """The HTTP face of `simulator`; `catalogue` decides which model names exist."""
+    app = FastAPI(title="genq simulator (synthetic outputs)")
+    calls: Counter[str] = Counter()
+
+    async def admit(request: Request, route: str, schema: type[BaseModel]):
+        """Count the call, check auth, wait the latency, draw a fault, parse the body."""
+        calls[route] += 1
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return _error(401, "missing bearer token", kind="invalid_api_key")
+        if simulator.latency_ms:
+            await asyncio.sleep(simulator.latency_ms / 1000)
+        fault = simulator.next_fault()
+        return _fault_response(fault) if fault else await _parse(request, schema)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await admit(request, "chat", ChatRequest)
+        return body if isinstance(body, JSONResponse) else chat_reply(simulator, catalogue, body)
+
+    @app.post("/v1/images/generations")
+    async def images(request: Request):
+        body = await admit(request, "images", ImageRequest)
+        return body if isinstance(body, JSONResponse) else await image_reply(catalogue, body)
+
+    @app.get("/v1/models")
+    async def models():
+        data = [
+            {"id": m.id, "object": "model", "created": 0, "owned_by": "genq-simulator"}
+            for m in catalogue
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/_simulator/script")
+    async def script(body: Script):
+        """Queue exact outcomes (HTTP statuses, 200 = success) for the next calls."""
+        simulator.script.extend(body.statuses)
+        return {"queued": len(simulator.script)}
+
+    @app.get("/_simulator/stats")
+    async def stats():
+        return {"calls": dict(calls), "scripted_left": len(simulator.script)}
+
+    return app
