@@ -60,8 +60,15 @@ class ModelSpec(BaseModel):
         return self.image_prices.get(quality or self.default_quality, {}).get(size)
 
     def public(self) -> dict:
-        """The catalogue entry as `GET /v1/models` shows it."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The catalogue entry as `GET /v1/models` shows it: prices as JSON numbers."""
+        return _numbers(self.model_dump(exclude_none=True))
+
+
+def _numbers(value):
+    """Decimals become floats for JSON display only; arithmetic stays in Decimal."""
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    return float(value) if isinstance(value, Decimal) else value
 
 
 class Catalogue:

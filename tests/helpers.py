@@ -1,0 +1,78 @@
+"""Factories and in-process fakes shared by the integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from models.db import get_engine, session_scope
+from models.errors import ProviderError
+from models.keys import create_key
+from models.pricing import Usage
+from models.schemas import ImageParams, TextParams
+from worker.providers.base import GeneratedImage, ImageResult, TextResult
+from worker.providers.simulator import draw_png
+
+
+def new_key(database_url: str, name: str = "test") -> str:
+    """Create an API key and return its secret."""
+    with session_scope(get_engine(database_url)) as session:
+        _key, secret = create_key(session, name=name)
+    return secret
+
+
+def auth(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], object], *, timeout_s: float = 60, what: str = "condition"):
+    """Poll `check` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class FakeProvider:
+    """An in-process provider whose outcomes are scripted: a ProviderError to raise, or None."""
+
+    name: str = "fake"
+    outcomes: list[ProviderError | None] = field(default_factory=list)
+    calls: int = 0
+    usage: Usage = field(default_factory=lambda: Usage(prompt_tokens=100, completion_tokens=50))
+
+    def _next(self) -> None:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+
+    def generate_text(
+        self, *, model: str, messages: list[dict[str, str]], params: TextParams
+    ) -> TextResult:
+        self._next()
+        return TextResult(text=f"reply to {messages[-1]['content']}", usage=self.usage)
+
+    def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
+        self._next()
+        width, height = (int(x) for x in params.size.split("x"))
+        images = [
+            GeneratedImage(data=draw_png(prompt, width, height, i), width=width, height=height)
+            for i in range(params.n)
+        ]
+        return ImageResult(
+            images=images, usage=Usage(images=params.n, size=params.size, quality=params.quality)
+        )
