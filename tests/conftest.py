@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis and real databases (SQLite and PostgreSQL), nothing mocked but models.
+"""Shared fixtures: real Redis and real databases (SQLite, PostgreSQL); only models are faked.
 
 A fixture that needs a service fails loudly when the service is missing; it never skips.
 """

@@ -61,7 +61,12 @@ def test_defaults_match_the_design():
         ("GENQ_OFFLINE_FAULTS", "429:0.3,500:0.1", "offline_faults", None),
         ("GENQ_MAX_ATTEMPTS", "7", "max_attempts", 7),
         ("GENQ_RETRY_AFTER_CAP_S", "5.5", "retry_after_cap_s", 5.5),
-        ("GENQ_CATALOGUE_PATH", "/etc/genq/extra.toml", "catalogue_path", Path("/etc/genq/extra.toml")),
+        (
+            "GENQ_CATALOGUE_PATH",
+            "/etc/genq/extra.toml",
+            "catalogue_path",
+            Path("/etc/genq/extra.toml"),
+        ),
         ("GENQ_LOG_LEVEL", "DEBUG", "log_level", None),
         ("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1", "openai_base_url", None),
     ],

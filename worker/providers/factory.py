@@ -5,12 +5,13 @@ from __future__ import annotations
 from models.settings import Settings
 from worker.providers.base import Provider
 from worker.providers.offline import OfflineProvider
-from worker.providers.openai_provider import OpenAIProvider
 from worker.providers.simulator import Simulator
 
 
 def build_provider(settings: Settings) -> Provider:
     if settings.effective_provider == "openai":
+        from worker.providers.openai_provider import OpenAIProvider  # the SDK is slow to import
+
         if settings.openai_api_key is None:
             raise SystemExit("genq: GENQ_PROVIDER=openai needs OPENAI_API_KEY")
         return OpenAIProvider(

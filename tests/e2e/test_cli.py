@@ -1,0 +1,123 @@
+"""The `genq` command line, run as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import free_port
+
+#: the CLI does not care which database it talks to; SQLite keeps these tests quick
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True),
+]
+
+
+def genq(*args: str, env: dict[str, str], cwd=None, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def env(settings) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "OPENAI_"))},
+        "GENQ_DATABASE_URL": settings.database_url,
+        "GENQ_REDIS_URL": settings.redis_url,
+        "GENQ_TIKTOKEN_CACHE_DIR": str(settings.tiktoken_cache_dir),
+    }
+
+
+def test_keys_create_prints_only_the_secret_on_stdout(env):
+    result = genq("keys", "create", "marketing", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("genq_")
+    assert "marketing" in result.stderr
+
+
+def test_submit_wait_and_status_through_the_api(stack, env):
+    api = stack.api()
+    stack.worker()
+    secret = genq("keys", "create", "cli", env=env).stdout.strip()
+    client_env = {**env, "GENQ_API_URL": api, "GENQ_API_KEY": secret}
+    submitted = genq(
+        "submit", "Write a tagline", "--max-tokens", "20", "--wait", "--json", env=client_env
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert '"status": "succeeded"' in submitted.stdout
+    job_id = submitted.stdout.split('"id": "', 1)[1].split('"', 1)[0]
+    status = genq("status", job_id, env=client_env)
+    assert status.returncode == 0 and job_id in status.stdout
+    image = genq(
+        "submit",
+        "a fox",
+        "--kind",
+        "image",
+        "--size",
+        "256x256",
+        "--n",
+        "2",
+        "--wait",
+        env=client_env,
+    )
+    assert image.returncode == 0 and "/images/1" in image.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "needle"),
+    [
+        (("status", "abc"), {}, "GENQ_API_KEY"),
+        (
+            ("status", "abc"),
+            {"GENQ_API_KEY": "genq_x", "GENQ_API_URL": "http://127.0.0.1:1"},
+            "cannot reach",
+        ),
+        (("migrate",), {"GENQ_MAX_ATTEMPTS": "0"}, "GENQ_MAX_ATTEMPTS"),
+        (("migrate",), {"GENQ_DATABASE_URL": "mysql://x"}, "GENQ_DATABASE_URL"),
+        (("simulator", "--faults", "429:2"), {}, "--faults"),
+        (("keys", "create", " "), {}, "NAME"),
+    ],
+)
+def test_errors_are_one_clear_line_and_a_nonzero_exit(env, args, extra_env, needle):
+    result = genq(*args, env={**env, **extra_env})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_status_of_an_unknown_job_says_404(stack, env):
+    api = stack.api()
+    secret = genq("keys", "create", "cli", env=env).stdout.strip()
+    result = genq("status", "nope", env={**env, "GENQ_API_URL": api, "GENQ_API_KEY": secret})
+    assert result.returncode == 1 and "404" in result.stderr
+
+
+def test_dev_runs_the_whole_demo(env, tmp_path, settings):
+    # The README's first command, on a database of its own, ending after the demo jobs
+    api_port, flower_port = free_port(), free_port()
+    result = genq(
+        "dev",
+        "--once",
+        "--api-port",
+        str(api_port),
+        "--flower-port",
+        str(flower_port),
+        env=env,
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stderr
+    assert "OFFLINE SIMULATOR" in out and out.count("succeeded") == 2
+    assert f"http://127.0.0.1:{api_port}/docs" in out and f"http://127.0.0.1:{flower_port}" in out
+    assert "[synthetic]" in out and "usage for this key" in out
