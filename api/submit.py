@@ -24,6 +24,7 @@ def submit_job(
 ) -> Job:
     """Store the job and publish it; a publish failure removes the job and answers 503."""
     plan = plan_job(body, services.catalogue, services.defaults)
+    body = body.model_copy(update={"params": plan.params})
     job = Job(
         key_id=key_id,
         kind=body.kind,

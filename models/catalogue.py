@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from decimal import Decimal
 from functools import lru_cache
@@ -35,6 +36,8 @@ class ModelSpec(BaseModel):
     max_images: int = Field(default=1, ge=1)
     #: quality -> size -> USD per image
     image_prices: dict[str, dict[str, Decimal]] = Field(default_factory=dict)
+    #: the quality genq asks for (and bills) when a request names none; else the first listed
+    default_quality: str | None = None
     encoding: str = "o200k_base"
 
     @model_validator(mode="after")
@@ -43,6 +46,8 @@ class ModelSpec(BaseModel):
             raise ValueError("text models need max_output_tokens")
         if self.kind == "image" and not self.image_prices:
             raise ValueError("image models need image_prices")
+        if self.default_quality is not None and self.default_quality not in self.image_prices:
+            raise ValueError(f"default_quality {self.default_quality!r} has no image_prices")
         return self
 
     @property
@@ -50,14 +55,13 @@ class ModelSpec(BaseModel):
         """Every size any quality of this model supports, in catalogue order."""
         return list(dict.fromkeys(s for q in self.image_prices.values() for s in q))
 
-    @property
-    def default_quality(self) -> str:
-        """The first quality listed is the cheapest and the default."""
-        return next(iter(self.image_prices))
+    def quality_or_default(self, quality: str | None) -> str:
+        """The requested quality, else the catalogue's default, else the first one listed."""
+        return quality or self.default_quality or next(iter(self.image_prices))
 
     def image_price(self, size: str, quality: str | None) -> Decimal | None:
         """USD per image, or None when the model does not offer this size/quality."""
-        return self.image_prices.get(quality or self.default_quality, {}).get(size)
+        return self.image_prices.get(self.quality_or_default(quality), {}).get(size)
 
     def public(self) -> dict:
         """The catalogue entry as `GET /v1/models` shows it: prices as JSON numbers."""
@@ -98,14 +102,23 @@ def _read(text: str, source: str) -> dict[str, dict]:
     return models
 
 
-def _build(raw: dict[str, dict], source: str) -> dict[str, ModelSpec]:
+def _line_of(text: str, model_id: str) -> int | None:
+    """The line of the `[models."id"]` header, so an error can point at it."""
+    header = re.compile(rf'^[ \t]*\[\s*models\s*\.\s*("?){re.escape(model_id)}\1\s*\]', re.M)
+    match = header.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def _build(text: str, source: str) -> dict[str, ModelSpec]:
+    """Validate every entry of one file; the first bad one names file, line, model and field."""
     specs = {}
-    for model_id, entry in raw.items():
+    for model_id, entry in _read(text, source).items():
         try:
             specs[model_id] = ModelSpec(id=model_id, **entry)
         except (ValidationError, TypeError) as exc:
-            detail = _first_error(exc)
-            raise CatalogueError(f"{source}: model {model_id!r}: {detail}") from None
+            line = _line_of(text, model_id)
+            where = f"{source}, line {line}" if line else source
+            raise CatalogueError(f"{where}: model {model_id!r}: {_first_error(exc)}") from None
     return specs
 
 
@@ -120,14 +133,14 @@ def _first_error(exc: Exception) -> str:
 def load_catalogue(extra_path: Path | None = None) -> Catalogue:
     """Built-in catalogue, extended or overridden entry by entry by the file at `extra_path`."""
     builtin = resources.files("models.data").joinpath("catalogue.toml").read_text()
-    raw = _read(builtin, "built-in catalogue")
+    specs = _build(builtin, "built-in catalogue")
     if extra_path is not None:
         try:
             text = Path(extra_path).read_text()
         except OSError as exc:
             raise CatalogueError(f"{extra_path}: {exc.strerror}") from None
-        raw |= _read(text, str(extra_path))
-    return Catalogue(_build(raw, "catalogue"))
+        specs |= _build(text, str(extra_path))
+    return Catalogue(specs)
 
 
 @lru_cache

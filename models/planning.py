@@ -20,6 +20,8 @@ class Plan:
     spec: ModelSpec
     prompt_tokens: int
     estimated_cost_usd: Decimal
+    #: the request's params with defaults genq decided made explicit (e.g. image quality)
+    params: dict
 
 
 def _invalid(field: str, message: str) -> InvalidRequest:
@@ -50,7 +52,12 @@ def _plan_text(request: JobCreate, spec: ModelSpec) -> Plan:
             f"{spec.id}'s context window of {spec.context_window}",
         )
     estimate = estimate_text(spec, prompt_tokens=prompt_tokens, max_tokens=params.max_tokens)
-    return Plan(spec=spec, prompt_tokens=prompt_tokens, estimated_cost_usd=estimate)
+    return Plan(
+        spec=spec,
+        prompt_tokens=prompt_tokens,
+        estimated_cost_usd=estimate,
+        params=params.model_dump(exclude_none=True),
+    )
 
 
 def _plan_image(request: JobCreate, spec: ModelSpec) -> Plan:
@@ -73,8 +80,15 @@ def _plan_image(request: JobCreate, spec: ModelSpec) -> Plan:
         raise _invalid(
             "prompt", f"prompt is {len(prompt)} characters; {spec.id} accepts {spec.context_window}"
         )
+    # Ask for a known quality, so the provider bills what the catalogue prices.
+    params = params.model_copy(update={"quality": spec.quality_or_default(params.quality)})
     estimate = estimate_image(spec, n=params.n, size=params.size, quality=params.quality)
-    return Plan(spec=spec, prompt_tokens=0, estimated_cost_usd=estimate)
+    return Plan(
+        spec=spec,
+        prompt_tokens=0,
+        estimated_cost_usd=estimate,
+        params=params.model_dump(exclude_none=True),
+    )
 
 
 def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Plan:

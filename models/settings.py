@@ -91,8 +91,10 @@ def parse_faults(spec: str) -> dict[int, Decimal]:
             code, p = int(status), Decimal(prob)
         except (ValueError, ArithmeticError):
             raise ValueError(f"{part!r} is not STATUS:PROBABILITY") from None
-        if not sep or not 400 <= code <= 599 or not 0 <= p <= 1:
+        if not sep or not 400 <= code <= 599 or not p.is_finite() or not 0 <= p <= 1:
             raise ValueError(f"{part!r}: status must be 400-599 and probability 0..1")
+        if code in faults:
+            raise ValueError(f"status {code} is listed twice")
         faults[code] = p
     if sum(faults.values(), Decimal(0)) > 1:
         raise ValueError("fault probabilities add up to more than 1")

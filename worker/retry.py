@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tenacity import (
@@ -47,8 +48,9 @@ class RetryPolicy:
     def wait_s(self, state: RetryCallState) -> float:
         """Seconds before the next attempt."""
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, ProviderError) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self.retry_after_cap_s)
+        hint = exc.retry_after_s if isinstance(exc, ProviderError) else None
+        if hint is not None and math.isfinite(hint):
+            return min(max(hint, 0.0), self.retry_after_cap_s)
         return wait_random_exponential(multiplier=self.initial_s, max=self.max_s)(state)
 
     def tenacity_kwargs(self) -> dict:

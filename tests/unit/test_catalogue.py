@@ -107,7 +107,8 @@ def test_builtin_image_model(builtin, model_id):
     assert (spec.kind, spec.tier, spec.max_images) == ("image", tier, max_images)
     assert spec.context_window == prompt_limit
     assert spec.image_prices == prices
-    assert spec.default_quality == next(iter(prices))
+    default = {"dall-e-2": "standard", "dall-e-3": "standard", "gpt-image-1": "medium"}
+    assert spec.quality_or_default(None) == default[model_id]
     assert all(type(p) is Decimal for q in spec.image_prices.values() for p in q.values())
 
 
@@ -237,11 +238,6 @@ def test_file_level_error_names_the_file(tmp_path, case):
         load_catalogue(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: entry errors are reported against the literal source 'catalogue', not the "
-    'file that holds the bad entry (models/catalogue.py:130 `_build(raw, "catalogue")`)',
-)
 @pytest.mark.parametrize("case", ENTRY_ERRORS)
 def test_entry_error_names_the_file(tmp_path, case):
     path = write(tmp_path, BROKEN[case][0])
@@ -260,3 +256,28 @@ def test_model_spec_rules_without_a_file():
         ModelSpec(id="t", kind="text", tier="economy", context_window=10)
     with pytest.raises(ValueError, match="image_prices"):
         ModelSpec(id="i", kind="image", tier="economy", context_window=10)
+
+
+def test_entry_error_names_the_line_of_the_entry(tmp_path):
+    path = tmp_path / "extra.toml"
+    path.write_text(
+        '# extra models\n\n[models."ok"]\nkind = "text"\ntier = "economy"\n'
+        "context_window = 10\nmax_output_tokens = 5\n\n"
+        '[models."broken"]\nkind = "text"\ntier = "economy"\ncontext_window = -1\n'
+        "max_output_tokens = 5\n"
+    )
+    with pytest.raises(
+        CatalogueError, match=r"extra\.toml, line 9: model 'broken': context_window"
+    ):
+        load_catalogue(path)
+
+
+def test_default_quality_must_be_a_priced_quality(tmp_path):
+    path = tmp_path / "extra.toml"
+    path.write_text(
+        '[models."img"]\nkind = "image"\ntier = "economy"\ncontext_window = 100\n'
+        'default_quality = "ultra"\n[models."img".image_prices.standard]\n'
+        '"256x256" = 0.01\n'
+    )
+    with pytest.raises(CatalogueError, match="default_quality"):
+        load_catalogue(path)

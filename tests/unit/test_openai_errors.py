@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
 import httpx2  # the HTTP client the openai SDK is built on here (openai._base_client imports it)
 import openai
 import pytest
@@ -80,11 +83,6 @@ def test_status_errors(status, headers, cls, kind, retry_after):
     assert f"Error code: {status}" in error.detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _retry_after returns None as soon as retry-after-ms is absent and never "
-    "looks at the standard retry-after header (worker/providers/openai_provider.py:27)",
-)
 @pytest.mark.parametrize(("status", "seconds"), [(429, "2"), (503, "7")])
 def test_plain_retry_after_header_is_honoured(status, seconds):
     error = translate_error(status_error(status, {"retry-after": seconds}))
@@ -107,11 +105,6 @@ def test_retry_after_headers(headers, expected):
     assert value == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `retry-after: <seconds>` alone is ignored "
-    "(worker/providers/openai_provider.py:27)",
-)
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [({"retry-after": "3"}, 3.0), ({"Retry-After": "120"}, 120.0)],
@@ -120,11 +113,18 @@ def test_retry_after_seconds_header(headers, expected):
     assert _retry_after(httpx2.Headers(headers)) == expected
 
 
-def test_http_date_retry_after_is_not_mistaken_for_seconds():
-    headers = httpx2.Headers(
-        {"retry-after-ms": "x", "retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}
-    )
-    assert _retry_after(headers) is None
+def test_http_date_retry_after_is_read_as_a_moment():
+    # A date in the past means "now"; a date 30 s ahead means about 30 s
+    past = httpx2.Headers({"retry-after-ms": "x", "retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert _retry_after(past) == 0.0
+    ahead = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= _retry_after(httpx2.Headers({"retry-after": ahead})) <= 30
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", "inf"])
+def test_unusable_retry_after_is_ignored_or_clamped(value):
+    seconds = _retry_after(httpx2.Headers({"retry-after": value}))
+    assert seconds is None or seconds == 0.0
 
 
 def test_timeout_is_retryable():

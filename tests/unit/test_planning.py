@@ -319,3 +319,26 @@ def test_misconfigured_default_is_reported(catalogue):
     request = JobCreate.model_validate({"kind": "text", "prompt": "hi"})
     with pytest.raises(InvalidRequest, match="unknown model 'gpt-3'"):
         choose_model(request, catalogue, Defaults(text_model="gpt-3", image_model="dall-e-2"))
+
+
+@pytest.mark.parametrize(
+    ("body", "quality", "estimate"),
+    [
+        ({"kind": "image", "prompt": "fox", "model": "gpt-image-1"}, "medium", Decimal("0.042")),
+        (
+            {
+                "kind": "image",
+                "prompt": "fox",
+                "model": "gpt-image-1",
+                "params": {"quality": "high"},
+            },
+            "high",
+            Decimal("0.167"),
+        ),
+        ({"kind": "image", "prompt": "fox", "model": "dall-e-3"}, "standard", Decimal("0.040")),
+    ],
+)
+def test_image_plan_makes_the_billed_quality_explicit(catalogue, body, quality, estimate):
+    # The provider is asked for exactly the quality genq prices, never the provider's own default
+    result = plan(catalogue, body)
+    assert result.params["quality"] == quality and result.estimated_cost_usd == estimate

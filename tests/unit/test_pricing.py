@@ -97,10 +97,10 @@ def test_image_cost_by_size_and_quality(model_id, quality, size, n):
     [
         ("dall-e-2", "512x512", D("0.018")),
         ("dall-e-3", "1792x1024", D("0.080")),
-        ("gpt-image-1", "1024x1024", D("0.011")),
+        ("gpt-image-1", "1024x1024", D("0.042")),  # catalogue default_quality = medium
     ],
 )
-def test_image_without_quality_uses_the_first_listed(model_id, size, expected):
+def test_image_without_quality_uses_the_default_quality(model_id, size, expected):
     spec = CATALOGUE.get(model_id)
     assert estimate_image(spec, n=1, size=size, quality=None) == expected
 

@@ -92,11 +92,6 @@ def test_wait_without_retry_after_is_full_jitter_within_the_window(attempt):
     assert min(waits) < 0.2 * bound
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a negative or NaN Retry-After passes straight through wait_s "
-    "(worker/retry.py:51), so tenacity calls time.sleep(-1) / time.sleep(nan) -> ValueError",
-)
 @pytest.mark.parametrize("retry_after", [-1.0, math.nan])
 def test_wait_is_never_negative_or_nan(retry_after):
     policy = RetryPolicy(retry_after_cap_s=60.0)

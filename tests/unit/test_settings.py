@@ -183,11 +183,6 @@ def test_parse_faults_rejects(spec, reason):
         parse_faults(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_faults compares Decimal('NaN') outside its try, so '429:nan' raises "
-    "decimal.InvalidOperation instead of ValueError (models/settings.py:94)",
-)
 @pytest.mark.parametrize("spec", ["429:nan", "429:sNaN"])
 def test_parse_faults_rejects_nan_with_value_error(spec):
     with pytest.raises(ValueError):
@@ -224,11 +219,6 @@ def test_get_settings_exits_with_one_line_naming_the_variable(monkeypatch, capsy
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: GENQ_OFFLINE_FAULTS=429:nan escapes as decimal.InvalidOperation with a "
-    "traceback instead of exiting 2 with one line (models/settings.py:94)",
-)
 def test_get_settings_exits_cleanly_on_nan_fault_probability(monkeypatch, capsys):
     monkeypatch.setenv("GENQ_OFFLINE_FAULTS", "429:nan")
     with pytest.raises(SystemExit) as info:
@@ -260,3 +250,8 @@ def test_effective_provider(monkeypatch, provider, api_key, expected):
     # When settings are read
     # Then auto resolves by the key's presence, explicit choices stay
     assert Settings().effective_provider == expected
+
+
+def test_a_status_listed_twice_is_refused():
+    with pytest.raises(ValueError, match="twice"):
+        parse_faults("429:0.1,429:0.2")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import math
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import openai
 from PIL import Image
@@ -19,14 +22,26 @@ from worker.retry import is_retryable_status
 B64_BY_REQUEST = ("dall-e-2", "dall-e-3")
 
 
+def _header_seconds(value: str, scale: float) -> float | None:
+    """A delay in seconds from a number (scaled) or, for `retry-after`, an HTTP date."""
+    try:
+        seconds = float(value) / scale
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
 def _retry_after(headers) -> float | None:
-    """Seconds from `retry-after-ms` or `retry-after` (seconds form), if the provider sent one."""
+    """Seconds from `retry-after-ms` or `retry-after`, if the provider sent a usable one."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name) if headers is not None else None
-        try:
-            return float(value) / scale if value is not None else None
-        except ValueError:
-            continue
+        seconds = _header_seconds(value, scale) if value is not None else None
+        if seconds is not None:
+            return seconds
     return None
 
 
