@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from api.enqueue import Publisher
 from models.catalogue import Catalogue, get_catalogue
 from models.db import get_engine
-from models.policy import Defaults
+from models.planning import Defaults
 from models.settings import Settings
 from models.tokens import install_encodings
 
@@ -23,10 +23,7 @@ class Services:
 
     @property
     def defaults(self) -> Defaults:
-        return Defaults(
-            text_model=self.settings.default_text_model,
-            image_model=self.settings.default_image_model,
-        )
+        return Defaults(tier=self.settings.default_tier)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -16,6 +16,9 @@ from models.errors import CatalogueError
 
 Kind = Literal["text", "image"]
 Tier = Literal["economy", "balanced", "premium"]
+Capability = Literal["text", "image", "vision", "tools", "json_schema"]
+#: cheapest first; the cost policy moves along this order
+TIERS: tuple[Tier, ...] = ("economy", "balanced", "premium")
 PER_MILLION = Decimal(1_000_000)
 
 
@@ -28,6 +31,11 @@ class ModelSpec(BaseModel):
     kind: Kind
     tier: Tier
     provider: str = "openai"
+    #: what the model can do; a job only goes to a model with every capability it needs
+    capabilities: frozenset[Capability] = frozenset()
+    #: another OpenAI-compatible endpoint for this model, and the env var that holds its key
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     context_window: int = Field(gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
     input_per_1m: Decimal = Field(default=Decimal(0), ge=0)
@@ -38,6 +46,10 @@ class ModelSpec(BaseModel):
     image_prices: dict[str, dict[str, Decimal]] = Field(default_factory=dict)
     #: the quality genq asks for (and bills) when a request names none; else the first listed
     default_quality: str | None = None
+    #: models that bill images as output tokens (gpt-image-1): USD per 1M image tokens, and
+    #: quality -> size -> tokens per image, used for estimates
+    image_output_per_1m: Decimal = Field(default=Decimal(0), ge=0)
+    image_tokens: dict[str, dict[str, int]] = Field(default_factory=dict)
     encoding: str = "o200k_base"
 
     @model_validator(mode="after")
@@ -49,6 +61,21 @@ class ModelSpec(BaseModel):
         if self.default_quality is not None and self.default_quality not in self.image_prices:
             raise ValueError(f"default_quality {self.default_quality!r} has no image_prices")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_is_a_capability(cls, data: dict) -> dict:
+        if isinstance(data, dict) and "kind" in data:
+            data = {**data, "capabilities": {*data.get("capabilities", ()), data["kind"]}}
+        return data
+
+    @property
+    def tier_rank(self) -> int:
+        return TIERS.index(self.tier)
+
+    def image_token_count(self, size: str, quality: str | None) -> int | None:
+        """Output tokens one image costs on token-billed models, if the catalogue says."""
+        return self.image_tokens.get(self.quality_or_default(quality), {}).get(size)
 
     @property
     def sizes(self) -> list[str]:
@@ -65,7 +92,9 @@ class ModelSpec(BaseModel):
 
     def public(self) -> dict:
         """The catalogue entry as `GET /v1/models` shows it: prices as JSON numbers."""
-        return _numbers(self.model_dump(exclude_none=True))
+        data = _numbers(self.model_dump(exclude_none=True, exclude={"api_key_env"}))
+        data["capabilities"] = sorted(self.capabilities)
+        return data
 
 
 def _numbers(value):

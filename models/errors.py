@@ -48,6 +48,12 @@ class Conflict(GenqError):
     type = "https://genq.dev/problems/conflict"
 
 
+class BudgetExceeded(GenqError):
+    status = 402
+    title = "Budget exhausted"
+    type = "https://genq.dev/problems/budget-exhausted"
+
+
 class PayloadTooLarge(GenqError):
     status = 413
     title = "Request body too large"

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from models.budgets import settle
 from models.db import Money, utcnow
 from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
@@ -53,6 +54,10 @@ class Job(SQLModel, table=True):
     completion_tokens: int = 0
     cost_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
     estimated_cost_usd: Decimal | None = Field(default=None, sa_type=Money)
+    #: held against the key's budget until the job finishes, then settled to cost_usd
+    reserved_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
+    #: the cost policy's decision: candidates, rejections, choice, fallbacks
+    routing: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     output_text: str | None = Field(default=None, sa_column=Column(Text))
     image_count: int = 0
     error_type: str | None = Field(default=None, max_length=64)
@@ -72,17 +77,10 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment
 
 
-def create_job(session: Session, *, job: Job) -> Job:
-    """Insert a queued job; with an idempotency key, return the first job stored under it."""
-    if job.idempotency_key:
-        existing = session.exec(
-            select(Job).where(Job.key_id == job.key_id, Job.idempotency_key == job.idempotency_key)
-        ).first()
-        if existing is not None:
-            return existing
-    session.add(job)
-    session.flush()
-    return job
+def find_by_idempotency_key(session: Session, *, key_id: str, key: str) -> Job | None:
+    """The job first stored under this Idempotency-Key for this API key, if any."""
+    query = select(Job).where(Job.key_id == key_id, Job.idempotency_key == key)
+    return session.exec(query).first()
 
 
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:
@@ -146,6 +144,25 @@ def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> st
     return token if result.rowcount == 1 else None
 
 
+def finish_job(
+    session: Session,
+    *,
+    job: Job,
+    status: str,
+    error_type: str | None = None,
+    error: str | None = None,
+) -> None:
+    """End the job and settle its budget reservation to its real cost (caller's transaction)."""
+    job.status = status
+    job.error_type = error_type
+    job.error_message = error
+    job.finished_at = utcnow()
+    job.lease_until = None
+    settle(session, key_id=job.key_id, reserved=job.reserved_usd, cost=job.cost_usd)
+    job.reserved_usd = Decimal(0)
+    session.add(job)
+
+
 def owned_job(session: Session, *, job_id: str, token: str) -> Job | None:
     """The running job if this claim still owns it (row-locked on PostgreSQL)."""
     query = select(Job).where(Job.id == job_id, Job.status == RUNNING, Job.claim_token == token)
@@ -188,6 +205,7 @@ def job_public(job: Job) -> JobPublic:
         else float(job.estimated_cost_usd),
         error=error,
         metadata=job.meta or {},
+        routing=job.routing,
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),

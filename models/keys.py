@@ -6,11 +6,16 @@ import hashlib
 import secrets
 import uuid
 from datetime import datetime
+from decimal import Decimal
+from typing import Literal
 
 from sqlalchemy import DateTime
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
-from models.db import utcnow
+from models.db import Money, utcnow
+from models.errors import GenqError
+
+BudgetPeriod = Literal["monthly", "total"]
 
 #: every secret starts with this, so leaked keys are easy to grep for and to scan
 SECRET_PREFIX = "genq_"
@@ -25,6 +30,13 @@ class ApiKey(SQLModel, table=True):
     secret_hash: str = Field(max_length=64, unique=True, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    #: spending limit per period (None = unlimited); spent settles real costs, reserved holds
+    #: the worst-case estimates of jobs not finished yet
+    budget_usd: Decimal | None = Field(default=None, sa_type=Money)
+    budget_period: str = Field(default="total", max_length=16)
+    period_start: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    spent_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
+    reserved_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
 
 
 def hash_secret(secret: str) -> str:
@@ -32,13 +44,47 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, *, name: str) -> tuple[ApiKey, str]:
+def create_key(
+    session: Session,
+    *,
+    name: str,
+    budget_usd: Decimal | None = None,
+    period: BudgetPeriod = "total",
+) -> tuple[ApiKey, str]:
     """Store a new key and return it with its secret, which is never stored."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=secret[:12], secret_hash=hash_secret(secret))
+    key = ApiKey(
+        name=name,
+        prefix=secret[:12],
+        secret_hash=hash_secret(secret),
+        budget_usd=budget_usd,
+        budget_period=period,
+    )
     session.add(key)
     session.flush()
     return key, secret
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.exec(select(ApiKey).order_by(col(ApiKey.created_at))))
+
+
+def find_key(session: Session, *, ref: str) -> ApiKey:
+    """A key by id or by the displayed prefix of its secret."""
+    query = select(ApiKey).where((col(ApiKey.id) == ref) | (col(ApiKey.prefix) == ref))
+    matches = list(session.exec(query))
+    if len(matches) != 1:
+        raise GenqError(f"no single key matches {ref!r} (give the id or prefix from `keys list`)")
+    return matches[0]
+
+
+def revoke_key(session: Session, *, ref: str) -> ApiKey:
+    """Revoked keys answer 401 from then on; their jobs and usage stay."""
+    key = find_key(session, ref=ref)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.add(key)
+    return key
 
 
 def authenticate(session: Session, *, secret: str) -> ApiKey | None:

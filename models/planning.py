@@ -1,18 +1,34 @@
-"""From a validated request to a plan: model, prompt size and cost estimate, or a clear 422."""
+"""From a validated request to a plan: model, routing record and cost estimate, or a clear 422."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from models.catalogue import Catalogue, ModelSpec
+from models.catalogue import Catalogue, ModelSpec, Tier
 from models.errors import InvalidRequest
-from models.policy import Defaults, choose_model
+from models.policy import (
+    TYPICAL_COMPLETION_TOKENS,
+    Assessment,
+    Assessor,
+    Rejection,
+    Routing,
+    explicit,
+    is_simple,
+    route,
+)
 from models.pricing import estimate_image, estimate_text
-from models.schemas import JobCreate
-from models.tokens import count_messages
+from models.schemas import ImageParams, JobCreate, TextParams
+from models.tokens import count_messages, count_text
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defaults:
+    """What the settings decide when a request does not."""
+
+    tier: Tier = "balanced"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,7 +36,8 @@ class Plan:
     spec: ModelSpec
     prompt_tokens: int
     estimated_cost_usd: Decimal
-    #: the request's params with defaults genq decided made explicit (e.g. image quality)
+    routing: Routing
+    #: the request's params with the defaults genq chose made explicit (e.g. image quality)
     params: dict
 
 
@@ -28,78 +45,120 @@ def _invalid(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(message, errors=[{"loc": ["body", *field.split(".")], "msg": message}])
 
 
-def _params_error(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors()[0]
-    field = ".".join(["params", *(str(p) for p in err["loc"])])
-    return _invalid(field, f"{field}: {err['msg']}")
-
-
-def _plan_text(request: JobCreate, spec: ModelSpec) -> Plan:
+def _params(request: JobCreate) -> TextParams | ImageParams:
     try:
-        params = request.text_params()
+        return request.text_params() if request.kind == "text" else request.image_params()
     except ValidationError as exc:
-        raise _params_error(exc) from None
-    if params.max_tokens and spec.max_output_tokens and params.max_tokens > spec.max_output_tokens:
-        raise _invalid(
-            "params.max_tokens",
-            f"max_tokens {params.max_tokens} exceeds {spec.id}'s limit of {spec.max_output_tokens}",
-        )
-    prompt_tokens = count_messages(request.chat_messages(), spec.encoding)
-    if prompt_tokens + (params.max_tokens or 0) > spec.context_window:
-        raise _invalid(
-            "messages",
-            f"prompt is {prompt_tokens} tokens; with max_tokens it exceeds "
-            f"{spec.id}'s context window of {spec.context_window}",
-        )
-    estimate = estimate_text(spec, prompt_tokens=prompt_tokens, max_tokens=params.max_tokens)
-    return Plan(
-        spec=spec,
-        prompt_tokens=prompt_tokens,
-        estimated_cost_usd=estimate,
-        params=params.model_dump(exclude_none=True),
-    )
+        err = exc.errors()[0]
+        field = ".".join(["params", *(str(p) for p in err["loc"])])
+        raise _invalid(field, f"{field}: {err['msg']}") from None
 
 
-def _plan_image(request: JobCreate, spec: ModelSpec) -> Plan:
-    try:
-        params = request.image_params()
-    except ValidationError as exc:
-        raise _params_error(exc) from None
+def _text_assessor(request: JobCreate, params: TextParams) -> Assessor:
+    def assess(spec: ModelSpec) -> Assessment:
+        prompt = count_messages(request.chat_messages(), spec.encoding)
+        estimate = estimate_text(spec, prompt_tokens=prompt, max_tokens=params.max_tokens)
+        typical = estimate_text(
+            spec, prompt_tokens=prompt, max_tokens=params.max_tokens or TYPICAL_COMPLETION_TOKENS
+        )
+        limit = spec.max_output_tokens or 0
+        rejection = None
+        if params.max_tokens and params.max_tokens > limit:
+            reason = f"max_tokens {params.max_tokens} exceeds {spec.id}'s limit of {limit}"
+            rejection = Rejection("params.max_tokens", reason)
+        elif prompt + (params.max_tokens or 0) > spec.context_window:
+            reason = (
+                f"prompt is {prompt} tokens; with max_tokens it exceeds "
+                f"{spec.id}'s context window of {spec.context_window}"
+            )
+            rejection = Rejection("messages", reason)
+        return Assessment(estimate=estimate, typical=typical, rejection=rejection)
+
+    return assess
+
+
+def _image_rejection(spec: ModelSpec, params: ImageParams, prompt: str) -> Rejection | None:
     if params.quality is not None and params.quality not in spec.image_prices:
-        raise _invalid("params.quality", f"{spec.id} offers quality {list(spec.image_prices)}")
+        offered = "/".join(spec.image_prices)
+        return Rejection("params.quality", f"{spec.id} offers quality {offered}")
     if spec.image_price(params.size, params.quality) is None:
-        raise _invalid(
-            "params.size",
-            f"size {params.size!r} is not supported by {spec.id}; "
-            f"supported: {', '.join(spec.sizes)}",
-        )
+        supported = ", ".join(spec.sizes)
+        reason = f"size {params.size!r} is not supported by {spec.id}; supported: {supported}"
+        return Rejection("params.size", reason)
     if params.n > spec.max_images:
-        raise _invalid("params.n", f"n must be between 1 and {spec.max_images} for {spec.id}")
-    prompt = request.prompt or ""
+        return Rejection("params.n", f"n must be between 1 and {spec.max_images} for {spec.id}")
     if len(prompt) > spec.context_window:
-        raise _invalid(
-            "prompt", f"prompt is {len(prompt)} characters; {spec.id} accepts {spec.context_window}"
+        reason = f"prompt is {len(prompt)} characters; {spec.id} accepts {spec.context_window}"
+        return Rejection("prompt", reason)
+    return None
+
+
+def _image_assessor(request: JobCreate, params: ImageParams) -> Assessor:
+    prompt = request.prompt or ""
+
+    def assess(spec: ModelSpec) -> Assessment:
+        rejection = _image_rejection(spec, params, prompt)
+        if rejection is not None:
+            return Assessment(rejection=rejection)
+        tokens = count_text(prompt, spec.encoding) if spec.image_output_per_1m else 0
+        estimate = estimate_image(
+            spec, n=params.n, size=params.size, quality=params.quality, prompt_tokens=tokens
         )
-    # Ask for a known quality, so the provider bills what the catalogue prices.
-    params = params.model_copy(update={"quality": spec.quality_or_default(params.quality)})
-    estimate = estimate_image(spec, n=params.n, size=params.size, quality=params.quality)
-    return Plan(
-        spec=spec,
-        prompt_tokens=0,
-        estimated_cost_usd=estimate,
-        params=params.model_dump(exclude_none=True),
-    )
+        return Assessment(estimate=estimate, typical=estimate)
+
+    return assess
+
+
+def _explicit_spec(request: JobCreate, catalogue: Catalogue) -> ModelSpec:
+    spec = catalogue.get(request.model or "")
+    if spec is None:
+        known = ", ".join(sorted(m.id for m in catalogue if m.kind == request.kind))
+        raise _invalid("model", f"unknown model {request.model!r}; {request.kind} models: {known}")
+    if spec.kind != request.kind:
+        raise _invalid("model", f"model {spec.id!r} makes {spec.kind}, not {request.kind}")
+    return spec
 
 
 def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Plan:
-    """Choose the model and check the request against it; raises InvalidRequest with a reason."""
-    spec = choose_model(request, catalogue, defaults)
-    plan = _plan_text(request, spec) if request.kind == "text" else _plan_image(request, spec)
+    """Choose and check the model under the cost policy; raises InvalidRequest with a reason."""
+    params = _params(request)
+    if isinstance(params, TextParams):
+        assess = _text_assessor(request, params)
+        prompt_tokens = count_messages(request.chat_messages())
+        simple = is_simple(kind="text", prompt_tokens=prompt_tokens, max_tokens=params.max_tokens)
+    else:
+        assess, prompt_tokens, simple = _image_assessor(request, params), 0, False
+    tier = request.policy.tier or defaults.tier
     ceiling = request.policy.max_cost_usd
-    if ceiling is not None and plan.estimated_cost_usd > ceiling:
-        raise _invalid(
-            "policy.max_cost_usd",
-            f"worst-case cost {plan.estimated_cost_usd} USD on {spec.id} exceeds "
-            f"max_cost_usd {ceiling}",
+    if request.model:
+        routing = explicit(
+            spec=_explicit_spec(request, catalogue),
+            tier=tier,
+            ceiling=ceiling,
+            simple=simple,
+            assess=assess,
         )
-    return plan
+    else:
+        routing = route(
+            kind=request.kind,
+            needs=frozenset({request.kind}),
+            tier=tier,
+            ceiling=ceiling,
+            simple=simple,
+            catalogue=catalogue,
+            assess=assess,
+        )
+    spec = catalogue.get(routing.chosen)
+    if isinstance(params, ImageParams):  # ask for a known quality, billed as the catalogue says
+        params = params.model_copy(update={"quality": spec.quality_or_default(params.quality)})
+    return Plan(
+        spec=spec,
+        prompt_tokens=prompt_tokens,
+        estimated_cost_usd=routing.estimate_usd,
+        routing=routing,
+        params=_dump(params),
+    )
+
+
+def _dump(params: BaseModel) -> dict:
+    return params.model_dump(exclude_none=True)

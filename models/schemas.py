@@ -104,6 +104,8 @@ class JobPublic(BaseModel):
     estimated_cost_usd: float | None
     error: ErrorPublic | None
     metadata: dict[str, Any]
+    #: why this model: candidates considered, each rejection's reason, the choice, fallbacks
+    routing: dict[str, Any] | None = None
     created_at: str
     started_at: str | None
     finished_at: str | None

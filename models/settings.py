@@ -35,8 +35,7 @@ class Settings(BaseSettings):
     offline_latency_ms: int = Field(default=0, ge=0, le=600_000)
     offline_faults: str = ""
 
-    default_text_model: str = "gpt-4.1-nano"
-    default_image_model: str = "dall-e-2"
+    default_tier: Literal["economy", "balanced", "premium"] = "balanced"
     catalogue_path: Path | None = None
 
     max_attempts: int = Field(default=4, ge=1, le=20)
@@ -53,6 +52,11 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
     tiktoken_cache_dir: Path = Path.home() / ".cache" / "genq" / "tiktoken"
+    # Operations (docs/operations.md): Flower's login, prompt logging, the worker metrics endpoint.
+    flower_basic_auth: SecretStr | None = None
+    log_prompts: bool = False
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     @field_validator("database_url")
     @classmethod
@@ -72,6 +76,15 @@ class Settings(BaseSettings):
     @classmethod
     def _faults_parse(cls, value: str) -> str:
         parse_faults(value)
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, sep, password = value.get_secret_value().partition(":")
+            if not (user and sep and password) or "," in user + password:
+                raise ValueError("must be user:password (no comma)")
         return value
 
     @property

@@ -19,7 +19,7 @@ from models.db import session_scope, utcnow
 from models.errors import PermanentProviderError, ProviderError
 from models.jobs import FAILED as JOB_FAILED
 from models.jobs import SUCCEEDED as JOB_SUCCEEDED
-from models.jobs import Job, claim_job, owned_job
+from models.jobs import Job, claim_job, finish_job, owned_job
 from models.logging import redact
 from models.pricing import Usage, cost_of
 from models.schemas import JobCreate
@@ -151,7 +151,9 @@ class Runner:
             )
             add_attempt(session, job=job, attempt=attempt)
             if final:
-                _finish(job, JOB_FAILED, error_type=exc.kind, error=exc.detail)
+                finish_job(
+                    session, job=job, status=JOB_FAILED, error_type=exc.kind, error=exc.detail
+                )
         bound.warning(
             "attempt.failed",
             status=exc.status_code,
@@ -181,7 +183,7 @@ class Runner:
                         )
                     )
                 job.image_count = len(result.images)
-            _finish(job, JOB_SUCCEEDED)
+            finish_job(session, job=job, status=JOB_SUCCEEDED)
         bound.info(
             "job.succeeded",
             cost_usd=str(job.cost_usd),
@@ -194,15 +196,6 @@ class Runner:
         with session_scope(self.engine) as session:
             job = owned_job(session, job_id=job_id, token=token)
             if job is not None:
-                _finish(job, JOB_FAILED, error_type="unknown_model", error=reason)
-                session.add(job)
-
-
-def _finish(
-    job: Job, status: str, *, error_type: str | None = None, error: str | None = None
-) -> None:
-    job.status = status
-    job.error_type = error_type
-    job.error_message = error
-    job.finished_at = utcnow()
-    job.lease_until = None
+                finish_job(
+                    session, job=job, status=JOB_FAILED, error_type="unknown_model", error=reason
+                )

@@ -26,7 +26,7 @@ def create(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Accept a job; poll the URL in `Location` for its result."""
-    job = submit_job(services, key_id=key.id, body=body, idempotency_key=idempotency_key)
+    job = submit_job(services, key=key, body=body, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_public(job)
 

@@ -62,7 +62,8 @@ def test_submit_text_job_is_accepted_and_queued(client, key, settings):
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["kind"] == "text" and job["attempts"] == 0
-    assert job["model"] == settings.default_text_model and job["metadata"] == {"campaign": "spring"}
+    assert job["model"] == "gpt-4.1-mini" and job["metadata"] == {"campaign": "spring"}
+    assert job["routing"]["mode"] == "policy" and job["routing"]["tier"] == "balanced"
     assert job["estimated_cost_usd"] > 0 and job["cost_usd"] == 0 and job["output"] is None
     messages = redis.Redis.from_url(settings.redis_url).lrange("text", 0, -1)
     assert len(messages) == 1
@@ -93,7 +94,7 @@ def test_poll_shows_output_usage_and_cost(client, key, settings):
     done = client.get(f"/v1/jobs/{text['id']}", headers=key).json()
     assert done["status"] == "succeeded" and done["output"] == {"text": "reply to Hi"}
     assert done["usage"] == {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
-    assert done["cost_usd"] == pytest.approx((100 * 0.10 + 50 * 0.40) / 1e6, abs=1e-12)
+    assert done["cost_usd"] == pytest.approx((100 * 0.40 + 50 * 1.60) / 1e6, abs=1e-12)
     assert done["provider"] == "fake" and done["started_at"] and done["finished_at"]
 
     pictures = client.get(f"/v1/jobs/{image['id']}", headers=key).json()
@@ -126,7 +127,7 @@ def test_poll_shows_output_usage_and_cost(client, key, settings):
         ({"kind": "image", "prompt": "x", "model": "dall-e-3", "params": {"n": 2}}, "n must be"),
         ({"kind": "image", "prompt": "x", "params": {"n": 0}}, "params.n"),
         ({"kind": "image", "prompt": "x", "params": {"n": 11}}, "n must be"),
-        ({"kind": "image", "prompt": "x" * 1001}, "characters"),
+        ({"kind": "image", "prompt": "x" * 1001, "model": "dall-e-2"}, "characters"),
         ({"kind": "text", "prompt": "x", "params": {"max_tokens": 10**6}}, "max_tokens"),
         ({"kind": "text", "prompt": "x", "params": {"temperature": 5}}, "temperature"),
         ({"kind": "text", "prompt": "x", "params": {"bogus": 1}}, "bogus"),
@@ -277,7 +278,7 @@ def test_usage_sums_attempts_by_model_and_day(client, key, settings):
     run_all(settings, ids)
     by_model = client.get("/v1/usage", params={"group_by": "model"}, headers=key).json()
     rows = {row["model"]: row for row in by_model["data"]}
-    assert set(rows) == {settings.default_text_model, "gpt-4o", "dall-e-2"}
+    assert set(rows) == {"gpt-4.1-mini", "gpt-4o", "gpt-image-1"}
     assert rows["gpt-4o"]["prompt_tokens"] == 100 and rows["gpt-4o"]["jobs"] == 1
     assert rows["gpt-4o"]["cost_usd"] == pytest.approx((100 * 2.5 + 50 * 10) / 1e6)
     total = by_model["total"]

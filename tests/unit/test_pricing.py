@@ -86,10 +86,26 @@ def test_zero_usage_costs_nothing():
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize(("model_id", "quality", "size"), sorted(IMAGE_PRICE))
 def test_image_cost_by_size_and_quality(model_id, quality, size, n):
+    # Without token usage an image bills its listed price; the estimate never falls below it,
+    # and for token-billed gpt-image-1 it is the larger of the list price and the token count
     spec = CATALOGUE.get(model_id)
-    expected = n * IMAGE_PRICE[model_id, quality, size]
-    assert cost_of(spec, Usage(images=n, size=size, quality=quality)) == expected
-    assert estimate_image(spec, n=n, size=size, quality=quality) == expected
+    listed = n * IMAGE_PRICE[model_id, quality, size]
+    assert cost_of(spec, Usage(images=n, size=size, quality=quality)) == listed
+    tokens = spec.image_tokens.get(quality, {}).get(size)
+    by_tokens = n * tokens * spec.image_output_per_1m / M if tokens else D(0)
+    assert estimate_image(spec, n=n, size=size, quality=quality) == max(listed, by_tokens)
+
+
+@pytest.mark.parametrize(
+    ("quality", "size", "tokens"),
+    [("low", "1024x1024", 272), ("medium", "1024x1536", 1584), ("high", "1536x1024", 6208)],
+)
+def test_gpt_image_1_bills_its_reported_tokens(quality, size, tokens):
+    # Given gpt-image-1 reporting 12 prompt tokens and `tokens` image tokens for one image
+    spec = CATALOGUE.get("gpt-image-1")
+    usage = Usage(prompt_tokens=12, completion_tokens=tokens, images=1, size=size, quality=quality)
+    # Then text input bills at $5/1M and image output at $40/1M, exactly
+    assert cost_of(spec, usage) == 12 * D("5.00") / M + tokens * D("40.00") / M
 
 
 @pytest.mark.parametrize(
@@ -97,7 +113,7 @@ def test_image_cost_by_size_and_quality(model_id, quality, size, n):
     [
         ("dall-e-2", "512x512", D("0.018")),
         ("dall-e-3", "1792x1024", D("0.080")),
-        ("gpt-image-1", "1024x1024", D("0.042")),  # catalogue default_quality = medium
+        ("gpt-image-1", "1024x1024", 1056 * D(40) / M),  # default_quality medium: 1056 tokens
     ],
 )
 def test_image_without_quality_uses_the_default_quality(model_id, size, expected):

@@ -39,8 +39,7 @@ def test_defaults_match_the_design():
     assert settings.openai_base_url is None
     assert settings.offline_latency_ms == 0
     assert settings.offline_faults == ""
-    assert settings.default_text_model == "gpt-4.1-nano"
-    assert settings.default_image_model == "dall-e-2"
+    assert settings.default_tier == "balanced"
     assert settings.catalogue_path is None
     assert settings.max_attempts == 4
     assert settings.retry_initial_s == 0.5

@@ -1,0 +1,74 @@
+"""Budgets: reserve a job's worst case at submit, settle it to the real cost at finish.
+
+Both are single conditional UPDATEs, so concurrent submits cannot overspend: PostgreSQL locks
+the key's row, SQLite the whole database, for the length of the statement's transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from models.db import utcnow
+from models.errors import BudgetExceeded
+from models.keys import ApiKey
+
+
+def month_start(moment: datetime) -> datetime:
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _roll_period(session: Session, *, key_id: str, now: datetime) -> None:
+    """A monthly budget starts again at 0 spent in a new month (reservations carry over)."""
+    start = month_start(now)
+    session.execute(
+        update(ApiKey)
+        .where(
+            col(ApiKey.id) == key_id,
+            col(ApiKey.budget_period) == "monthly",
+            col(ApiKey.period_start) < start,
+        )
+        .values(spent_usd=Decimal(0), period_start=start)
+    )
+
+
+def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | None = None) -> None:
+    """Hold `amount` against the key's budget, or raise BudgetExceeded (402)."""
+    _roll_period(session, key_id=key.id, now=now or utcnow())
+    fits = (col(ApiKey.budget_usd).is_(None)) | (
+        col(ApiKey.spent_usd) + col(ApiKey.reserved_usd) + amount <= col(ApiKey.budget_usd)
+    )
+    result = session.execute(
+        update(ApiKey)
+        .where(col(ApiKey.id) == key.id, fits)
+        .values(reserved_usd=col(ApiKey.reserved_usd) + amount)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.refresh(key)
+        left = (key.budget_usd or Decimal(0)) - key.spent_usd - key.reserved_usd
+        raise BudgetExceeded(
+            f"this job may cost up to {amount} USD but the key's {key.budget_period} budget has "
+            f"{max(left, Decimal(0))} USD left (budget {key.budget_usd}, spent {key.spent_usd}, "
+            f"reserved {key.reserved_usd})"
+        )
+
+
+def settle(session: Session, *, key_id: str, reserved: Decimal, cost: Decimal) -> None:
+    """Release a finished job's reservation and charge what it really cost."""
+    session.execute(
+        update(ApiKey)
+        .where(col(ApiKey.id) == key_id)
+        .values(
+            reserved_usd=col(ApiKey.reserved_usd) - reserved, spent_usd=col(ApiKey.spent_usd) + cost
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release(session: Session, *, key_id: str, reserved: Decimal) -> None:
+    """Give back a reservation whose job was never stored (publish failed)."""
+    settle(session, key_id=key_id, reserved=reserved, cost=Decimal(0))
