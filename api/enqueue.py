@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import structlog
 from celery import Celery
 
+from api.request_id import current_request_id
 from models.errors import NotReady
-from models.queue import QUEUE_BY_KIND, TASK_BY_KIND
+from models.queue import QUEUE_BY_KIND, REQUEST_ID_HEADER, TASK_BY_KIND
 
 #: a submit must answer quickly even when Redis is down: a few short tries, then 503
 PUBLISH_RETRY_POLICY = {
@@ -14,6 +16,7 @@ PUBLISH_RETRY_POLICY = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
+log = structlog.get_logger("genq.api")
 
 
 class Publisher:
@@ -30,6 +33,7 @@ class Publisher:
 
     def publish(self, *, job_id: str, kind: str) -> None:
         """Send the job's message; raises NotReady when the broker cannot take it."""
+        request_id = current_request_id()
         try:
             self.app.send_task(
                 TASK_BY_KIND[kind],
@@ -37,12 +41,14 @@ class Publisher:
                 queue=QUEUE_BY_KIND[kind],
                 retry=True,
                 retry_policy=PUBLISH_RETRY_POLICY,
+                headers={REQUEST_ID_HEADER: request_id} if request_id else None,
             )
         except Exception as exc:  # kombu raises many transport-specific types
             raise NotReady(
                 f"the job queue is unavailable ({type(exc).__name__}); "
                 "nothing was stored, retry the request"
             ) from exc
+        log.info("job.enqueued", job_id=job_id, queue=QUEUE_BY_KIND[kind])
 
     def close(self) -> None:
         self.app.close()

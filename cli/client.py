@@ -42,6 +42,9 @@ class GenqClient:
     def usage(self, group_by: str = "model") -> dict:
         return self._call("GET", "/v1/usage", params={"group_by": group_by}).json()
 
+    def stats(self) -> dict:
+        return self._call("GET", "/v1/stats").json()
+
     def image(self, url: str) -> bytes:
         return self._call("GET", url).content
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from models.settings import Settings, get_settings
 #: where a private redis-server listens when none answers on GENQ_REDIS_URL
 PRIVATE_REDIS_PORT = 6390
 LOG_DIR = Path(".genq/logs")
+#: the demo's Flower login: this user and a random password made for each run
+FLOWER_USER = "genq"
 DEMO_JOBS = (
     {
         "kind": "text",
@@ -127,6 +130,13 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _flower_login(children: Children) -> str:
+    """A fresh Flower login for this run, given to the flower child in its environment."""
+    password = secrets.token_urlsafe(12)
+    children.env["GENQ_FLOWER_BASIC_AUTH"] = f"{FLOWER_USER}:{password}"
+    return f"user {FLOWER_USER}, password {password}"
+
+
 def _describe_provider(settings: Settings) -> str:
     if settings.effective_provider == "openai":
         return "provider: OpenAI (OPENAI_API_KEY is set) — real models, real charges"
@@ -165,6 +175,7 @@ def _demo(
     flower_url = f"http://127.0.0.1:{flower_port}"
     children.genq("api", "api", "--port", str(api_port))
     children.genq("worker", "worker", "--concurrency", "4", "--hostname", "dev@%h")
+    login = _flower_login(children)
     children.genq("flower", "flower", f"--port={flower_port}", "--address=127.0.0.1")
     _wait_for(lambda: _ready(f"{api_url}/readyz"), "the API", children)
     _wait_for(lambda: _ready(f"{flower_url}/healthcheck"), "Flower", children)
@@ -184,7 +195,7 @@ def _demo(
     total = client.usage()["total"]
     console.print(f"usage for this key: {total['total_tokens']} tokens, ${total['cost_usd']:.7f}")
     console.print(
-        f"API docs: {api_url}/docs   Flower: {flower_url}   "
+        f"API docs: {api_url}/docs   Flower: {flower_url} ({login})   "
         f"try: curl -H 'Authorization: Bearer {secret}' {api_url}/v1/jobs"
     )
     if once:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli import ops
 from cli.client import ClientError, GenqClient
 from cli.render import console, job_summary, print_json
 from models.settings import get_settings
@@ -63,26 +64,36 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the REST API with uvicorn."""
     import uvicorn
 
-    uvicorn.run("api.main:app_factory", factory=True, host=host, port=port, log_config=None)
+    uvicorn.run(
+        "api.main:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,  # api/request_id.py writes the access line, with the request id
+    )
 
 
 @app.command(context_settings=PASS_THROUGH)
-def worker(ctx: typer.Context) -> None:
+def worker(
+    ctx: typer.Context,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics here (0 = off)")
+    ] = None,
+) -> None:
     """Run a Celery worker; Celery options (--concurrency, --hostname, -Q …) pass through."""
-    from worker.celery_app import celery_app
-
-    args = list(ctx.args)
-    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
-        args = ["-Q", "text,images", *args]
-    celery_app.worker_main(["worker", "--loglevel", get_settings().log_level, *args])
+    ops.run_worker(list(ctx.args), metrics_port=metrics_port)
 
 
 @app.command(context_settings=PASS_THROUGH)
-def flower(ctx: typer.Context) -> None:
+def flower(
+    ctx: typer.Context,
+    unauthenticated: Annotated[
+        bool, typer.Option(help="Run without a login (warns); else GENQ_FLOWER_BASIC_AUTH")
+    ] = False,
+) -> None:
     """Run Flower, the Celery monitor; Flower options (--port, --address …) pass through."""
-    from worker.celery_app import celery_app
-
-    celery_app.start(["flower", *ctx.args])
+    ops.run_flower(list(ctx.args), unauthenticated=unauthenticated)
 
 
 @app.command()
@@ -164,13 +175,21 @@ def submit(
 
 
 @app.command()
-def status(job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show one job."""
+def status(
+    job_id: Annotated[str, typer.Argument(help="A job id, or `workers` for the live workers")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one job; `genq status workers` lists live workers, their queues and running jobs."""
+    if job_id == "workers":
+        return ops.show_workers(json_out=json_out)
     try:
         job = _client().job(job_id)
     except ClientError as exc:
         raise fail(str(exc)) from None
     _show(job, json_out)
+
+
+app.command("stats")(ops.stats)
 
 
 def _show(job: dict, json_out: bool) -> None:

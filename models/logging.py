@@ -18,6 +18,16 @@ def redact(text: str) -> str:
     return SECRET_PATTERN.sub(lambda m: m.group(0)[:5] + "***", text)
 
 
+#: event fields that carry prompt text: written only when GENQ_LOG_PROMPTS=true
+PROMPT_FIELDS = frozenset({"prompt", "messages"})
+
+
+def _withhold_prompts(_logger, _name, event_dict: dict) -> dict:
+    for key in PROMPT_FIELDS & event_dict.keys():
+        event_dict[key] = "[withheld: set GENQ_LOG_PROMPTS=true to log prompts]"
+    return event_dict
+
+
 def _redact_event(_logger, _name, event_dict: dict) -> dict:
     for key, value in event_dict.items():
         if isinstance(value, str):
@@ -38,6 +48,7 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_event,
     ]
+    shared += [] if settings.log_prompts else [_withhold_prompts]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -45,9 +56,7 @@ def configure_logging(settings: Settings) -> None:
     )
     handler = logging.StreamHandler()
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processor=renderer, foreign_pre_chain=[structlog.stdlib.add_log_level, _redact_event]
-        )
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -23,6 +23,7 @@ from models.jobs import Job, claim_job, finish_job, owned_job
 from models.logging import redact
 from models.pricing import Usage, cost_of
 from models.schemas import JobCreate
+from worker import metrics
 from worker.providers.base import ImageResult, Provider, TextResult
 from worker.retry import RetryPolicy
 
@@ -154,6 +155,7 @@ class Runner:
                 finish_job(
                     session, job=job, status=JOB_FAILED, error_type=exc.kind, error=exc.detail
                 )
+        metrics.record_attempt(attempt, kind=call.spec.kind)
         bound.warning(
             "attempt.failed",
             status=exc.status_code,
@@ -184,6 +186,7 @@ class Runner:
                     )
                 job.image_count = len(result.images)
             finish_job(session, job=job, status=JOB_SUCCEEDED)
+        metrics.record_attempt(attempt, kind=call.spec.kind)
         bound.info(
             "job.succeeded",
             cost_usd=str(job.cost_usd),

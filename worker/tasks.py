@@ -13,6 +13,7 @@ from models.logging import configure_logging
 from models.settings import get_settings
 from models.tokens import install_encodings
 from worker.celery_app import celery_app
+from worker.observe import run_observed
 from worker.providers.factory import build_provider
 from worker.retry import RetryPolicy
 from worker.runner import Runner
@@ -56,10 +57,10 @@ def _announce(**_kwargs) -> None:
 @celery_app.task(name="genq.generate_text", bind=True)
 def generate_text(self, job_id: str) -> str:
     """Generate the text for one queued job."""
-    return get_runner().run(job_id, worker=self.request.hostname or "unknown")
+    return run_observed(self, job_id, get_runner())
 
 
 @celery_app.task(name="genq.generate_image", bind=True)
 def generate_image(self, job_id: str) -> str:
     """Generate the images for one queued job."""
-    return get_runner().run(job_id, worker=self.request.hostname or "unknown")
+    return run_observed(self, job_id, get_runner())

@@ -1,0 +1,181 @@
+"""Operating genq from the command line: Flower with a login, worker metrics, workers and stats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from cli.client import ClientError, GenqClient
+from cli.render import console
+from models.settings import Settings, get_settings
+
+#: Flower options that already put a login in front of it
+FLOWER_AUTH_OPTIONS = ("--basic-auth", "--basic_auth", "--auth")
+#: Celery pools whose tasks run in the process that serves the metrics endpoint
+METRICS_POOLS = ("threads", "solo")
+
+
+class OpsError(Exception):
+    """One line telling the operator what to change."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn an OpsError or ClientError into one red line on stderr and exit code 1."""
+    try:
+        yield
+    except (OpsError, ClientError) as exc:
+        console.print(f"[red]genq: {exc}[/]")
+        raise typer.Exit(1) from None
+
+
+def auth_option_given(args: list[str]) -> bool:
+    """The caller passed Flower an auth option of its own (`--basic-auth=…`, `--auth=…`)."""
+    return any(arg.split("=", 1)[0] in FLOWER_AUTH_OPTIONS for arg in args)
+
+
+def flower_argv(settings: Settings, args: list[str], *, unauthenticated: bool) -> list[str]:
+    """Flower's options with the login from GENQ_FLOWER_BASIC_AUTH added when none is given.
+
+    The password goes to Flower in-process, never on a command line (`ps` would show it).
+    """
+    if auth_option_given(args):
+        return list(args)
+    if settings.flower_basic_auth is not None:
+        return [f"--basic-auth={settings.flower_basic_auth.get_secret_value()}", *args]
+    if unauthenticated:
+        return list(args)
+    raise OpsError(
+        "Flower needs a login: set GENQ_FLOWER_BASIC_AUTH=user:password "
+        "(or pass --unauthenticated to run it open, on a trusted network only)"
+    )
+
+
+def run_flower(args: list[str], *, unauthenticated: bool) -> None:
+    """Start Flower on genq's broker, refusing to run without a login unless told explicitly."""
+    from worker.celery_app import celery_app
+
+    settings = get_settings()
+    with one_line_errors():
+        argv = flower_argv(settings, args, unauthenticated=unauthenticated)
+    if argv == args and not auth_option_given(args):
+        console.print(
+            "[yellow]genq: WARNING: Flower runs WITHOUT authentication (--unauthenticated): "
+            "anyone who reaches its port can see and control the workers[/]"
+        )
+    celery_app.start(["flower", *argv])
+
+
+def run_worker(args: list[str], *, metrics_port: int | None) -> None:
+    """Start a Celery worker (default queues text,images) and, if asked, its metrics endpoint."""
+    from worker.celery_app import celery_app
+
+    settings = get_settings()
+    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
+        args = ["-Q", "text,images", *args]
+    with one_line_errors():
+        start_worker_metrics(settings, metrics_port, args)
+    celery_app.worker_main(["worker", "--loglevel", settings.log_level, *args])
+
+
+def pool_of(args: list[str]) -> str | None:
+    """The Celery pool named in worker options (`-P x`, `--pool x`, `--pool=x`), if any."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--pool="):
+            return arg.split("=", 1)[1]
+        if arg in ("-P", "--pool") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("-P") and len(arg) > 2:
+            return arg[2:]
+    return None
+
+
+def start_worker_metrics(settings: Settings, port: int | None, args: list[str]) -> int | None:
+    """Serve this worker's metrics when a port is given (option, else setting; 0 = off)."""
+    port = settings.worker_metrics_port if port is None else port
+    if not port:
+        return None
+    if (pool := pool_of(args)) not in (None, *METRICS_POOLS):
+        raise OpsError(
+            f"--metrics-port needs the threads pool (its tasks share one process), not {pool}"
+        )
+    from worker.metrics import serve_from_settings
+
+    try:
+        bound = serve_from_settings(settings, port)
+    except OSError as exc:
+        raise OpsError(f"cannot serve worker metrics on port {port}: {exc.strerror}") from None
+    console.print(f"worker metrics on http://{settings.worker_metrics_host}:{bound}/metrics")
+    return bound
+
+
+def live_workers(timeout_s: float) -> list[dict[str, Any]]:
+    """Workers that answer a broadcast: hostname, queues, concurrency and the jobs they run."""
+    from worker.celery_app import celery_app
+
+    inspect = celery_app.control.inspect(timeout=timeout_s)
+    queues = inspect.active_queues() or {}
+    active = inspect.active() or {}
+    stats = inspect.stats() or {}
+    return [
+        {
+            "worker": name,
+            "queues": sorted(q["name"] for q in queues.get(name, [])),
+            "concurrency": stats.get(name, {}).get("pool", {}).get("max-concurrency"),
+            "active_jobs": [_job_id_of(task) for task in active.get(name, [])],
+        }
+        for name in sorted({*queues, *active, *stats})
+    ]
+
+
+def _job_id_of(task: dict[str, Any]) -> str:
+    """The job id a running task carries (its only argument), as a list or as Celery's repr."""
+    args = task.get("args")
+    if isinstance(args, list | tuple) and args:
+        return str(args[0])
+    return str(args or "").strip("[]()'\", ")
+
+
+def show_workers(*, json_out: bool, timeout_s: float = 1.0) -> None:
+    """`genq status workers`: one line per live worker; exit 1 when none answers."""
+    with one_line_errors():
+        workers = _inspect(timeout_s)
+        if not workers:
+            raise OpsError(f"no live worker answered within {timeout_s:g}s")
+    if json_out:
+        print(json.dumps(workers, indent=2))
+    for worker in [] if json_out else workers:
+        jobs = ", ".join(worker["active_jobs"]) or "-"
+        print(
+            f"{worker['worker']}  queues={','.join(worker['queues'])}  "
+            f"concurrency={worker['concurrency']}  active={len(worker['active_jobs'])}  jobs={jobs}"
+        )
+
+
+def _inspect(timeout_s: float) -> list[dict[str, Any]]:
+    try:
+        return live_workers(timeout_s)
+    except Exception as exc:  # kombu raises transport-specific errors
+        raise OpsError(f"cannot reach the broker ({type(exc).__name__})") from None
+
+
+def stats(json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """Show your jobs by status, your oldest queued job's age and the queue depths."""
+    settings = get_settings()
+    with one_line_errors():
+        if settings.api_key is None:
+            raise OpsError("set GENQ_API_KEY to a key from `genq keys create NAME`")
+        body = GenqClient(settings.api_url, settings.api_key.get_secret_value()).stats()
+    if json_out:
+        print(json.dumps(body, indent=2))
+        return
+    counts = "  ".join(f"{status}={count}" for status, count in body["jobs"].items())
+    age, queues = body["oldest_queued_age_s"], body["queues"]
+    print(f"jobs: {counts}")
+    print(f"oldest queued job: {'none' if age is None else f'{age:.1f}s'}")
+    depth = "unavailable" if queues is None else "  ".join(f"{q}={n}" for q, n in queues.items())
+    print(f"queue depth: {depth}")
