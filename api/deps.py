@@ -29,12 +29,18 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_key(request: Request, session: SessionDep) -> ApiKey:
-    """The key named by `Authorization: Bearer <secret>`, or 401."""
+def current_key(request: Request, services: ServicesDep) -> ApiKey:
+    """The key named by `Authorization: Bearer <secret>`, or 401.
+
+    It uses its own short session: were it to share the request's, a submit would hold that
+    connection while storing the job through another, and enough concurrent submits would
+    exhaust the pool with every request waiting for a second connection.
+    """
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("send `Authorization: Bearer <api key>`")
-    key = authenticate(session, secret=secret.strip())
+    with session_scope(services.engine) as session:
+        key = authenticate(session, secret=secret.strip())
     if key is None:
         raise Unauthorized("the API key is unknown or revoked")
     return key

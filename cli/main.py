@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from cli import ops
+from cli.accounts import keys_app, usage
 from cli.client import ClientError, GenqClient
-from cli.render import console, job_summary, print_json
+from cli.render import console, fail, job_summary, print_json
 from models.settings import get_settings
 
 app = typer.Typer(
@@ -17,15 +18,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.command()(usage)
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one clear line on stderr and return the exit to raise."""
-    console.print(f"[red]genq: {message}[/]")
-    return typer.Exit(code)
 
 
 @app.command()
@@ -39,24 +34,6 @@ def migrate() -> None:
     except Exception as exc:
         raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     console.print(f"database migrated to revision {current_revision(url)}")
-
-
-@keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Argument(help="A label for the key")]) -> None:
-    """Create an API key and print its secret alone on stdout (it is shown only once)."""
-    from models.db import get_engine, session_scope
-    from models.keys import create_key
-
-    if not name.strip() or len(name) > 200:
-        raise fail("NAME must be 1 to 200 characters")
-    try:
-        with session_scope(get_engine(get_settings().database_url)) as session:
-            key, secret = create_key(session, name=name.strip())
-    except Exception as exc:
-        reason = f"cannot store the key ({type(exc).__name__}); run `genq migrate` first?"
-        raise fail(reason) from None
-    console.print(f"created key {key.id} ({key.name}); the secret below is not stored anywhere")
-    print(secret)
 
 
 @app.command()
@@ -209,6 +186,30 @@ def dev(
     from cli.dev import run_demo
 
     raise typer.Exit(run_demo(api_port=api_port, flower_port=flower_port, once=once))
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small counts: under a minute, noisier")] = False,
+    jobs: Annotated[int, typer.Option(help="N: jobs at the latency-bound point")] = 960,
+    workers: Annotated[int, typer.Option(help="W: worker processes")] = 2,
+    concurrency: Annotated[int, typer.Option(help="C: threads per worker")] = 16,
+    latency_ms: Annotated[int, typer.Option(help="L: simulated model latency")] = 200,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(help="enqueue, throughput, peak, latency, scaling (repeat; default all)"),
+    ] = None,
+    database: Annotated[str, typer.Option(help="postgres (fresh database) or sqlite")] = "postgres",
+    redis_url: Annotated[str, typer.Option(help="a Redis database the bench may flush")] = (
+        "redis://127.0.0.1:6379/11"
+    ),
+) -> None:
+    """Benchmark genq against an asyncio limit and naive Celery on `genq simulator` (loopback)."""
+    from bench.cli import run_from_cli
+
+    options = {"jobs": jobs, "workers": workers, "concurrency": concurrency}
+    options |= {"latency_ms": latency_ms, "database": database, "redis_url": redis_url}
+    raise typer.Exit(run_from_cli(options, scenarios=scenario, quick=quick))
 
 
 def main() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console(stderr=True, highlight=False)
+#: soft_wrap: a message is one line however long (scripts grep them); tables still fit the width
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def job_summary(job: dict, *, api_url: str = "") -> str:
@@ -32,3 +34,9 @@ def job_summary(job: dict, *, api_url: str = "") -> str:
 
 def print_json(data: dict) -> None:
     print(json.dumps(data, indent=2))
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one clear line on stderr and return the exit to raise."""
+    console.print(f"[red]genq: {message}[/]")
+    return typer.Exit(code)

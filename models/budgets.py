@@ -32,6 +32,7 @@ def _roll_period(session: Session, *, key_id: str, now: datetime) -> None:
             col(ApiKey.period_start) < start,
         )
         .values(spent_usd=Decimal(0), period_start=start)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -48,7 +49,7 @@ def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | N
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        session.refresh(key)
+        key = session.get(ApiKey, key.id, populate_existing=True)
         left = (key.budget_usd or Decimal(0)) - key.spent_usd - key.reserved_usd
         raise BudgetExceeded(
             f"this job may cost up to {amount} USD but the key's {key.budget_period} budget has "

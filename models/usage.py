@@ -1,7 +1,13 @@
-"""Usage reporting: sums over attempt rows, which are the single record of what was spent."""
+"""Usage reporting: what was spent, summed from attempt rows (the single record of spending).
+
+Attempts are grouped by their own model and day (a job that fell back to another model bills
+each model for its own attempts); jobs and outstanding reservations by the job's model, day of
+submission, key and status.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -10,44 +16,132 @@ from sqlmodel import Session, col, select
 
 from models.attempts import Attempt
 from models.db import Money
+from models.errors import InvalidRequest
 from models.jobs import Job
+from models.keys import ApiKey
 
-GroupBy = Literal["model", "day"]
-
-
-def _group_column(group_by: GroupBy):
-    if group_by == "model":
-        return col(Attempt.model)
-    return func.date(col(Attempt.started_at))
+GroupBy = Literal["model", "day", "key", "status"]
 
 
-def usage_report(session: Session, *, key_id: str, group_by: GroupBy) -> dict:
-    """Tokens, cost, attempts and jobs per group and in total, for one key's jobs."""
-    group = _group_column(group_by).label("group")
-    sums = (
-        func.count(col(Attempt.id)).label("attempts"),
-        func.count(func.distinct(col(Attempt.job_id))).label("jobs"),
-        func.coalesce(func.sum(col(Attempt.prompt_tokens)), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(col(Attempt.completion_tokens)), 0).label("completion_tokens"),
-        type_coerce(func.coalesce(func.sum(col(Attempt.cost_usd)), 0), Money).label("cost"),
-    )
-    base = select(*sums).join(Job, col(Job.id) == col(Attempt.job_id)).where(Job.key_id == key_id)
-    rows = session.exec(base.add_columns(group).group_by(group).order_by(group)).all()
-    total = session.exec(base).one()
+def parse_bound(value: str | None, *, end: bool = False) -> datetime | None:
+    """`2026-11-01` or an ISO datetime; a bare date as `to` includes that whole day."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{value!r} is not an ISO date or datetime") from None
+    if len(value) == 10:  # a date: from its start, or to the end of it
+        moment = datetime.combine(date.fromisoformat(value), time()) + timedelta(days=end)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _groups(group_by: GroupBy):
+    """(column for attempts, column for jobs) of each grouping."""
     return {
-        "group_by": group_by,
-        "data": [{group_by: str(row.group), **_sums(row)} for row in rows],
-        "total": _sums(total),
+        "model": (col(Attempt.model), col(Job.model)),
+        "day": (func.date(col(Attempt.started_at)), func.date(col(Job.created_at))),
+        "key": (col(Job.key_id), col(Job.key_id)),
+        "status": (col(Job.status), col(Job.status)),
+    }[group_by]
+
+
+def _bound(session: Session, moment: datetime | None) -> datetime | None:
+    """SQLite stores naive UTC; PostgreSQL compares aware datetimes."""
+    if moment is None or session.bind.dialect.name != "sqlite":
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _filters(session: Session, column, key_id: str | None, start, end) -> list:
+    where = [col(Job.key_id) == key_id] if key_id else []
+    if start := _bound(session, start):
+        where.append(column >= start)
+    if end := _bound(session, end):
+        where.append(column < end)
+    return where
+
+
+def _attempt_sums(session, group, where) -> dict:
+    query = (
+        select(
+            group.label("g"),
+            func.count(col(Attempt.id)).label("attempts"),
+            func.coalesce(func.sum(col(Attempt.prompt_tokens)), 0).label("prompt"),
+            func.coalesce(func.sum(col(Attempt.completion_tokens)), 0).label("completion"),
+            type_coerce(func.coalesce(func.sum(col(Attempt.cost_usd)), 0), Money).label("cost"),
+        )
+        .join(Job, col(Job.id) == col(Attempt.job_id))
+        .where(*where)
+        .group_by(group)
+    )
+    return {str(row.g): row for row in session.exec(query)}
+
+
+def _job_sums(session, group, where) -> dict:
+    query = (
+        select(
+            group.label("g"),
+            func.count(col(Job.id)).label("jobs"),
+            type_coerce(func.coalesce(func.sum(col(Job.reserved_usd)), 0), Money).label("reserved"),
+        )
+        .where(*where)
+        .group_by(group)
+    )
+    return {str(row.g): row for row in session.exec(query)}
+
+
+def _row(attempts, jobs) -> dict:
+    prompt = int(attempts.prompt) if attempts else 0
+    completion = int(attempts.completion) if attempts else 0
+    return {
+        "jobs": jobs.jobs if jobs else 0,
+        "attempts": attempts.attempts if attempts else 0,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost_usd": Decimal(attempts.cost) if attempts else Decimal(0),
+        "reserved_usd": Decimal(jobs.reserved) if jobs else Decimal(0),
     }
 
 
-def _sums(row) -> dict:
-    cost = row.cost if isinstance(row.cost, Decimal) else Decimal(row.cost or 0)
+def usage_report(
+    session: Session,
+    *,
+    key_id: str | None,
+    group_by: GroupBy,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> dict:
+    """Per group and in total: jobs, attempts, tokens, cost and reserved; money in Decimal."""
+    attempt_group, job_group = _groups(group_by)
+    spent = _attempt_sums(
+        session, attempt_group, _filters(session, col(Attempt.started_at), key_id, start, end)
+    )
+    held = _job_sums(session, job_group, _filters(session, col(Job.created_at), key_id, start, end))
+    names = _key_names(session) if group_by == "key" else {}
+    data = []
+    for group in sorted(set(spent) | set(held)):
+        row = {group_by: group, **_row(spent.get(group), held.get(group))}
+        if group_by == "key":
+            row["name"] = names.get(group)
+        data.append(row)
+    total = {k: sum(r[k] for r in data) for k in _row(None, None)}
+    return {"group_by": group_by, "data": data, "total": total}
+
+
+def _key_names(session: Session) -> dict[str, str]:
+    return {k.id: k.name for k in session.exec(select(ApiKey))}
+
+
+def as_json(report: dict) -> dict:
+    """Money as JSON numbers for the API; the arithmetic above stayed in Decimal."""
+
+    def convert(row: dict) -> dict:
+        return {k: float(v) if isinstance(v, Decimal) else v for k, v in row.items()}
+
     return {
-        "jobs": row.jobs,
-        "attempts": row.attempts,
-        "prompt_tokens": int(row.prompt_tokens),
-        "completion_tokens": int(row.completion_tokens),
-        "total_tokens": int(row.prompt_tokens) + int(row.completion_tokens),
-        "cost_usd": float(cost),
+        **report,
+        "data": [convert(r) for r in report["data"]],
+        "total": convert(report["total"]),
     }

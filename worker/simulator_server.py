@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from models.catalogue import Catalogue
 from worker.providers.base import parse_size
-from worker.providers.simulator import Fault, Simulator, draw_png
+from worker.providers.simulator import Fault, Simulator, draw_png, image_usage
 
 
 class ChatRequest(BaseModel):
@@ -125,10 +125,19 @@ async def image_reply(catalogue: Catalogue, body: ImageRequest) -> dict | JSONRe
     pngs = await run_in_threadpool(
         lambda: [draw_png(body.prompt, width, height, i) for i in range(body.n)]
     )
-    return {
+    answer = {
         "created": int(time.time()),
         "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs],
     }
+    usage = image_usage(spec, body.prompt, n=body.n, size=body.size, quality=body.quality)
+    if usage.completion_tokens:  # token-billed models report usage, as gpt-image-1 does
+        answer["usage"] = {
+            "input_tokens": usage.prompt_tokens,
+            "output_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "input_tokens_details": {"text_tokens": usage.prompt_tokens, "image_tokens": 0},
+        }
+    return answer
 
 
 def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:

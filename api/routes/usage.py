@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from api.deps import KeyDep, SessionDep
-from models.usage import GroupBy, usage_report
+from models.usage import GroupBy, as_json, parse_bound, usage_report
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
 
 @router.get("/usage")
-def usage(key: KeyDep, session: SessionDep, group_by: GroupBy = "model") -> dict:
-    return usage_report(session, key_id=key.id, group_by=group_by)
+def usage(
+    key: KeyDep,
+    session: SessionDep,
+    group_by: GroupBy = "model",
+    start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+) -> dict:
+    """Spending per model, day, key or job status; `from`/`to` are ISO dates or datetimes."""
+    report = usage_report(
+        session,
+        key_id=key.id,
+        group_by=group_by,
+        start=parse_bound(start),
+        end=parse_bound(end, end=True),
+    )
+    return as_json(report)

@@ -52,7 +52,17 @@ class Stack:
         )
         return url
 
-    def worker(self, name: str = "worker", *args: str, env: dict[str, str] | None = None) -> None:
+    def flower(self, *args: str, env: dict[str, str] | None = None) -> str:
+        """Start `genq flower` on a free loopback port; its URL once /healthcheck answers."""
+        port = free_port()
+        self.start("flower", "flower", f"--port={port}", "--address=127.0.0.1", *args, env=env)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: self._answers(f"{url}/healthcheck", "flower"), what="Flower")
+        return url
+
+    def worker(
+        self, name: str = "worker", *args: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
         self.start(
             name,
             "worker",
@@ -65,6 +75,11 @@ class Stack:
             *args,
             env=env,
         )
+        if wait:
+            self.ready(name)
+
+    def ready(self, name: str) -> None:
+        """Wait until worker `name` says it is ready (start several, then wait for each)."""
         wait_until(
             lambda: b"ready" in self.log(name).encode() or self._dead(name), what=f"worker {name}"
         )
@@ -99,16 +114,23 @@ class Stack:
 
 
 @pytest.fixture
-def stack(settings, tmp_path):
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "OPENAI_"))},
-        "GENQ_DATABASE_URL": settings.database_url,
-        "GENQ_REDIS_URL": settings.redis_url,
-        "GENQ_TIKTOKEN_CACHE_DIR": str(settings.tiktoken_cache_dir),
+def stack(env, tmp_path):
+    fast_retries = {
         "GENQ_PROVIDER": "offline",
         "GENQ_RETRY_INITIAL_S": "0.01",
         "GENQ_RETRY_MAX_S": "0.05",
     }
-    running = Stack(env=env, logs=tmp_path)
+    running = Stack(env={**env, **fast_retries}, logs=tmp_path)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def env(settings) -> dict[str, str]:
+    """The environment of a `genq` command run against this test's database and Redis."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "OPENAI_"))},
+        "GENQ_DATABASE_URL": settings.database_url,
+        "GENQ_REDIS_URL": settings.redis_url,
+        "GENQ_TIKTOKEN_CACHE_DIR": str(settings.tiktoken_cache_dir),
+    }

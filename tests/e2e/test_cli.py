@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -26,16 +25,6 @@ def genq(*args: str, env: dict[str, str], cwd=None, timeout: float = 120):
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture
-def env(settings) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GENQ_", "OPENAI_"))},
-        "GENQ_DATABASE_URL": settings.database_url,
-        "GENQ_REDIS_URL": settings.redis_url,
-        "GENQ_TIKTOKEN_CACHE_DIR": str(settings.tiktoken_cache_dir),
-    }
 
 
 def test_keys_create_prints_only_the_secret_on_stdout(env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from models.catalogue import get_catalogue
 from models.settings import Settings
 from worker.providers.base import Provider
 from worker.providers.offline import OfflineProvider
@@ -19,6 +20,7 @@ def build_provider(settings: Settings) -> Provider:
             base_url=settings.openai_base_url,
             timeout_s=settings.openai_timeout_s,
         )
-    return OfflineProvider(
-        Simulator.from_spec(latency_ms=settings.offline_latency_ms, faults=settings.offline_faults)
+    simulator = Simulator.from_spec(
+        latency_ms=settings.offline_latency_ms, faults=settings.offline_faults
     )
+    return OfflineProvider(simulator, get_catalogue(settings.catalogue_path))

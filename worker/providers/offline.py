@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from models.catalogue import Catalogue
 from models.errors import PermanentProviderError, RetryableProviderError
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
 from worker.providers.base import GeneratedImage, ImageResult, TextResult, parse_size
-from worker.providers.simulator import Simulator, draw_png
+from worker.providers.simulator import Simulator, draw_png, image_usage
 from worker.retry import is_retryable_status
 
 
 class OfflineProvider:
     name = "offline"
 
-    def __init__(self, simulator: Simulator):
+    def __init__(self, simulator: Simulator, catalogue: Catalogue | None = None):
         self.simulator = simulator
+        self.catalogue = catalogue
 
     def _maybe_fail(self) -> None:
         self.simulator.wait()
@@ -49,6 +51,6 @@ class OfflineProvider:
             GeneratedImage(data=draw_png(prompt, width, height, i), width=width, height=height)
             for i in range(params.n)
         ]
-        return ImageResult(
-            images=images, usage=Usage(images=params.n, size=params.size, quality=params.quality)
-        )
+        spec = self.catalogue.get(model) if self.catalogue else None
+        usage = image_usage(spec, prompt, n=params.n, size=params.size, quality=params.quality)
+        return ImageResult(images=images, usage=usage)

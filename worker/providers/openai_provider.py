@@ -112,9 +112,19 @@ class OpenAIProvider:
         images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
         if len(images) != params.n:
             raise PermanentProviderError(f"asked for {params.n} images, got {len(images)}")
-        return ImageResult(
-            images=images, usage=Usage(images=len(images), size=params.size, quality=params.quality)
-        )
+        return ImageResult(images=images, usage=_image_usage(response, len(images), params))
+
+
+def _image_usage(response, count: int, params: ImageParams) -> Usage:
+    """Token-billed image models (gpt-image-1) report usage; DALL-E bills per image."""
+    usage = getattr(response, "usage", None)
+    return Usage(
+        prompt_tokens=(getattr(usage, "input_tokens", 0) or 0) if usage else 0,
+        completion_tokens=(getattr(usage, "output_tokens", 0) or 0) if usage else 0,
+        images=count,
+        size=params.size,
+        quality=params.quality,
+    )
 
 
 def _decode(b64: str) -> GeneratedImage:

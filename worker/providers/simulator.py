@@ -17,6 +17,8 @@ from decimal import Decimal
 
 from PIL import Image, ImageDraw
 
+from models.catalogue import ModelSpec
+from models.pricing import Usage
 from models.settings import parse_faults
 from models.tokens import count_messages, count_text, encoding
 
@@ -87,6 +89,22 @@ class Simulator:
         prompt_tokens = count_messages(messages, encoding_name)
         text = _reply(messages, max_tokens or DEFAULT_REPLY_TOKENS, encoding_name)
         return text, prompt_tokens, count_text(text, encoding_name)
+
+
+def image_usage(
+    spec: ModelSpec | None, prompt: str, *, n: int, size: str, quality: str | None
+) -> Usage:
+    """What the real model would report: token counts for token-billed models, else images."""
+    per_image = spec.image_token_count(size, quality) if spec else None
+    if spec is not None and spec.image_output_per_1m and per_image:
+        return Usage(
+            prompt_tokens=count_text(prompt, spec.encoding),
+            completion_tokens=n * per_image,
+            images=n,
+            size=size,
+            quality=quality,
+        )
+    return Usage(images=n, size=size, quality=quality)
 
 
 def _seed(text: str) -> int:

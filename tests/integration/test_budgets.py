@@ -1,0 +1,117 @@
+"""Budgets on real databases: reservations at submit, settlement at finish, no overspending."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from models.budgets import reserve
+from models.db import get_engine, session_scope
+from models.errors import BudgetExceeded
+from models.keys import ApiKey, create_key
+from tests.helpers import auth
+from tests.integration.test_api_contract import run_all
+
+#: one job of this shape may cost at most 0.000028 USD on gpt-4.1-nano (see ESTIMATE)
+JOB = {
+    "kind": "text",
+    "prompt": "Write a haiku",
+    "model": "gpt-4.1-nano",
+    "params": {"max_tokens": 67},
+}
+ESTIMATE = (11 * Decimal("0.10") + 67 * Decimal("0.40")) / 10**6
+
+
+def key_with_budget(database_url: str, budget: Decimal, period="total") -> tuple[str, str]:
+    with session_scope(get_engine(database_url)) as session:
+        key, secret = create_key(session, name="budgeted", budget_usd=budget, period=period)
+    return key.id, secret
+
+
+def load_key(database_url: str, key_id: str) -> ApiKey:
+    with session_scope(get_engine(database_url)) as session:
+        return session.get(ApiKey, key_id)
+
+
+def test_fifty_concurrent_submits_against_a_budget_for_ten_accept_exactly_ten(settings):
+    # Given a key whose budget fits ten worst-case estimates (and half of an eleventh)
+    key_id, secret = key_with_budget(settings.database_url, ESTIMATE * 10 + ESTIMATE / 2)
+    with TestClient(create_app(settings)) as client:
+        # When fifty submits race
+        def submit(_):
+            return client.post("/v1/jobs", json=JOB, headers=auth(secret))
+
+        with ThreadPoolExecutor(max_workers=25) as pool:
+            responses = list(pool.map(submit, range(50)))
+        # Then exactly ten are accepted and forty get 402 with a reason
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(202) == 10 and codes.count(402) == 40, codes
+        refused = next(r for r in responses if r.status_code == 402)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "budget" in refused.json()["detail"]
+        jobs = client.get("/v1/jobs", params={"limit": 100}, headers=auth(secret)).json()["data"]
+    assert len(jobs) == 10
+    key = load_key(settings.database_url, key_id)
+    assert key.reserved_usd == ESTIMATE * 10 and key.spent_usd == 0
+
+
+def test_finishing_settles_the_reservation_to_the_real_cost(settings):
+    key_id, secret = key_with_budget(settings.database_url, Decimal("1"))
+    with TestClient(create_app(settings)) as client:
+        ids = [
+            client.post("/v1/jobs", json=JOB, headers=auth(secret)).json()["id"] for _ in range(3)
+        ]
+        assert load_key(settings.database_url, key_id).reserved_usd == 3 * ESTIMATE
+        run_all(settings, ids)  # FakeProvider: 100 prompt + 50 completion tokens each
+        costs = [
+            Decimal(str(client.get(f"/v1/jobs/{i}", headers=auth(secret)).json()["cost_usd"]))
+            for i in ids
+        ]
+    key = load_key(settings.database_url, key_id)
+    assert key.reserved_usd == 0
+    assert key.spent_usd == sum(costs) == 3 * (100 * Decimal("0.10") + 50 * Decimal("0.40")) / 10**6
+
+
+def test_a_spent_budget_refuses_with_402_and_stores_nothing(settings):
+    key_id, secret = key_with_budget(settings.database_url, ESTIMATE / 2)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/jobs", json=JOB, headers=auth(secret))
+        assert response.status_code == 402
+        body = response.json()
+        assert body["title"] == "Budget exhausted" and "left" in body["detail"]
+        assert client.get("/v1/jobs", headers=auth(secret)).json()["data"] == []
+    assert load_key(settings.database_url, key_id).reserved_usd == 0
+
+
+def test_a_failed_publish_gives_the_reservation_back(settings):
+    key_id, secret = key_with_budget(settings.database_url, Decimal("1"))
+    dead = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(dead)) as client:
+        assert client.post("/v1/jobs", json=JOB, headers=auth(secret)).status_code == 503
+    assert load_key(settings.database_url, key_id).reserved_usd == 0
+
+
+def test_a_monthly_budget_starts_again_each_month(settings):
+    key_id, _ = key_with_budget(settings.database_url, ESTIMATE, period="monthly")
+    engine = get_engine(settings.database_url)
+    november = datetime(2026, 11, 20, tzinfo=UTC)
+    with session_scope(engine) as session:
+        key = session.get(ApiKey, key_id)
+        key.period_start, key.spent_usd = datetime(2026, 11, 1, tzinfo=UTC), ESTIMATE
+        session.add(key)
+    with session_scope(engine) as session, pytest.raises(BudgetExceeded):
+        reserve(session, key=session.get(ApiKey, key_id), amount=ESTIMATE, now=november)
+    with session_scope(engine) as session:  # December: spent starts at 0 again
+        reserve(
+            session,
+            key=session.get(ApiKey, key_id),
+            amount=ESTIMATE,
+            now=datetime(2026, 12, 2, tzinfo=UTC),
+        )
+    key = load_key(settings.database_url, key_id)
+    assert key.spent_usd == 0 and key.reserved_usd == ESTIMATE
