@@ -1,0 +1,148 @@
+"""What one `genq bench` run measures, with the presets (default, quick) and hard bounds.
+
+Every count and every wait is bounded, so a run always ends; every address is loopback, so a
+benchmark never sends traffic off the machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+SCENARIOS = ("enqueue", "throughput", "peak", "latency", "scaling")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+#: the OpenAI key the workers and baselines send to the local simulator (it checks only the form)
+BENCH_OPENAI_KEY = "sk-bench-local"
+#: the text model every benchmark job asks for (the simulator counts its tokens like OpenAI)
+BENCH_MODEL = "gpt-4.1-nano"
+#: completion tokens per job: short replies keep the simulator's own CPU out of the way
+BENCH_MAX_TOKENS = 24
+#: the naive baseline's task, and where it appends "start end" (wall-clock seconds) per task
+NAIVE_TASK = "bench.naive_app.generate"
+NAIVE_TIMES_KEY = "genq-bench:naive:times"
+#: upper bounds on the options, so a typo cannot start a run of hours
+MAX_JOBS = 20_000
+MAX_PROCESSES = 8
+MAX_THREADS = 128
+#: a phase gives up after its ideal time x this factor plus a fixed margin
+TIMEOUT_FACTOR = 6
+TIMEOUT_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """The knobs of one run; `scenarios` picks which parts run."""
+
+    jobs: int = 960
+    workers: int = 2
+    concurrency: int = 16
+    latency_ms: int = 200
+    scenarios: tuple[str, ...] = SCENARIOS
+    database: Literal["postgres", "sqlite"] = "postgres"
+    #: an existing, migrated database to use instead of creating one (the smoke test's)
+    database_url: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/11"
+    pg_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    output_dir: Path = Path("bench/results")
+    tiktoken_dir: Path | None = None
+    peak_jobs: int = 1500
+    naive_jobs: int = 60
+    latency_jobs: int = 300
+    latency_rate: float = 20.0
+    enqueue_submits: int = 3000
+    enqueue_clients: int = 16
+    scale_workers: tuple[int, ...] = (1, 2, 4)
+    scale_concurrency: int = 8
+    scale_waves: int = 20
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def slots(self) -> int:
+        """Model calls genq can have in flight: W processes x C threads."""
+        return self.workers * self.concurrency
+
+    @property
+    def throughput_jobs(self) -> int:
+        """N rounded up to whole waves of W·C, so the ideal time is exactly N / (W·C) x L."""
+        return math.ceil(self.jobs / self.slots) * self.slots
+
+    def check(self) -> BenchConfig:
+        """Refuse unknown scenarios, counts out of bounds and any address off this machine."""
+        unknown = set(self.scenarios) - set(SCENARIOS)
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
+        _bounded("--jobs", self.jobs, 1, MAX_JOBS)
+        _bounded("--peak-jobs", self.peak_jobs, 1, MAX_JOBS)
+        _bounded("--enqueue-submits", self.enqueue_submits, 1, MAX_JOBS)
+        _bounded("--latency-jobs", self.latency_jobs, 1, MAX_JOBS)
+        _bounded("--workers", self.workers, 1, MAX_PROCESSES)
+        _bounded("--concurrency", self.concurrency, 1, MAX_THREADS)
+        _bounded("--latency-ms", self.latency_ms, 0, 5_000)
+        for count in self.scale_workers:
+            _bounded("scaling workers", count, 1, MAX_PROCESSES)
+        if not 0 < self.latency_rate <= 1000:
+            raise ValueError("--latency-rate must be between 0 and 1000 jobs/s")
+        for url in (self.redis_url, self.pg_admin_url, self.database_url):
+            if url and not url.startswith("sqlite"):
+                require_loopback(url)
+        return self
+
+    def quick(self) -> BenchConfig:
+        """Smaller counts for a run of under a minute (noisier ratios)."""
+        return replace(
+            self,
+            jobs=min(self.jobs, self.slots * 8),
+            peak_jobs=min(self.peak_jobs, 400),
+            naive_jobs=min(self.naive_jobs, 20),
+            latency_jobs=min(self.latency_jobs, 60),
+            enqueue_submits=min(self.enqueue_submits, 800),
+            scale_workers=(1, 2),
+            scale_waves=min(self.scale_waves, 8),
+        )
+
+    def public(self) -> dict:
+        """The settings as JSON-friendly values, written into every result file."""
+        return {
+            "jobs": self.throughput_jobs,
+            "workers": self.workers,
+            "concurrency": self.concurrency,
+            "latency_ms": self.latency_ms,
+            "scenarios": list(self.scenarios),
+            "database": self.database,
+            "redis_url": self.redis_url,
+            "peak_jobs": self.peak_jobs,
+            "naive_jobs": self.naive_jobs,
+            "latency_jobs": self.latency_jobs,
+            "latency_rate": self.latency_rate,
+            "enqueue_submits": self.enqueue_submits,
+            "enqueue_clients": self.enqueue_clients,
+            "scale_workers": list(self.scale_workers),
+            "scale_concurrency": self.scale_concurrency,
+            "scale_waves": self.scale_waves,
+            "model": BENCH_MODEL,
+            "max_tokens": BENCH_MAX_TOKENS,
+        }
+
+
+def _bounded(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+
+
+def require_loopback(url: str) -> str:
+    """A benchmark talks to this machine only: refuse any other host."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return url
+    if parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError(f"{url.split('@')[-1]!r} is not a loopback address (127.0.0.1)")
+    return url
+
+
+def phase_timeout(jobs: int, slots: int, latency_ms: int) -> float:
+    """Seconds a phase may take before it is called failed: generous, never unbounded."""
+    ideal = math.ceil(jobs / max(slots, 1)) * latency_ms / 1000
+    return ideal * TIMEOUT_FACTOR + TIMEOUT_MARGIN_S

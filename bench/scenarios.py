@@ -1,0 +1,179 @@
+"""The measurements themselves: enqueue rate, throughput (and peak), added latency, scaling.
+
+Each returns a plain dict that goes into the JSON file as is. Throughput phases fill the queue
+first, then release all workers at once, and time first start → last finish from the job rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+from bench.config import phase_timeout
+from bench.context import Bench
+from bench.http import Submitted, job_body, submit_at_rate, submit_closed_loop
+from bench.measure import MemorySampler, job_timings, job_window, mib, summary_ms, wait_jobs
+from bench.procs import BenchError, Child, tree_rss_kib
+
+#: concurrent connections used to fill the queue before a throughput phase
+FILL_CLIENTS = 16
+
+
+def _submit_all(bench: Bench, secret: str, tag: str, jobs: int) -> list[Submitted]:
+    bodies = [job_body(i, tag) for i in range(jobs)]
+    with bench.phase(f"{tag}: submit {jobs} jobs", jobs) as tracker:
+        results = asyncio.run(
+            submit_closed_loop(
+                bench.api(), secret, bodies, clients=FILL_CLIENTS, on_done=tracker.advance
+            )
+        )
+    refused = [r.status for r in results if r.status != 202]
+    if refused:
+        raise BenchError(f"{len(refused)} submits were refused, e.g. HTTP {refused[0]}")
+    return results
+
+
+def enqueue(bench: Bench) -> dict:
+    """Accepted single submits per second through the API, with concurrent clients."""
+    config = bench.config
+    _key_id, secret = bench.new_key("enqueue")
+    bodies = [job_body(i, "enqueue") for i in range(config.enqueue_submits)]
+    label = f"enqueue: {len(bodies)} submits, {config.enqueue_clients} clients"
+    with bench.phase(label, len(bodies)) as tracker:
+        clock = time.perf_counter()
+        results = asyncio.run(
+            submit_closed_loop(
+                bench.api(),
+                secret,
+                bodies,
+                clients=config.enqueue_clients,
+                on_done=tracker.advance,
+            )
+        )
+        seconds = time.perf_counter() - clock
+    bench.drop_queues()
+    accepted = sum(r.status == 202 for r in results)
+    return {
+        "submits": len(bodies),
+        "clients": config.enqueue_clients,
+        "accepted": accepted,
+        "seconds": round(seconds, 3),
+        "submits_per_s": round(accepted / seconds, 1),
+        "request_ms": summary_ms([r.seconds * 1000 for r in results]),
+    }
+
+
+def run_jobs(
+    bench: Bench, workers: list[Child], *, tag: str, jobs: int, latency_ms: int, threads: int
+) -> dict:
+    """Fill the queue with `jobs`, release the held workers, time them; RSS at rest and peak."""
+    slots = threads * len(workers)
+    key_id, secret = bench.new_key(tag)
+    rest = {w.name: tree_rss_kib(w.pid)[0] for w in workers}
+    _submit_all(bench, secret, tag, jobs)
+    sampler = MemorySampler({w.name: w.pid for w in workers})
+    with sampler, bench.phase(f"{tag}: run {jobs} jobs", jobs) as tracker:
+        bench.release(workers)
+        wait_jobs(
+            bench.engine,
+            key_id,
+            jobs,
+            timeout_s=phase_timeout(jobs, slots, latency_ms),
+            children=workers,
+            on_count=tracker.set,
+        )
+    window = job_window(bench.engine, key_id)
+    ideal = slots / (latency_ms / 1000) if latency_ms else None
+    return {
+        "jobs": window.jobs,
+        "succeeded": window.succeeded,
+        "workers": len(workers),
+        "threads": slots,
+        "latency_ms": latency_ms,
+        "seconds": round(window.seconds, 3),
+        "jobs_per_s": round(window.rate, 2),
+        "ideal_jobs_per_s": round(ideal, 2) if ideal else None,
+        "efficiency": round(window.rate / ideal, 3) if ideal else None,
+        "rss_mib_at_rest": {name: mib(kib) for name, kib in rest.items()},
+        "rss_mib_under_load": {name: mib(kib) for name, kib in sampler.peak_kib.items()},
+    }
+
+
+def latency(bench: Bench, workers: list[Child], latency_ms: int) -> dict:
+    """Submit → finished minus the model's time, at a steady, moderate open-loop rate."""
+    config = bench.config
+    key_id, secret = bench.new_key("latency")
+    bodies = [job_body(i, "latency") for i in range(config.latency_jobs)]
+    label = f"latency: {len(bodies)} jobs at {config.latency_rate:g}/s"
+    with bench.phase(label, len(bodies)) as tracker:
+        sent = asyncio.run(
+            submit_at_rate(
+                bench.api(), secret, bodies, rate=config.latency_rate, on_done=tracker.advance
+            )
+        )
+    wait_jobs(
+        bench.engine,
+        key_id,
+        len(bodies),
+        timeout_s=phase_timeout(len(bodies), config.slots, latency_ms),
+        children=workers,
+    )
+    return latency_breakdown(bench, key_id, sent, latency_ms)
+
+
+def latency_breakdown(bench: Bench, key_id: str, sent: list[Submitted], latency_ms: int) -> dict:
+    """Where the time between submit and finish went, per job, as percentiles."""
+    sent_at = {s.job_id: s.sent_at for s in sent if s.job_id}
+    rows = [t for t in job_timings(bench.engine, key_id) if t.job_id in sent_at]
+    total = [(t.finished_at.timestamp() - sent_at[t.job_id]) * 1000 for t in rows]
+    return {
+        "jobs": len(sent),
+        "succeeded": len(rows),
+        "rate": bench.config.latency_rate,
+        "model_latency_ms": latency_ms,
+        "added_ms": summary_ms([ms - latency_ms for ms in total]),
+        "added_beyond_call_ms": summary_ms(
+            [ms - t.model_ms for ms, t in zip(total, rows, strict=True)]
+        ),
+        "parts_p50_ms": {
+            "submit_to_stored": _p50(
+                [(t.created_at.timestamp() - sent_at[t.job_id]) * 1000 for t in rows]
+            ),
+            "queued": _p50([(t.started_at - t.created_at).total_seconds() * 1000 for t in rows]),
+            "sdk_and_http": _p50([t.model_ms - latency_ms for t in rows]),
+            "worker_bookkeeping": _p50(
+                [(t.finished_at - t.started_at).total_seconds() * 1000 - t.model_ms for t in rows]
+            ),
+        },
+    }
+
+
+def _p50(values: list[float]) -> float:
+    return summary_ms(values)["p50"]
+
+
+def scaling(bench: Bench) -> dict:
+    """The same per-process load with 1, 2, 4… worker processes: speed-up per step."""
+    config = bench.config
+    sim = bench.simulator(config.latency_ms)
+    steps = []
+    for count in config.scale_workers:
+        jobs = config.scale_waves * count * config.scale_concurrency
+        tag = f"scale-{count}w"
+        with bench.workers(count, config.scale_concurrency, sim, tag) as workers:
+            steps.append(
+                run_jobs(
+                    bench,
+                    workers,
+                    tag=tag,
+                    jobs=jobs,
+                    latency_ms=config.latency_ms,
+                    threads=config.scale_concurrency,
+                )
+            )
+    for before, after in itertools.pairwise(steps):
+        after["speedup_vs_previous"] = round(after["jobs_per_s"] / before["jobs_per_s"], 3)
+    for step in steps:
+        step["speedup_vs_first"] = round(step["jobs_per_s"] / steps[0]["jobs_per_s"], 3)
+    return {"concurrency": config.scale_concurrency, "steps": steps}

@@ -1,0 +1,135 @@
+"""The Markdown table a run prints and README.md quotes: one row per measurement."""
+
+from __future__ import annotations
+
+HEADER = (
+    "| scenario | setting | genq | baseline (same run) | ratio | target |",
+    "|---|---|---|---|---|---|",
+)
+
+
+def _verdict(targets: dict, name: str, text: str) -> str:
+    met = targets.get(name, {}).get("met")
+    if met is None:
+        return text
+    return f"{text} {'met' if met else '**missed**'}"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _throughput(s: dict, r: dict, t: dict) -> list[str]:
+    genq, limit, naive = s["genq"], s.get("limit"), s.get("naive")
+    setting = (
+        f"{genq['workers']} proc x {genq['threads'] // genq['workers']} threads, "
+        f"L = {genq['latency_ms']} ms, {genq['jobs']} jobs"
+    )
+    rows = [
+        f"| throughput, latency-bound | {setting} | {_num(genq['jobs_per_s'])} jobs/s "
+        f"| ideal C·W/L = {_num(genq['ideal_jobs_per_s'])} | efficiency {_num(r['efficiency'], 2)} "
+        f"| {_verdict(t, 'efficiency at the latency-bound point', '≥ 0.90')} |"
+    ]
+    if limit:
+        rows.append(
+            f"| | | | asyncio + AsyncOpenAI, {limit['concurrency']} in flight: "
+            f"{_num(limit['jobs_per_s'])} jobs/s | genq/limit {_num(r['genq_over_limit'], 2)} "
+            f"| {_verdict(t, 'genq / asyncio limit', '≥ 0.90')} |"
+        )
+    if naive:
+        rows.append(
+            f"| | | | naive Celery prefork, {naive['processes']} proc "
+            f"({naive['jobs']} jobs): {_num(naive['jobs_per_s'])} jobs/s "
+            f"| genq/naive {_num(r['genq_over_naive'], 1)}x "
+            f"| {_verdict(t, 'genq / naive Celery', '≥ 10x')} |"
+        )
+    return rows
+
+
+def _peak(s: dict, r: dict) -> list[str]:
+    genq, limit = s["genq"], s.get("limit")
+    setting = f"{genq['workers']} proc x {genq['threads'] // genq['workers']} threads, L = 0"
+    baseline = f"asyncio limit {_num(limit['jobs_per_s'])} jobs/s" if limit else ""
+    return [
+        f"| peak throughput | {setting}, {genq['jobs']} jobs | {_num(genq['jobs_per_s'])} jobs/s "
+        f"| {baseline} | genq/limit {_num(r['peak_genq_over_limit'], 2)} | - |"
+    ]
+
+
+def _latency(s: dict, t: dict) -> list[str]:
+    added, parts = s["added_ms"], s["parts_p50_ms"]
+    p50 = _verdict(t, "added latency p50 (ms)", "p50 ≤ 15")
+    p99 = _verdict(t, "added latency p99 (ms)", "p99 ≤ 50")
+    return [
+        f"| added latency (submit → finished - L) | {s['rate']:g} jobs/s, L = "
+        f"{s['model_latency_ms']} ms, {s['jobs']} jobs | p50 {_num(added['p50'])} / "
+        f"p95 {_num(added['p95'])} / p99 {_num(added['p99'])} ms "
+        f"| p50 parts: submit {_num(parts['submit_to_stored'])}, queue {_num(parts['queued'])}, "
+        f"SDK+HTTP {_num(parts['sdk_and_http'])}, worker {_num(parts['worker_bookkeeping'])} ms "
+        f"| - | {p50}; {p99} |"
+    ]
+
+
+def _enqueue(s: dict, t: dict) -> list[str]:
+    return [
+        f"| enqueue (POST /v1/jobs) | {s['clients']} clients, {s['submits']} submits "
+        f"| {_num(s['submits_per_s'])} submits/s | request p50 {_num(s['request_ms']['p50'])} ms "
+        f"| - | {_verdict(t, 'single submits/s', '≥ 500')} |"
+    ]
+
+
+def _scaling(s: dict, t: dict) -> list[str]:
+    steps = s["steps"]
+    counts = "/".join(str(x["workers"]) for x in steps)
+    rates = " / ".join(_num(x["jobs_per_s"]) for x in steps)
+    ideals = " / ".join(_num(x["ideal_jobs_per_s"]) for x in steps)
+    speedups = " / ".join(f"{x['speedup_vs_first']:.2f}x" for x in steps[1:])
+    return [
+        f"| scaling | {counts} proc x {s['concurrency']} threads | {rates} jobs/s "
+        f"| ideal {ideals} | speed-up vs 1 proc {speedups} "
+        f"| {_verdict(t, 'scaling 1 → 2 processes', '≥ 1.8x at 2')} |"
+    ]
+
+
+def _memory(s: dict) -> list[str]:
+    genq = s["throughput"]["genq"]
+    rest, load = genq["rss_mib_at_rest"].values(), genq["rss_mib_under_load"].values()
+    naive = s["throughput"].get("naive")
+    baseline = (
+        f"naive Celery, parent + {naive['processes']} children: "
+        f"{_num(naive['rss_mib_at_rest'])} / {_num(naive['rss_mib_under_load'])} MiB in all"
+        if naive
+        else ""
+    )
+    return [
+        f"| memory (VmRSS per worker process) | at rest / under load "
+        f"| {_num(max(rest))} / {_num(max(load))} MiB | {baseline} | - | - |"
+    ]
+
+
+def markdown(report: dict) -> str:
+    """The table, in the order the issue lists the measurements."""
+    s, r = report["scenarios"], report["ratios"]
+    t = {target["name"]: target for target in report["targets"]}
+    rows = list(HEADER)
+    if "throughput" in s:
+        rows += _throughput(s["throughput"], r, t)
+    if "peak" in s:
+        rows += _peak(s["peak"], r)
+    if "latency" in s:
+        rows += _latency(s["latency"], t)
+    if "enqueue" in s:
+        rows += _enqueue(s["enqueue"], t)
+    if "scaling" in s:
+        rows += _scaling(s["scaling"], t)
+    if "throughput" in s:
+        rows += _memory(s)
+    m = report["machine"]
+    rows.append("")
+    rows.append(
+        f"{m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, "
+        f"{report['settings']['database']} database, model {report['settings']['model']} "
+        f"({report['settings']['max_tokens']} max tokens) on `genq simulator` over HTTP; "
+        f"load average at start {m['load_average'][0]:.2f}."
+    )
+    return "\n".join(rows)
