@@ -12,7 +12,7 @@ from api.services import Services
 from models.budgets import release, reserve
 from models.db import session_scope
 from models.errors import NotReady
-from models.jobs import Job, find_by_idempotency_key
+from models.jobs import Job, find_by_idempotency_key, job_from_plan
 from models.keys import ApiKey
 from models.planning import plan_job
 from models.schemas import JobCreate
@@ -23,18 +23,7 @@ def submit_job(
 ) -> Job:
     """Store the job and publish it; a publish failure removes the job and answers 503."""
     plan = plan_job(body, services.catalogue, services.defaults)
-    body = body.model_copy(update={"params": plan.params})
-    job = Job(
-        key_id=key.id,
-        kind=body.kind,
-        model=plan.spec.id,
-        request=body.model_dump(mode="json", exclude={"metadata"}, exclude_none=True),
-        meta=body.metadata,
-        idempotency_key=idempotency_key,
-        estimated_cost_usd=plan.estimated_cost_usd,
-        reserved_usd=plan.estimated_cost_usd,
-        routing=plan.routing.record(),
-    )
+    job = job_from_plan(key_id=key.id, body=body, plan=plan, idempotency_key=idempotency_key)
     try:
         with session_scope(services.engine) as session:
             if idempotency_key and (

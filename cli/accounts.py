@@ -167,3 +167,24 @@ def _usage_table(report: dict) -> Table:
         label = str(row[group_by]) + (f" ({row['name']})" if row.get("name") else "")
         table.add_row(label, *(_cell(row[c]) for c in USAGE_COLUMNS))
     return table
+
+
+def bench_savings(
+    limit: Annotated[int | None, typer.Option(help="Use only this many prompts")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Price the fixed 200-prompt workload under each tier and always-premium (offline)."""
+    from bench.savings import run_savings
+    from models.logging import configure_logging
+    from models.tokens import install_encodings
+
+    settings = get_settings()
+    # one log line per job would drown the table
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    install_encodings(settings.tiktoken_cache_dir)
+    with console.status("running the savings workload under 4 scenarios"):
+        summary, table = run_savings(limit=limit)
+    print(json.dumps(summary, indent=2) if json_out else table)
+    console.print(f"results: {summary['file']}")
+    if not (summary["target_met"] and summary["no_job_over_ceiling"]):
+        raise typer.Exit(1)

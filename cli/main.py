@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli import ops
-from cli.accounts import keys_app, usage
+from cli.accounts import bench_savings, keys_app, usage
 from cli.client import ClientError, GenqClient
 from cli.render import console, fail, job_summary, print_json
 from models.settings import get_settings
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.command()(usage)
+app.command("bench-savings")(bench_savings)
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 

@@ -20,7 +20,8 @@ from models.budgets import settle
 from models.db import Money, utcnow
 from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
-from models.schemas import JobPublic, UsagePublic
+from models.planning import Plan
+from models.schemas import JobCreate, JobPublic, UsagePublic
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -75,6 +76,24 @@ def aware(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment
+
+
+def job_from_plan(
+    *, key_id: str, body: JobCreate, plan: Plan, idempotency_key: str | None = None
+) -> Job:
+    """A queued job for this request as the cost policy planned it (not yet stored)."""
+    body = body.model_copy(update={"params": plan.params})
+    return Job(
+        key_id=key_id,
+        kind=body.kind,
+        model=plan.spec.id,
+        request=body.model_dump(mode="json", exclude={"metadata"}, exclude_none=True),
+        meta=body.metadata,
+        idempotency_key=idempotency_key,
+        estimated_cost_usd=plan.estimated_cost_usd,
+        reserved_usd=plan.estimated_cost_usd,
+        routing=plan.routing.record(),
+    )
 
 
 def find_by_idempotency_key(session: Session, *, key_id: str, key: str) -> Job | None:
