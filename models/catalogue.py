@@ -92,7 +92,7 @@ class ModelSpec(BaseModel):
 
     def public(self) -> dict:
         """The catalogue entry as `GET /v1/models` shows it: prices as JSON numbers."""
-        data = _numbers(self.model_dump(exclude_none=True, exclude={"api_key_env"}))
+        data = _numbers(self.model_dump(exclude_none=True, exclude={"api_key_env", "base_url"}))
         data["capabilities"] = sorted(self.capabilities)
         return data
 

@@ -19,6 +19,7 @@ def build_provider(settings: Settings) -> Provider:
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
             timeout_s=settings.openai_timeout_s,
+            catalogue=get_catalogue(settings.catalogue_path),
         )
     simulator = Simulator.from_spec(
         latency_ms=settings.offline_latency_ms, faults=settings.offline_faults

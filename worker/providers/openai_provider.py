@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
+import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import openai
 from PIL import Image
 
+from models.catalogue import Catalogue
 from models.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from models.logging import redact
 from models.pricing import Usage
@@ -71,19 +75,54 @@ def translate_error(exc: openai.OpenAIError) -> ProviderError:
 
 
 class OpenAIProvider:
+    """Calls OpenAI, or the OpenAI-compatible endpoint a catalogue entry names for its model."""
+
     name = "openai"
 
-    def __init__(self, *, api_key: str, base_url: str | None, timeout_s: float):
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout_s: float,
+        catalogue: Catalogue | None = None,
+        environ: Mapping[str, str] | None = None,
+    ):
+        self.timeout_s = timeout_s
+        self.catalogue = catalogue
+        #: where per-model keys are read: the catalogue names the variable, not the secret
+        self.environ = os.environ if environ is None else environ
+        self.default = self._new_client(api_key, base_url)
+        self._clients: dict[tuple[str, str | None], openai.OpenAI] = {}
+        self._lock = threading.Lock()
+
+    def _new_client(self, api_key: str, base_url: str | None) -> openai.OpenAI:
         # max_retries=0: tenacity owns retrying, so a call is never retried twice over
-        self.client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s
+        return openai.OpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=self.timeout_s
         )
+
+    def client_for(self, model: str) -> openai.OpenAI:
+        """The default client, or one for the model's own `base_url` and key variable."""
+        spec = self.catalogue.get(model) if self.catalogue else None
+        if spec is None or spec.base_url is None:
+            return self.default
+        route = (spec.base_url, spec.api_key_env)
+        with self._lock:
+            if route not in self._clients:
+                key = self.environ.get(spec.api_key_env) if spec.api_key_env else None
+                if spec.api_key_env and not key:
+                    raise PermanentProviderError(
+                        f"{spec.api_key_env} (the key for {model}) is not set", kind="config"
+                    )
+                self._clients[route] = self._new_client(key or self.default.api_key, spec.base_url)
+            return self._clients[route]
 
     def generate_text(
         self, *, model: str, messages: list[dict[str, str]], params: TextParams
     ) -> TextResult:
         try:
-            response = self.client.chat.completions.create(
+            response = self.client_for(model).chat.completions.create(
                 model=model, messages=messages, **params.model_dump(exclude_none=True)
             )
         except openai.OpenAIError as exc:
@@ -104,7 +143,7 @@ class OpenAIProvider:
         if params.quality:
             extra["quality"] = params.quality
         try:
-            response = self.client.images.generate(
+            response = self.client_for(model).images.generate(
                 model=model, prompt=prompt, n=params.n, size=params.size, **extra
             )
         except openai.OpenAIError as exc:
