@@ -20,7 +20,7 @@ COPY --from=build /src /app
 ENV PATH=/opt/genq/bin:$PATH PYTHONUNBUFFERED=1 GENQ_TIKTOKEN_CACHE_DIR=/home/genq/.cache/tiktoken
 WORKDIR /app
 USER genq
-EXPOSE 8000
+EXPOSE 8000 5555 9101
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
 ENTRYPOINT ["genq"]
