@@ -10,7 +10,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.request_id import RequestIdMiddleware
-from api.routes import catalogue, health, jobs, stats, usage
+from api.routes import cancel, catalogue, health, jobs, stats, usage
 from api.services import Services
 from models.logging import configure_logging
 from models.settings import Settings, get_settings
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request has its id
     install_error_handlers(app)
-    for module in (jobs, catalogue, usage, health, stats):
+    for module in (jobs, cancel, catalogue, usage, health, stats):
         app.include_router(module.router)
     return app
 

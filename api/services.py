@@ -23,7 +23,11 @@ class Services:
 
     @property
     def defaults(self) -> Defaults:
-        return Defaults(tier=self.settings.default_tier)
+        return Defaults(
+            tier=self.settings.default_tier,
+            deadline_s=self.settings.job_deadline_s,
+            max_deadline_s=self.settings.max_job_deadline_s,
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

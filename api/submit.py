@@ -1,21 +1,26 @@
 """Accepting a job: plan it, reserve its budget, store it, then publish its id.
 
 A job is published only once stored. Its worst-case cost is reserved in the same transaction
-that stores it, so a budget can never be overspent by concurrent submits.
+that stores it, so a budget can never be overspent by concurrent submits. If the broker is
+down the job stays stored and unpublished; the workers' sweeper publishes it later.
 """
 
 from __future__ import annotations
 
+import structlog
 from sqlalchemy.exc import IntegrityError
 
 from api.services import Services
-from models.budgets import release, reserve
+from models.budgets import reserve
 from models.db import session_scope
 from models.errors import NotReady
 from models.jobs import Job, find_by_idempotency_key, job_from_plan
 from models.keys import ApiKey
+from models.lifecycle import unpublish
 from models.planning import plan_job
 from models.schemas import JobCreate
+
+log = structlog.get_logger("genq.api")
 
 
 def submit_job(
@@ -23,7 +28,13 @@ def submit_job(
 ) -> Job:
     """Store the job and publish it; a publish failure removes the job and answers 503."""
     plan = plan_job(body, services.catalogue, services.defaults)
-    job = job_from_plan(key_id=key.id, body=body, plan=plan, idempotency_key=idempotency_key)
+    job = job_from_plan(
+        key_id=key.id,
+        body=body,
+        plan=plan,
+        idempotency_key=idempotency_key,
+        deadline_s=services.defaults.deadline_s,
+    )
     try:
         with session_scope(services.engine) as session:
             if idempotency_key and (
@@ -38,8 +49,8 @@ def submit_job(
     try:
         services.publisher.publish(job_id=job.id, kind=job.kind)
     except NotReady:
+        # The job is stored: leave it to the sweeper (transactional outbox), never lose it.
+        log.warning("job.publish_deferred", job_id=job.id)
         with session_scope(services.engine) as session:
-            session.delete(session.get(Job, job.id))
-            release(session, key_id=key.id, reserved=job.reserved_usd)
-        raise
+            unpublish(session, job_id=job.id)
     return job

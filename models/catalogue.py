@@ -51,6 +51,10 @@ class ModelSpec(BaseModel):
     image_output_per_1m: Decimal = Field(default=Decimal(0), ge=0)
     image_tokens: dict[str, dict[str, int]] = Field(default_factory=dict)
     encoding: str = "o200k_base"
+    #: the account's requests / tokens per minute for this model, enforced across all workers
+    #: (GENQ_RATE_LIMITS overrides them); unset = unlimited
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _kind_has_prices(self) -> ModelSpec:

@@ -39,6 +39,7 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),
         Index("ix_jobs_key_created", "key_id", "created_at", "id"),
+        Index("ix_jobs_status_lease", "status", "lease_until"),
     )
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, primary_key=True, max_length=32)
@@ -66,6 +67,11 @@ class Job(SQLModel, table=True):
     claim_token: str | None = Field(default=None, max_length=32)
     worker: str | None = Field(default=None, max_length=200)
     lease_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    #: outbox: when the job's message was last handed to the broker (None: not yet)
+    published_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    #: the job fails with error type `timeout` if it has not finished by then
+    deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -79,11 +85,20 @@ def aware(moment: datetime | None) -> datetime | None:
 
 
 def job_from_plan(
-    *, key_id: str, body: JobCreate, plan: Plan, idempotency_key: str | None = None
+    *,
+    key_id: str,
+    body: JobCreate,
+    plan: Plan,
+    idempotency_key: str | None = None,
+    deadline_s: int = 3600,
 ) -> Job:
     """A queued job for this request as the cost policy planned it (not yet stored)."""
     body = body.model_copy(update={"params": plan.params})
+    now = utcnow()
     return Job(
+        created_at=now,
+        published_at=now,  # optimistic: the submit publishes next, and undoes this if it fails
+        deadline_at=now + timedelta(seconds=body.deadline_s or deadline_s),
         key_id=key_id,
         kind=body.kind,
         model=plan.spec.id,

@@ -29,6 +29,8 @@ class Defaults:
     """What the settings decide when a request does not."""
 
     tier: Tier = "balanced"
+    deadline_s: int = 3600
+    max_deadline_s: int = 86400
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +124,8 @@ def _explicit_spec(request: JobCreate, catalogue: Catalogue) -> ModelSpec:
 def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Plan:
     """Choose and check the model under the cost policy; raises InvalidRequest with a reason."""
     params = _params(request)
+    if request.deadline_s and request.deadline_s > defaults.max_deadline_s:
+        raise _invalid("deadline_s", f"deadline_s may be at most {defaults.max_deadline_s}")
     if isinstance(params, TextParams):
         assess = _text_assessor(request, params)
         prompt_tokens = count_messages(request.chat_messages())

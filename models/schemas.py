@@ -54,6 +54,8 @@ class JobCreate(BaseModel):
     model: str | None = None
     policy: Policy = Field(default_factory=Policy)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: finish within this many seconds of submission or fail with `timeout`
+    deadline_s: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_input(self) -> JobCreate:

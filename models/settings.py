@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.ratelimits import parse_rate_limits
+
 
 class Settings(BaseSettings):
     """Everything genq reads from its environment, validated once at start-up."""
@@ -44,7 +46,20 @@ class Settings(BaseSettings):
     retry_after_cap_s: float = Field(default=60.0, ge=0)
 
     worker_concurrency: int = Field(default=8, ge=1, le=512)
-    lease_s: int = Field(default=600, ge=10)
+    # Fault tolerance (README "Guarantees"): leases, the sweeper, deadlines, fallbacks.
+    lease_s: int = Field(default=60, ge=3)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    redispatch_after_s: int = Field(default=300, ge=1)
+    visibility_timeout_s: int = Field(default=3600, ge=60)
+    job_deadline_s: int = Field(default=3600, ge=1)
+    max_job_deadline_s: int = Field(default=86400, ge=1)
+    retry_inline_max_s: float = Field(default=5.0, ge=0)
+    fallback_after: int = Field(default=2, ge=1)
+    cooldown_failures: int = Field(default=5, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+    # Global rate limits (README "Rate limits"): `MODEL=120rpm/200000tpm,…` over the catalogue's.
+    rate_limits: str = ""
+    rate_limit_max_wait_s: float = Field(default=60.0, ge=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -76,6 +91,12 @@ class Settings(BaseSettings):
     @classmethod
     def _faults_parse(cls, value: str) -> str:
         parse_faults(value)
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits_parse(cls, value: str) -> str:
+        parse_rate_limits(value)
         return value
 
     @field_validator("flower_basic_auth")

@@ -32,7 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # Redis redelivers an unacked message after this long; it must exceed any job's run time.
         # A redelivered message for a running job is ignored by the claim in worker/runner.py.
-        broker_transport_options={"visibility_timeout": settings.lease_s * 2},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     )
     return app
 

@@ -1,68 +1,95 @@
 """Running one job, as a plain function of its id: claim, call the model with retries, finish.
 
-Celery only wraps this (worker/tasks.py), so it is tested without a broker.
+Celery only wraps this (worker/tasks.py), so it is tested without a broker. Between attempts
+the Runner decides, in this order: stop for a cancel request; give the job back to the queue
+when the worker is shutting down or the wait is long; fail with `timeout` past the deadline;
+move to the next fallback model when the current one keeps failing or is cooled down.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 from sqlalchemy.engine import Engine
-from tenacity import Retrying
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from models.attempts import FAILED, RETRYABLE, SUCCEEDED, Attempt, Image, add_attempt
+from models.attempts import FAILED, RETRYABLE, SUCCEEDED
 from models.catalogue import Catalogue, ModelSpec
 from models.db import session_scope, utcnow
 from models.errors import PermanentProviderError, ProviderError
+from models.jobs import CANCELLED, Job, aware, claim_job
 from models.jobs import FAILED as JOB_FAILED
 from models.jobs import SUCCEEDED as JOB_SUCCEEDED
-from models.jobs import Job, claim_job, finish_job, owned_job
+from models.lifecycle import release
 from models.logging import redact
-from models.pricing import Usage, cost_of
+from models.pricing import Usage
 from models.schemas import JobCreate
+from models.tokens import count_messages
 from worker import metrics
+from worker.health import LocalHealth, ModelHealth
+from worker.lease import LeaseKeeper
 from worker.providers.base import ImageResult, Provider, TextResult
+from worker.ratelimit import Limiter, NoLimiter
+from worker.recording import (
+    CANCELLED_AFTER_CALL,
+    Call,
+    ClaimLost,
+    finish_owned,
+    record,
+    record_orphan,
+    record_output,
+)
 from worker.retry import RetryPolicy
 
 log = structlog.get_logger("genq.worker")
+#: set when the worker process starts its warm shutdown: jobs waiting to retry go back to the queue
+SHUTTING_DOWN = threading.Event()
+
+Publish = Callable[[str, str, float], None]  # (job id, kind, countdown seconds)
 
 
-class ClaimLost(Exception):
-    """Another delivery owns the job now; this one must stop without writing."""
+class Cancelled(Exception):
+    pass
 
 
-@dataclass(frozen=True, kw_only=True)
-class Call:
-    """One provider call in flight: which job, under which claim, which attempt."""
+class JobTimeout(Exception):
+    pass
+
+
+class Reschedule(Exception):
+    def __init__(self, delay_s: float):
+        super().__init__(delay_s)
+        self.delay_s = delay_s
+
+
+@dataclass(kw_only=True)
+class Run:
+    """What one run of one job knows between attempts."""
 
     job_id: str
     token: str
-    number: int
-    spec: ModelSpec
+    kind: str
     worker: str
-    started_at: datetime = field(default_factory=utcnow)
-    clock: float = field(default_factory=time.perf_counter)
+    request: JobCreate
+    models: list[ModelSpec]
+    attempts_before: int
+    deadline_at: datetime | None
+    tokens_estimate: int
+    failures_here: int = 0
+    attempts_here: int = 0
 
-    def attempt(self, provider: str, *, outcome: str, usage: Usage, **extra) -> Attempt:
-        return Attempt(
-            job_id=self.job_id,
-            number=self.number,
-            model=self.spec.id,
-            provider=provider,
-            worker=self.worker,
-            outcome=outcome,
-            started_at=self.started_at,
-            latency_ms=round((time.perf_counter() - self.clock) * 1000),
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            completion_tokens=usage.completion_tokens,
-            images=usage.images,
-            cost_usd=cost_of(self.spec, usage),
-            **extra,
-        )
+    @property
+    def spec(self) -> ModelSpec:
+        return self.models[0]
+
+    @property
+    def number(self) -> int:
+        return self.attempts_before + self.attempts_here + 1
 
 
 @dataclass(kw_only=True)
@@ -71,8 +98,17 @@ class Runner:
     provider: Provider
     catalogue: Catalogue
     retry: RetryPolicy
-    lease_s: int = 600
-    sleep: object = time.sleep
+    lease_s: int = 60
+    sleep: Callable[[float], None] = time.sleep
+    health: ModelHealth = field(default_factory=LocalHealth)
+    limiter: Limiter = field(default_factory=NoLimiter)
+    publish: Publish | None = None
+    retry_inline_max_s: float = 5.0
+    fallback_after: int = 2
+    leases: LeaseKeeper | None = None
+
+    def __post_init__(self) -> None:
+        self.leases = self.leases or LeaseKeeper(self.engine, lease_s=self.lease_s)
 
     def run(self, job_id: str, *, worker: str = "local") -> str:
         """Run the job unless another delivery claimed it; returns what happened."""
@@ -84,121 +120,229 @@ class Runner:
             bound.info("job.skipped", reason="unknown, already claimed or finished")
             return "skipped"
         bound = bound.bind(model=job.model, kind=job.kind)
-        spec = self.catalogue.get(job.model)
-        if spec is None:
-            self._fail_unrunnable(job_id, token, f"model {job.model!r} left the catalogue")
+        run = self._prepare(job, token, worker)
+        if run is None:
+            finish_owned(
+                self.engine,
+                job_id=job_id,
+                token=token,
+                status=JOB_FAILED,
+                error_type="unknown_model",
+                error=f"model {job.model!r} left the catalogue",
+            )
             return "failed"
+        with self.leases.hold(job_id, token):
+            return self._loop(run, bound)
+
+    def _prepare(self, job: Job, token: str, worker: str) -> Run | None:
         request = JobCreate.model_validate(job.request)
+        names = [job.model, *((job.routing or {}).get("fallbacks") or [])]
+        models = [spec for name in names if (spec := self.catalogue.get(name))]
+        if not models or models[0].id != job.model:
+            return None
+        tokens = (
+            count_messages(request.chat_messages()) + (request.params.get("max_tokens") or 0)
+            if request.kind == "text"
+            else 0
+        )
+        return Run(
+            job_id=job.id,
+            token=token,
+            kind=job.kind,
+            worker=worker,
+            request=request,
+            models=models,
+            attempts_before=job.attempts,
+            deadline_at=aware(job.deadline_at),
+            tokens_estimate=tokens,
+        )
+
+    def _loop(self, run: Run, bound) -> str:
+        retrying = Retrying(
+            stop=lambda _state: run.number > self.retry.max_attempts,
+            wait=lambda state: self._wait(run, state),
+            retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
+            reraise=True,
+            sleep=self.sleep,
+        )
         try:
-            for attempt in Retrying(**self.retry.tenacity_kwargs(), sleep=self.sleep):
+            self._check_deadline(run)
+            for attempt in retrying:
                 with attempt:
-                    call = Call(
-                        job_id=job_id,
-                        token=token,
-                        spec=spec,
-                        worker=worker,
-                        number=attempt.retry_state.attempt_number,
-                    )
-                    self._attempt(call, request, bound.bind(attempt=call.number))
+                    self._attempt(run, bound.bind(attempt=run.number))
         except ProviderError:
             return "failed"
         except ClaimLost:
             bound.warning("job.claim_lost")
             return "lost"
+        except Cancelled:
+            self._end(run, CANCELLED, "cancelled", "cancelled while running")
+            return "cancelled"
+        except JobTimeout:
+            self._end(run, JOB_FAILED, "timeout", "the job's deadline passed before it finished")
+            return "failed"
+        except Reschedule as again:
+            return self._reschedule(run, again.delay_s, bound)
         return "succeeded"
 
-    def _attempt(self, call: Call, request: JobCreate, bound) -> None:
-        bound.info("attempt.start")
+    def _wait(self, run: Run, state: RetryCallState) -> float:
+        """Seconds until the next attempt, or a decision that ends this run."""
+        delay = self.retry.wait_s(state)
+        if SHUTTING_DOWN.is_set():
+            raise Reschedule(0)
+        self._check_deadline(run, delay)
+        if delay > self.retry_inline_max_s and self.publish is not None:
+            raise Reschedule(delay)  # do not hold a worker thread through a long wait
+        return delay
+
+    def _check_deadline(self, run: Run, delay: float = 0) -> None:
+        if run.deadline_at and (utcnow() - run.deadline_at).total_seconds() + delay >= 0:
+            raise JobTimeout
+
+    def _choose_model(self, run: Run) -> ModelSpec:
+        """Move to the next fallback when the current model keeps failing or is cooled down."""
+        while len(run.models) > 1 and (
+            run.failures_here >= self.fallback_after or not self.health.available(run.spec.id)
+        ):
+            log.warning("job.fallback", job_id=run.job_id, model=run.spec.id, to=run.models[1].id)
+            run.models.pop(0)
+            run.failures_here = 0
+        return run.spec
+
+    def _attempt(self, run: Run, bound) -> None:
+        if self._cancel_requested(run):
+            raise Cancelled
+        spec = self._choose_model(run)
+        waited = self.limiter.acquire(spec.id, run.tokens_estimate)
+        metrics.observe_rate_limit_wait(spec.id, waited)
+        call = Call(
+            job_id=run.job_id,
+            token=run.token,
+            number=run.number,
+            spec=spec,
+            worker=run.worker,
+            provider=self.provider.name,
+        )
+        run.attempts_here += 1
+        bound.info("attempt.start", model=spec.id)
+        try:
+            result = self._call(call, run.request)
+        except ProviderError as exc:
+            self._failed(run, call, exc, bound)
+            raise
+        self._succeeded(run, call, result, bound)
+
+    def _call(self, call: Call, request: JobCreate) -> TextResult | ImageResult:
         try:
             if request.kind == "text":
-                result = self.provider.generate_text(
+                return self.provider.generate_text(
                     model=call.spec.id,
                     messages=request.chat_messages(),
                     params=request.text_params(),
                 )
-            else:
-                result = self.provider.generate_image(
-                    model=call.spec.id, prompt=request.prompt or "", params=request.image_params()
-                )
-        except ProviderError as exc:
-            self._record_failure(call, exc, bound)
+            return self.provider.generate_image(
+                model=call.spec.id, prompt=request.prompt or "", params=request.image_params()
+            )
+        except ProviderError:
             raise
         except Exception as exc:  # a bug or an unexpected SDK shape: fail, never leave it running
-            error = PermanentProviderError(
+            raise PermanentProviderError(
                 redact(f"{type(exc).__name__}: {exc}"), kind="internal_error"
-            )
-            self._record_failure(call, error, bound)
-            raise error from exc
-        self._record_success(call, result, bound)
+            ) from exc
 
-    def _owned(self, session, call: Call) -> Job:
-        job = owned_job(session, job_id=call.job_id, token=call.token)
-        if job is None:
-            raise ClaimLost(call.job_id)
-        return job
-
-    def _record_failure(self, call: Call, exc: ProviderError, bound) -> None:
-        final = not exc.retryable or call.number >= self.retry.max_attempts
-        with session_scope(self.engine) as session:
-            job = self._owned(session, call)
-            job.provider = self.provider.name
-            attempt = call.attempt(
-                self.provider.name,
-                outcome=FAILED if final else RETRYABLE,
-                usage=Usage(),
-                http_status=exc.status_code,
-                error_type=exc.kind,
-                error=exc.detail,
-            )
-            add_attempt(session, job=job, attempt=attempt)
-            if final:
-                finish_job(
-                    session, job=job, status=JOB_FAILED, error_type=exc.kind, error=exc.detail
-                )
+    def _failed(self, run: Run, call: Call, exc: ProviderError, bound) -> None:
+        final = not exc.retryable or run.number > self.retry.max_attempts
+        if exc.retryable:
+            run.failures_here += 1
+            self.health.record_failure(call.spec.id)
+            if exc.status_code == 429:
+                self.limiter.on_rate_limited(call.spec.id)
+        attempt = call.attempt(
+            outcome=FAILED if final else RETRYABLE,
+            usage=Usage(),
+            http_status=exc.status_code,
+            error_type=exc.kind,
+            error=exc.detail,
+        )
+        record(
+            self.engine,
+            call,
+            attempt,
+            finish=JOB_FAILED if final else None,
+            error_type=exc.kind,
+            error=exc.detail,
+        )
         metrics.record_attempt(attempt, kind=call.spec.kind)
         bound.warning(
             "attempt.failed",
+            model=call.spec.id,
             status=exc.status_code,
             error_type=exc.kind,
             final=final,
             retry_after_s=exc.retry_after_s,
         )
 
-    def _record_success(self, call: Call, result: TextResult | ImageResult, bound) -> None:
-        with session_scope(self.engine) as session:
-            job = self._owned(session, call)
-            job.provider = self.provider.name
-            attempt = call.attempt(self.provider.name, outcome=SUCCEEDED, usage=result.usage)
-            add_attempt(session, job=job, attempt=attempt)
-            if isinstance(result, TextResult):
-                job.output_text = result.text
+    def _succeeded(self, run: Run, call: Call, result, bound) -> None:
+        self.health.record_success(call.spec.id)
+        self.limiter.on_success(call.spec.id)
+        self.limiter.settle(
+            call.spec.id, estimated=run.tokens_estimate, used=result.usage.total_tokens
+        )
+        try:
+            cancelled = self._cancel_requested(run)
+        except ClaimLost:
+            record_orphan(self.engine, call.attempt(outcome=SUCCEEDED, usage=result.usage))
+            raise
+        outcome = CANCELLED_AFTER_CALL if cancelled else SUCCEEDED
+        attempt = call.attempt(outcome=outcome, usage=result.usage)
+        try:
+            if cancelled:  # the usage was spent: record it, but the caller asked for no output
+                job = record(
+                    self.engine,
+                    call,
+                    attempt,
+                    finish=CANCELLED,
+                    error_type="cancelled",
+                    error="cancelled while running",
+                )
             else:
-                for index, image in enumerate(result.images):
-                    session.add(
-                        Image(
-                            job_id=job.id,
-                            index=index,
-                            data=image.data,
-                            width=image.width,
-                            height=image.height,
-                            content_type=image.content_type,
-                        )
-                    )
-                job.image_count = len(result.images)
-            finish_job(session, job=job, status=JOB_SUCCEEDED)
+                job = record_output(self.engine, call, attempt, result, JOB_SUCCEEDED)
+        except ClaimLost:
+            record_orphan(self.engine, attempt)
+            raise
         metrics.record_attempt(attempt, kind=call.spec.kind)
         bound.info(
-            "job.succeeded",
+            "job.cancelled" if cancelled else "job.succeeded",
+            model=call.spec.id,
             cost_usd=str(job.cost_usd),
             attempts=job.attempts,
-            prompt_tokens=job.prompt_tokens,
-            completion_tokens=job.completion_tokens,
         )
+        if cancelled:
+            raise Cancelled
 
-    def _fail_unrunnable(self, job_id: str, token: str, reason: str) -> None:
+    def _cancel_requested(self, run: Run) -> bool:
         with session_scope(self.engine) as session:
-            job = owned_job(session, job_id=job_id, token=token)
-            if job is not None:
-                finish_job(
-                    session, job=job, status=JOB_FAILED, error_type="unknown_model", error=reason
-                )
+            job = session.get(Job, run.job_id)
+            if job is None or job.claim_token != run.token:
+                raise ClaimLost(run.job_id)
+            return job.cancel_requested
+
+    def _end(self, run: Run, status: str, error_type: str, error: str) -> None:
+        if not finish_owned(
+            self.engine,
+            job_id=run.job_id,
+            token=run.token,
+            status=status,
+            error_type=error_type,
+            error=error,
+        ):
+            log.warning("job.claim_lost", job_id=run.job_id)
+
+    def _reschedule(self, run: Run, delay_s: float, bound) -> str:
+        """Hand the job back to the queue, to be picked up again after `delay_s`."""
+        with session_scope(self.engine) as session:
+            released = release(session, job_id=run.job_id, token=run.token)
+        if released and self.publish is not None:
+            self.publish(run.job_id, run.kind, delay_s)
+        bound.info("job.rescheduled", delay_s=round(delay_s, 2), released=released)
+        return "rescheduled"

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import redis
 import structlog
-from celery.signals import setup_logging, worker_ready
+from celery.signals import setup_logging, worker_ready, worker_shutting_down
 
 from models.catalogue import get_catalogue
 from models.db import get_engine
 from models.logging import configure_logging
+from models.queue import QUEUE_BY_KIND, TASK_BY_KIND
 from models.settings import get_settings
 from models.tokens import install_encodings
 from worker.celery_app import celery_app
+from worker.health import RedisHealth
 from worker.observe import run_observed
 from worker.providers.factory import build_provider
+from worker.ratelimit_redis import RedisLimiter
 from worker.retry import RetryPolicy
-from worker.runner import Runner
+from worker.runner import SHUTTING_DOWN, Runner
+from worker.sweeper import Sweeper
 
 log = structlog.get_logger("genq.worker")
+
+
+def dispatch(job_id: str, kind: str, countdown: float = 0) -> None:
+    """Publish a job's message again (sweeper, rescheduled retries): only the job id travels."""
+    celery_app.send_task(
+        TASK_BY_KIND[kind], args=[job_id], queue=QUEUE_BY_KIND[kind], countdown=countdown or None
+    )
+
+
+@lru_cache
+def shared_redis() -> redis.Redis:
+    return redis.Redis.from_url(
+        get_settings().redis_url, socket_timeout=5, socket_connect_timeout=5
+    )
 
 
 @lru_cache
@@ -32,6 +51,25 @@ def get_runner() -> Runner:
         catalogue=get_catalogue(settings.catalogue_path),
         retry=RetryPolicy.from_settings(settings),
         lease_s=settings.lease_s,
+        health=RedisHealth(
+            shared_redis(), failures=settings.cooldown_failures, cooldown_s=settings.cooldown_s
+        ),
+        publish=dispatch,
+        retry_inline_max_s=settings.retry_inline_max_s,
+        fallback_after=settings.fallback_after,
+        limiter=RedisLimiter.from_settings(settings),
+    )
+
+
+@lru_cache
+def get_sweeper() -> Sweeper:
+    settings = get_settings()
+    return Sweeper(
+        get_engine(settings.database_url),
+        shared_redis(),
+        dispatch,
+        interval_s=settings.sweep_interval_s,
+        redispatch_after_s=settings.redispatch_after_s,
     )
 
 
@@ -43,6 +81,7 @@ def _logging(**_kwargs) -> None:
 
 @worker_ready.connect
 def _announce(**_kwargs) -> None:
+    get_sweeper().start()
     runner = get_runner()
     if runner.provider.name == "offline":
         log.warning(
@@ -52,6 +91,13 @@ def _announce(**_kwargs) -> None:
         )
     else:
         log.info("provider.ready", provider=runner.provider.name)
+
+
+@worker_shutting_down.connect
+def _shutting_down(**_kwargs) -> None:
+    """Warm shutdown: in-flight calls finish; jobs waiting to retry go back to the queue."""
+    SHUTTING_DOWN.set()
+    get_sweeper().stop()
 
 
 @celery_app.task(name="genq.generate_text", bind=True)

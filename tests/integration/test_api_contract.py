@@ -10,6 +10,7 @@ from sqlmodel import select
 from api.main import create_app
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
+from models.jobs import Job
 from models.keys import ApiKey
 from models.queue import TASK_BY_KIND
 from tests.helpers import FakeProvider, auth, new_key
@@ -298,7 +299,7 @@ def test_health_ready_and_metrics(client):
     assert metrics.status_code == 200 and "genq_api_requests_total" in metrics.text
 
 
-def test_ready_is_503_and_submit_stores_nothing_when_redis_is_down(settings):
+def test_when_redis_is_down_ready_is_503_and_a_submit_is_stored_for_the_sweeper(settings):
     dead = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     secret = new_key(settings.database_url)
     with TestClient(create_app(dead)) as client:
@@ -306,5 +307,8 @@ def test_ready_is_503_and_submit_stores_nothing_when_redis_is_down(settings):
         response = client.post(
             "/v1/jobs", json={"kind": "text", "prompt": "x"}, headers=auth(secret)
         )
-        assert_problem(response, 503, "nothing was stored")
-        assert client.get("/v1/jobs", headers=auth(secret)).json()["data"] == []
+        assert response.status_code == 202 and response.json()["status"] == "queued"
+    # the job is kept, marked unpublished: the workers' sweeper publishes it (transactional outbox)
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, response.json()["id"])
+        assert job.status == "queued" and job.published_at is None

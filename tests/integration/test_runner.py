@@ -20,7 +20,7 @@ from worker.runner import Runner
 
 
 @pytest.fixture
-def engine(database_url):
+def engine(database_url, tiktoken_dir):
     return get_engine(database_url)
 
 

@@ -125,7 +125,7 @@ def test_dotenv_file_is_read_and_environment_wins(monkeypatch, tmp_path):
         ({"max_attempts": 0}, "max_attempts"),
         ({"offline_latency_ms": -1}, "offline_latency_ms"),
         ({"retry_initial_s": -0.1}, "retry_initial_s"),
-        ({"lease_s": 5}, "lease_s"),
+        ({"lease_s": 2}, "lease_s"),
         ({"log_level": "TRACE"}, "log_level"),
     ],
 )

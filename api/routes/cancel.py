@@ -1,0 +1,21 @@
+"""`POST /v1/jobs/{id}/cancel`: queued jobs never run; running ones stop at the next safe point."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import KeyDep, ServicesDep
+from models.db import session_scope
+from models.jobs import job_public
+from models.lifecycle import cancel_job
+from models.schemas import JobPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel(job_id: str, key: KeyDep, services: ServicesDep) -> JobPublic:
+    """200 with the job (`cancelled`, or still `running` with the stop requested); 409 if done."""
+    with session_scope(services.engine) as session:
+        job = cancel_job(session, job_id=job_id, key_id=key.id)
+        return job_public(job)

@@ -1,0 +1,126 @@
+"""Leases, the outbox and cancellation: the state changes that keep accepted jobs from being lost.
+
+Every change is one conditional UPDATE, so two processes racing on a job (a worker and the
+sweeper, or a cancel and a claim) cannot both win.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, update
+from sqlmodel import Session, col, select
+
+from models.db import utcnow
+from models.errors import Conflict
+from models.jobs import CANCELLED, FINISHED, QUEUED, RUNNING, Job, finish_job, get_job
+
+#: a submit publishes its own job; the sweeper leaves fresh jobs alone for this long
+PUBLISH_GRACE_S = 10
+#: at most this many jobs per sweep, so one sweep stays short
+SWEEP_BATCH = 500
+
+
+def renew_lease(session: Session, *, job_id: str, token: str, lease_s: int) -> bool:
+    """Extend a running job's lease; False when the claim was lost (the job was reclaimed)."""
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == RUNNING, col(Job.claim_token) == token)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release(session: Session, *, job_id: str, token: str) -> bool:
+    """Give a running job back to the queue (shutdown, long wait); the caller republishes it."""
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == RUNNING, col(Job.claim_token) == token)
+        .values(status=QUEUED, claim_token=None, lease_until=None, published_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def reclaim_expired(session: Session, *, now: datetime | None = None) -> int:
+    """Running jobs whose lease ran out (their worker died) go back to queued, unpublished."""
+    result = session.execute(
+        update(Job)
+        .where(col(Job.status) == RUNNING, col(Job.lease_until) < _db_time(session, now))
+        .values(status=QUEUED, claim_token=None, lease_until=None, published_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def due_for_publish(
+    session: Session, *, redispatch_after_s: int, now: datetime | None = None
+) -> list[tuple[str, str]]:
+    """Queued jobs never published, or published so long ago that the message may be lost."""
+    now = now or utcnow()
+    unpublished_before = _db_time(session, now - timedelta(seconds=PUBLISH_GRACE_S))
+    stale_before = _db_time(session, now - timedelta(seconds=redispatch_after_s))
+    query = (
+        select(Job.id, Job.kind)
+        .where(col(Job.status) == QUEUED)
+        .where(
+            or_(
+                col(Job.published_at).is_(None) & (col(Job.created_at) < unpublished_before),
+                col(Job.published_at) < stale_before,
+            )
+        )
+        .limit(SWEEP_BATCH)
+    )
+    return [(row[0], row[1]) for row in session.exec(query)]
+
+
+def mark_published(session: Session, *, job_ids: list[str]) -> None:
+    session.execute(
+        update(Job)
+        .where(col(Job.id).in_(job_ids))
+        .values(published_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def cancel_job(session: Session, *, job_id: str, key_id: str) -> Job:
+    """Queued: cancelled now, never runs. Running: stops at its next safe point. Finished: 409."""
+    job = get_job(session, job_id=job_id, key_id=key_id)
+    queued = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
+        .values(status=CANCELLED)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(job)
+    if queued.rowcount == 1:
+        finish_job(
+            session,
+            job=job,
+            status=CANCELLED,
+            error_type="cancelled",
+            error="cancelled before it ran",
+        )
+    elif job.status == RUNNING:
+        job.cancel_requested = True
+        session.add(job)
+    elif job.status in FINISHED:
+        raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs cancel")
+    return job
+
+
+def _db_time(session: Session, moment: datetime | None) -> datetime:
+    """SQLite keeps naive UTC; PostgreSQL compares aware datetimes."""
+    moment = moment or utcnow()
+    return moment.replace(tzinfo=None) if session.bind.dialect.name == "sqlite" else moment
+
+
+def unpublish(session: Session, *, job_id: str) -> None:
+    """The submit could not publish: mark the job for the sweeper to publish."""
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
+        .values(published_at=None)
+        .execution_options(synchronize_session=False)
+    )

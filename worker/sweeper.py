@@ -1,0 +1,89 @@
+"""The sweeper: puts back on the queue every accepted job that would otherwise be stuck.
+
+It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time.
+Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue and
+(2) publishes queued jobs that were never published (the broker was down at submit) or whose
+message is presumed lost (published long ago, still queued). A duplicate message is harmless:
+the claim lets only one delivery run a job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Callable
+
+import redis
+import structlog
+from sqlalchemy.engine import Engine
+
+from models.db import session_scope
+from models.lifecycle import due_for_publish, mark_published, reclaim_expired
+
+log = structlog.get_logger("genq.sweeper")
+LOCK_KEY = "genq:sweeper:leader"
+
+
+class Sweeper:
+    def __init__(
+        self,
+        engine: Engine,
+        client: redis.Redis,
+        publish: Callable[[str, str, float], None],
+        *,
+        interval_s: float,
+        redispatch_after_s: int,
+    ):
+        self.engine, self.redis, self.publish = engine, client, publish
+        self.interval_s, self.redispatch_after_s = interval_s, redispatch_after_s
+        self.name = uuid.uuid4().hex[:8]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> dict[str, int]:
+        """One sweep; returns how many jobs were reclaimed and published."""
+        with session_scope(self.engine) as session:
+            reclaimed = reclaim_expired(session)
+        with session_scope(self.engine) as session:
+            due = due_for_publish(session, redispatch_after_s=self.redispatch_after_s)
+        published = []
+        for job_id, kind in due:
+            try:
+                self.publish(job_id, kind, 0)
+            except Exception as exc:  # the broker is still down: the next sweep tries again
+                log.warning("sweeper.publish_failed", job_id=job_id, error=type(exc).__name__)
+                break
+            published.append(job_id)
+        if published:
+            with session_scope(self.engine) as session:
+                mark_published(session, job_ids=published)
+        if reclaimed or published:
+            log.warning("sweeper.redispatched", reclaimed=reclaimed, published=len(published))
+        return {"reclaimed": reclaimed, "published": len(published)}
+
+    def _lead_once(self) -> None:
+        lock = self.redis.lock(LOCK_KEY, timeout=max(self.interval_s * 4, 10), blocking=False)
+        if not lock.acquire():
+            return
+        try:
+            self.sweep_once()
+        finally:
+            # it may have expired during a long sweep; then another worker sweeps next
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._lead_once()
+            except Exception as exc:  # Redis or the database restarting: keep going
+                log.warning("sweeper.failed", error=type(exc).__name__)
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="genq-sweeper", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
