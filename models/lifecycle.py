@@ -43,15 +43,22 @@ def release(session: Session, *, job_id: str, token: str) -> bool:
     return result.rowcount == 1
 
 
-def reclaim_expired(session: Session, *, now: datetime | None = None) -> int:
-    """Running jobs whose lease ran out (their worker died) go back to queued, unpublished."""
-    result = session.execute(
-        update(Job)
-        .where(col(Job.status) == RUNNING, col(Job.lease_until) < _db_time(session, now))
-        .values(status=QUEUED, claim_token=None, lease_until=None, published_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount
+def reclaim_expired(session: Session, *, now: datetime | None = None) -> list[tuple[str, str]]:
+    """Running jobs whose lease ran out (their worker died) go back to queued; (id, kind) each,
+    for the caller to publish now."""
+    expired = (col(Job.status) == RUNNING, col(Job.lease_until) < _db_time(session, now))
+    rows = [
+        (r[0], r[1])
+        for r in session.exec(select(Job.id, Job.kind).where(*expired).limit(SWEEP_BATCH))
+    ]
+    if rows:
+        session.execute(
+            update(Job)
+            .where(col(Job.id).in_([job_id for job_id, _ in rows]), *expired)
+            .values(status=QUEUED, claim_token=None, lease_until=None, published_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    return rows
 
 
 def due_for_publish(

@@ -46,7 +46,7 @@ class Sweeper:
         with session_scope(self.engine) as session:
             reclaimed = reclaim_expired(session)
         with session_scope(self.engine) as session:
-            due = due_for_publish(session, redispatch_after_s=self.redispatch_after_s)
+            due = reclaimed + due_for_publish(session, redispatch_after_s=self.redispatch_after_s)
         published = []
         for job_id, kind in due:
             try:
@@ -59,8 +59,8 @@ class Sweeper:
             with session_scope(self.engine) as session:
                 mark_published(session, job_ids=published)
         if reclaimed or published:
-            log.warning("sweeper.redispatched", reclaimed=reclaimed, published=len(published))
-        return {"reclaimed": reclaimed, "published": len(published)}
+            log.warning("sweeper.redispatched", reclaimed=len(reclaimed), published=len(published))
+        return {"reclaimed": len(reclaimed), "published": len(published)}
 
     def _lead_once(self) -> None:
         lock = self.redis.lock(LOCK_KEY, timeout=max(self.interval_s * 4, 10), blocking=False)

@@ -1,0 +1,224 @@
+"""Cancel, deadlines, fallbacks, rescheduling and the sweeper, on real databases (no Celery)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from api.main import create_app
+from models.attempts import Attempt
+from models.catalogue import get_catalogue
+from models.db import get_engine, session_scope, utcnow
+from models.errors import RetryableProviderError
+from models.jobs import Job, claim_job
+from models.lifecycle import unpublish
+from tests.helpers import FakeProvider, auth, new_key
+from worker import runner as runner_module
+from worker.health import LocalHealth, RedisHealth
+from worker.retry import RetryPolicy
+from worker.runner import Runner
+from worker.sweeper import Sweeper
+
+LONG = "Write a detailed product description for our spring collection. " * 40
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def key(settings):
+    return auth(new_key(settings.database_url))
+
+
+def make_runner(settings, provider, **kwargs) -> Runner:
+    published: list[tuple[str, str, float]] = []
+    runner = Runner(
+        engine=get_engine(settings.database_url),
+        provider=provider,
+        catalogue=get_catalogue(),
+        sleep=lambda _s: None,
+        retry=RetryPolicy(max_attempts=kwargs.pop("max_attempts", 4), initial_s=0.01, max_s=0.02),
+        publish=lambda *args: published.append(args),
+        **kwargs,
+    )
+    runner.published = published  # type: ignore[attr-defined]
+    return runner
+
+
+def load(settings, job_id):
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, job_id)
+        attempts = list(
+            session.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number))
+        )
+    return job, attempts
+
+
+def submit(client, key, **body):
+    response = client.post("/v1/jobs", json={"kind": "text", "prompt": "hi", **body}, headers=key)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_a_cancelled_queued_job_never_runs(client, key, settings):
+    job_id = submit(client, key)
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=key)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    provider = FakeProvider()
+    assert make_runner(settings, provider).run(job_id) == "skipped"
+    assert provider.calls == 0
+    again = client.post(f"/v1/jobs/{job_id}/cancel", headers=key)
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+    other = auth(new_key(settings.database_url, "other"))
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=other).status_code == 404
+
+
+def test_a_running_job_stops_at_the_next_safe_point_and_keeps_its_usage(client, key, settings):
+    # Given a running job whose provider is slow to succeed: cancel arrives during the call
+    job_id = submit(client, key)
+
+    class CancelDuringCall(FakeProvider):
+        def generate_text(self, **kwargs):
+            assert client.post(f"/v1/jobs/{job_id}/cancel", headers=key).json()["status"] == (
+                "running"
+            )
+            return super().generate_text(**kwargs)
+
+    assert make_runner(settings, CancelDuringCall()).run(job_id) == "cancelled"
+    job, attempts = load(settings, job_id)
+    assert job.status == "cancelled" and job.output_text is None
+    assert [a.outcome for a in attempts] == ["cancelled"] and job.cost_usd == attempts[
+        0
+    ].cost_usd > 0
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=key).status_code == 409
+
+
+def test_a_finished_job_cannot_be_cancelled(client, key, settings):
+    job_id = submit(client, key)
+    make_runner(settings, FakeProvider()).run(job_id)
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=key).status_code == 409
+
+
+def test_a_job_past_its_deadline_fails_with_timeout(client, key, settings):
+    job_id = submit(client, key, deadline_s=1)
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, job_id)
+        job.deadline_at = utcnow() - timedelta(seconds=1)
+        session.add(job)
+    provider = FakeProvider()
+    assert make_runner(settings, provider).run(job_id) == "failed"
+    job, _ = load(settings, job_id)
+    assert job.status == "failed" and job.error_type == "timeout" and provider.calls == 0
+
+
+def test_deadline_above_the_maximum_is_422(client, key, settings):
+    body = {"kind": "text", "prompt": "hi", "deadline_s": settings.max_job_deadline_s + 1}
+    response = client.post("/v1/jobs", json=body, headers=key)
+    assert response.status_code == 422 and "deadline_s" in response.json()["detail"]
+
+
+def test_a_failing_model_hands_the_job_to_its_fallback(client, key, settings):
+    # Given a premium job (gpt-4.1, fallbacks gpt-4o, …) whose first model keeps answering 503
+    job_id = submit(client, key, prompt=LONG, policy={"tier": "premium"})
+
+    class FailsOnGpt41(FakeProvider):
+        def generate_text(self, *, model, **kwargs):
+            self.models = [*getattr(self, "models", []), model]
+            if model == "gpt-4.1":
+                raise RetryableProviderError("unavailable", status_code=503)
+            return super().generate_text(model=model, **kwargs)
+
+    provider = FailsOnGpt41()
+    assert make_runner(settings, provider, fallback_after=2).run(job_id) == "succeeded"
+    job, attempts = load(settings, job_id)
+    # Then after two failures it moved to the next model, which produced the output
+    assert provider.models == ["gpt-4.1", "gpt-4.1", "gpt-4o"]
+    assert [a.model for a in attempts] == ["gpt-4.1", "gpt-4.1", "gpt-4o"]
+    assert job.model == "gpt-4o" and job.status == "succeeded"
+
+
+def test_a_cooled_down_model_is_skipped_by_the_next_job(client, key, settings):
+    health = LocalHealth(failures=1, cooldown_s=60)
+    health.record_failure("gpt-4.1")
+    job_id = submit(client, key, prompt=LONG, policy={"tier": "premium"})
+    provider = FakeProvider()
+    assert make_runner(settings, provider, health=health).run(job_id) == "succeeded"
+    assert load(settings, job_id)[0].model == "gpt-4o"
+
+
+def test_cooldowns_are_shared_through_redis_and_probed_after(settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    one, two = (RedisHealth(client, failures=2, cooldown_s=0.3) for _ in range(2))
+    one.record_failure("m")
+    assert two.available("m")
+    one.record_failure("m")  # second failure opens the circuit for everyone
+    assert not two.available("m") and not one.available("m")
+    import time
+
+    time.sleep(0.35)
+    assert two.available("m") is True  # half-open: one probe
+    assert one.available("m") is False  # …and only one
+    two.record_success("m")
+    assert one.available("m") and two.available("m")
+
+
+def test_a_long_retry_after_gives_the_job_back_to_the_queue(client, key, settings):
+    job_id = submit(client, key)
+    provider = FakeProvider(
+        outcomes=[RetryableProviderError("slow down", status_code=429, retry_after_s=30)]
+    )
+    runner = make_runner(settings, provider, retry_inline_max_s=5)
+    assert runner.run(job_id) == "rescheduled"
+    job, attempts = load(settings, job_id)
+    assert job.status == "queued" and job.claim_token is None and len(attempts) == 1
+    assert runner.published == [(job_id, "text", 30)]
+    # When the message comes back, the job runs on, counting its earlier attempt
+    assert runner.run(job_id) == "succeeded"
+    job, attempts = load(settings, job_id)
+    assert [a.number for a in attempts] == [1, 2] and job.attempts == 2
+
+
+def test_a_shutting_down_worker_gives_waiting_jobs_back(client, key, settings):
+    job_id = submit(client, key)
+    provider = FakeProvider(outcomes=[RetryableProviderError("busy", status_code=503)])
+    runner = make_runner(settings, provider)
+    runner_module.SHUTTING_DOWN.set()
+    try:
+        assert runner.run(job_id) == "rescheduled"
+    finally:
+        runner_module.SHUTTING_DOWN.clear()
+    assert load(settings, job_id)[0].status == "queued" and runner.published[0][2] == 0
+
+
+def test_the_sweeper_requeues_expired_leases_and_publishes_the_unpublished(client, key, settings):
+    engine = get_engine(settings.database_url)
+    crashed, stranded = submit(client, key), submit(client, key)
+    with session_scope(engine) as session:
+        # a worker claimed `crashed` and died: its lease is in the past
+        assert claim_job(session, job_id=crashed, worker="dead", lease_s=60)
+        session.get(Job, crashed).lease_until = utcnow() - timedelta(seconds=1)
+        # the broker was down when `stranded` was submitted, long enough ago
+        unpublish(session, job_id=stranded)
+        session.get(Job, stranded).created_at = utcnow() - timedelta(seconds=60)
+    published = []
+    sweeper = Sweeper(
+        engine,
+        redis.Redis.from_url(settings.redis_url),
+        lambda job_id, kind, _delay: published.append(job_id),
+        interval_s=1,
+        redispatch_after_s=300,
+    )
+    assert sweeper.sweep_once() == {"reclaimed": 1, "published": 2}
+    assert sorted(published) == sorted([crashed, stranded])
+    assert sweeper.sweep_once() == {"reclaimed": 0, "published": 0}  # nothing twice
+    job, _ = load(settings, crashed)
+    assert job.status == "queued" and job.claim_token is None and job.published_at is not None
+    # and the old owner can no longer write: its claim token is gone
+    assert make_runner(settings, FakeProvider()).run(crashed) == "succeeded"
