@@ -78,6 +78,7 @@ def run_worker(args: list[str], *, metrics_port: int | None) -> None:
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
         args = ["-Q", "text,images", *args]
     with one_line_errors():
+        check_autoscale(args)
         start_worker_metrics(settings, metrics_port, args)
     celery_app.worker_main(["worker", "--loglevel", settings.log_level, *args])
 
@@ -92,6 +93,18 @@ def pool_of(args: list[str]) -> str | None:
         if arg.startswith("-P") and len(arg) > 2:
             return arg[2:]
     return None
+
+
+def check_autoscale(args: list[str]) -> None:
+    """Refuse `--autoscale` on the threads pool: Celery's thread pool cannot grow, and the worker
+    would die with "'TaskPool' object has no attribute 'grow'" at its first scale-up."""
+    wants = any(arg == "--autoscale" or arg.startswith("--autoscale=") for arg in args)
+    if wants and pool_of(args) in (None, "threads"):
+        raise OpsError(
+            "--autoscale needs a pool that can grow (prefork, gevent); with genq's threads pool "
+            "set --concurrency to the most jobs one process may run and scale processes on "
+            "queue depth instead (docs/operations.md)"
+        )
 
 
 def start_worker_metrics(settings: Settings, port: int | None, args: list[str]) -> int | None:

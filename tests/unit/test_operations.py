@@ -76,7 +76,26 @@ def test_pool_is_read_from_celery_options(args, pool):
     assert pool_of(args) == pool
 
 
-def test_metrics_port_refuses_a_pool_that_forks(monkeypatch):
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["--autoscale", "32,4"], True),
+        (["--autoscale=32,4", "-P", "threads"], True),
+        (["--autoscale", "8,2", "-P", "prefork"], False),
+        (["--concurrency", "32"], False),
+    ],
+)
+def test_autoscale_is_refused_on_the_threads_pool(args, refused):
+    from cli.ops import check_autoscale
+
+    if refused:
+        with pytest.raises(OpsError, match="--concurrency"):
+            check_autoscale(args)
+    else:
+        check_autoscale(args)
+
+
+def test_metrics_port_refuses_a_pool_that_forks():
     from cli.ops import start_worker_metrics
 
     with pytest.raises(OpsError, match="threads pool"):
