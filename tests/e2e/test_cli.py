@@ -111,4 +111,3 @@ def test_dev_runs_the_whole_demo(env, tmp_path, settings):
     assert f"http://127.0.0.1:{api_port}/docs" in out and f"http://127.0.0.1:{flower_port}" in out
     assert "[synthetic]" in out and "usage for this key" in out
     assert f"Flower: http://127.0.0.1:{flower_port} (user genq, password " in out
-    assert f"Flower: http://127.0.0.1:{flower_port} (user genq, password " in out
