@@ -40,6 +40,12 @@ def log_context(request: Any, job_id: str) -> dict[str, str]:
     return context
 
 
+def message_headers() -> dict[str, str] | None:
+    """Headers for a message a worker publishes itself (a rescheduled retry): same request id."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    return {REQUEST_ID_HEADER: request_id} if request_id else None
+
+
 def run_observed(task: Task, job_id: str, runner: Runner) -> str:
     """Run one job with its log context bound, counting the delivery and the work in flight."""
     request = task.request

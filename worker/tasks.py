@@ -16,7 +16,7 @@ from models.settings import get_settings
 from models.tokens import install_encodings
 from worker.celery_app import celery_app
 from worker.health import RedisHealth
-from worker.observe import run_observed
+from worker.observe import message_headers, run_observed
 from worker.providers.factory import build_provider
 from worker.ratelimit_redis import RedisLimiter
 from worker.retry import RetryPolicy
@@ -29,7 +29,11 @@ log = structlog.get_logger("genq.worker")
 def dispatch(job_id: str, kind: str, countdown: float = 0) -> None:
     """Publish a job's message again (sweeper, rescheduled retries): only the job id travels."""
     celery_app.send_task(
-        TASK_BY_KIND[kind], args=[job_id], queue=QUEUE_BY_KIND[kind], countdown=countdown or None
+        TASK_BY_KIND[kind],
+        args=[job_id],
+        queue=QUEUE_BY_KIND[kind],
+        countdown=countdown or None,
+        headers=message_headers(),  # a rescheduled retry keeps the API's request id
     )
 
 

@@ -49,7 +49,7 @@ def run(database_url: str, job_id: str, provider: FakeProvider) -> str:
     return runner.run(job_id, worker="w1")
 
 
-def test_a_retried_job_counts_its_retry_tokens_cost_and_end(database_url):
+def test_a_retried_job_counts_its_retry_tokens_cost_and_end(database_url, tiktoken_dir):
     # Given a job whose first call is rate limited and whose second succeeds
     model = "gpt-4o-mini"
     job_id = queued_job(database_url, model)
@@ -78,7 +78,7 @@ def test_a_retried_job_counts_its_retry_tokens_cost_and_end(database_url):
         assert sample(key[0], **dict(key[1:])) == pytest.approx(before[key] + delta, abs=1e-12), key
 
 
-def test_a_failed_job_is_counted_as_failed(database_url):
+def test_a_failed_job_is_counted_as_failed(database_url, tiktoken_dir):
     job_id = queued_job(database_url, "gpt-4o-mini")
     before = sample("genq_jobs_total", kind="text", model="gpt-4o-mini", status="failed")
     provider = FakeProvider(outcomes=[PermanentProviderError("bad prompt", status_code=400)])

@@ -14,7 +14,7 @@ from api.request_id import accept_or_make
 from cli.ops import OpsError, flower_argv, pool_of
 from models.logging import configure_logging
 from models.settings import Settings, describe_error
-from worker.observe import log_context, request_id_of
+from worker.observe import log_context, message_headers, request_id_of
 
 
 def settings(**values) -> Settings:
@@ -125,6 +125,12 @@ def test_worker_reads_the_request_id_from_the_message_header():
     assert request_id_of(as_attribute) == "req-1" and request_id_of(in_headers) == "req-2"
     assert log_context(without, "job9") == {"job_id": "job9", "task_id": "t3"}
     assert log_context(in_headers, "job9")["request_id"] == "req-2"
+
+
+def test_a_message_the_worker_publishes_keeps_the_request_id():
+    assert message_headers() is None
+    with structlog.contextvars.bound_contextvars(request_id="req-3", job_id="j"):
+        assert message_headers() == {"genq_request_id": "req-3"}
 
 
 # -- log hygiene ------------------------------------------------------------------------------
