@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from models.attempts import FAILED, RETRYABLE, SUCCEEDED, Attempt
+from models.attempts import RETRYABLE, Attempt
 from models.broker import QUEUES, queue_depths, redis_client
 from models.db import get_engine, session_scope
 from models.settings import Settings
@@ -58,7 +58,7 @@ IN_PROGRESS = Gauge("genq_worker_jobs_in_progress", "Jobs this worker process is
 
 
 def record_attempt(attempt: Attempt, *, kind: str) -> None:
-    """Count one stored attempt: its latency, usage and cost; the job's end if it was the last."""
+    """Count one stored attempt: its latency, usage, cost, and a retry when one follows."""
     model = attempt.model
     ATTEMPT_SECONDS.labels(kind, model, attempt.outcome).observe(attempt.latency_ms / 1000)
     for kind_of_token in ("prompt", "cached", "completion"):
@@ -71,8 +71,11 @@ def record_attempt(attempt: Attempt, *, kind: str) -> None:
         COST.labels(model).inc(float(attempt.cost_usd))
     if attempt.outcome == RETRYABLE:
         RETRIES.labels(model, attempt.error_type or "unknown").inc()
-    elif attempt.outcome in (SUCCEEDED, FAILED):
-        JOBS.labels(kind, model, "succeeded" if attempt.outcome == SUCCEEDED else "failed").inc()
+
+
+def record_job_end(*, kind: str, model: str, status: str) -> None:
+    """Count a job that a worker finished (succeeded, failed, cancelled while running)."""
+    JOBS.labels(kind, model, status).inc()
 
 
 def observe_rate_limit_wait(model: str, seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from decimal import Decimal
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from models.keys import create_key
 from models.pricing import Usage
 from tests.helpers import FakeProvider, auth, free_port, new_key
 from worker import metrics
+from worker.observe import run_observed
 from worker.retry import RetryPolicy
 from worker.runner import Runner
 
@@ -39,6 +41,7 @@ def queued_job(database_url: str, model: str = "gpt-4o-mini") -> str:
 
 
 def run(database_url: str, job_id: str, provider: FakeProvider) -> str:
+    """Run the job as the Celery task does: through `run_observed`, with a task-like object."""
     runner = Runner(
         engine=get_engine(database_url),
         provider=provider,
@@ -46,7 +49,10 @@ def run(database_url: str, job_id: str, provider: FakeProvider) -> str:
         retry=RetryPolicy(max_attempts=3, initial_s=0, max_s=0),
         sleep=lambda _s: None,
     )
-    return runner.run(job_id, worker="w1")
+    task = SimpleNamespace(
+        name="genq.generate_text", request=SimpleNamespace(id="t1", hostname="w1", headers=None)
+    )
+    return run_observed(task, job_id, runner)
 
 
 def test_a_retried_job_counts_its_retry_tokens_cost_and_end(database_url, tiktoken_dir):
@@ -78,13 +84,16 @@ def test_a_retried_job_counts_its_retry_tokens_cost_and_end(database_url, tiktok
         assert sample(key[0], **dict(key[1:])) == pytest.approx(before[key] + delta, abs=1e-12), key
 
 
-def test_a_failed_job_is_counted_as_failed(database_url, tiktoken_dir):
+def test_a_failed_job_is_counted_as_failed_and_a_duplicate_as_skipped(database_url, tiktoken_dir):
     job_id = queued_job(database_url, "gpt-4o-mini")
-    before = sample("genq_jobs_total", kind="text", model="gpt-4o-mini", status="failed")
+    failed = {"kind": "text", "model": "gpt-4o-mini", "status": "failed"}
+    skipped = {"task": "genq.generate_text", "outcome": "skipped"}
+    before = sample("genq_jobs_total", **failed), sample("genq_task_deliveries_total", **skipped)
     provider = FakeProvider(outcomes=[PermanentProviderError("bad prompt", status_code=400)])
     assert run(database_url, job_id, provider) == "failed"
-    after = sample("genq_jobs_total", kind="text", model="gpt-4o-mini", status="failed")
-    assert after == before + 1
+    assert run(database_url, job_id, provider) == "skipped"
+    assert sample("genq_jobs_total", **failed) == before[0] + 1
+    assert sample("genq_task_deliveries_total", **skipped) == before[1] + 1
 
 
 def test_rate_limit_waits_are_observed():
