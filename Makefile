@@ -13,7 +13,7 @@ test: install services  ## install, start Redis/PostgreSQL if needed, run the wh
 	$(UV) run pytest $(PYTEST_ARGS)
 
 install: uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 uv:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv

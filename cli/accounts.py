@@ -148,9 +148,14 @@ def usage(
 
 
 #: report field -> short column header, so the table fits 80 columns
-USAGE_COLUMNS = {"jobs": "jobs", "attempts": "attempts", "prompt_tokens": "prompt tok",
-                 "completion_tokens": "output tok", "cost_usd": "cost $",
-                 "reserved_usd": "reserved $"}
+USAGE_COLUMNS = {
+    "jobs": "jobs",
+    "attempts": "attempts",
+    "prompt_tokens": "prompt tok",
+    "completion_tokens": "output tok",
+    "cost_usd": "cost $",
+    "reserved_usd": "reserved $",
+}
 
 
 def _cell(value) -> str:
@@ -187,4 +192,28 @@ def bench_savings(
     print(json.dumps(summary, indent=2) if json_out else table)
     console.print(f"results: {summary['file']}")
     if not (summary["target_met"] and summary["no_job_over_ceiling"]):
+        raise typer.Exit(1)
+
+
+def bench_chaos(
+    jobs: Annotated[int, typer.Option(help="Jobs to run", min=10)] = 1000,
+    workers: Annotated[int, typer.Option(help="Worker processes", min=2)] = 3,
+) -> None:
+    """Fault run: provider 429/503s and a worker SIGKILLed mid-run; prints the invariant counts."""
+    from bench.chaos import run_chaos, save
+    from models.logging import configure_logging
+    from models.tokens import install_encodings
+
+    settings = get_settings()
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    directory = install_encodings(settings.tiktoken_cache_dir)
+    with console.status(f"chaos run: {jobs} jobs, {workers} workers, one killed"):
+        summary = run_chaos(jobs=jobs, workers=workers, tiktoken_dir=directory)
+    table = Table("count", "value", title="genq chaos run")
+    for name, value in summary.items():
+        table.add_row(name, str(value))
+    console.print(table)
+    console.print(f"results: {save(summary)}")
+    broken = [k for k, v in summary.items() if "must be 0" in k and v]
+    if broken or summary["succeeded"] != jobs:
         raise typer.Exit(1)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli import ops
-from cli.accounts import bench_savings, keys_app, usage
+from cli.accounts import bench_chaos, bench_savings, keys_app, usage
 from cli.client import ClientError, GenqClient
 from cli.render import console, fail, job_summary, print_json
 from models.settings import get_settings
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.command()(usage)
 app.command("bench-savings")(bench_savings)
+app.command("bench-chaos")(bench_chaos)
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -192,7 +193,7 @@ def dev(
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option(help="Small counts: under a minute, noisier")] = False,
-    jobs: Annotated[int, typer.Option(help="N: jobs at the latency-bound point")] = 960,
+    jobs: Annotated[int, typer.Option(help="N: jobs at the latency-bound point")] = 640,
     workers: Annotated[int, typer.Option(help="W: worker processes")] = 2,
     concurrency: Annotated[int, typer.Option(help="C: threads per worker")] = 16,
     latency_ms: Annotated[int, typer.Option(help="L: simulated model latency")] = 200,
