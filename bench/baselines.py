@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import openai
 import redis
+from celery import Celery
 
 from bench.config import (
     BENCH_MAX_TOKENS,
@@ -26,8 +27,17 @@ from bench.config import (
     phase_timeout,
 )
 from bench.http import prompt
-from bench.measure import mib, summary_ms
-from bench.procs import BenchError, Fleet, control_app, hostname, tree_rss_kib, wait_for, wait_ready
+from bench.measure import CpuMeter, mib, summary_ms
+from bench.procs import (
+    BenchError,
+    Child,
+    Fleet,
+    control_app,
+    hostname,
+    tree_rss_kib,
+    wait_for,
+    wait_ready,
+)
 
 
 async def _limit_calls(
@@ -61,12 +71,19 @@ async def _limit_calls(
 
 
 def asyncio_limit(
-    sim_url: str, *, jobs: int, concurrency: int, tag: str, on_done: Callable[[int], None]
+    sim_url: str,
+    *,
+    sim_pid: int,
+    jobs: int,
+    concurrency: int,
+    tag: str,
+    on_done: Callable[[int], None],
 ) -> dict:
     """jobs/s of `jobs` SDK calls with `concurrency` in flight, first start to last end."""
-    spans, errors = asyncio.run(
-        _limit_calls(sim_url, jobs=jobs, concurrency=concurrency, tag=tag, on_done=on_done)
-    )
+    with CpuMeter({"simulator": [sim_pid]}, harness=True) as cpu:
+        spans, errors = asyncio.run(
+            _limit_calls(sim_url, jobs=jobs, concurrency=concurrency, tag=tag, on_done=on_done)
+        )
     if not spans:
         raise BenchError("every asyncio baseline call failed; see the simulator log")
     seconds = max(end for _s, end in spans) - min(start for start, _e in spans)
@@ -77,6 +94,7 @@ def asyncio_limit(
         "seconds": round(seconds, 3),
         "jobs_per_s": round(len(spans) / seconds, 2),
         "call_ms": summary_ms([(end - start) * 1000 for start, end in spans]),
+        "cpu_ms_per_job": cpu.per_job_ms(jobs),
     }
 
 
@@ -85,6 +103,7 @@ def naive_celery(
     *,
     redis_url: str,
     sim_url: str,
+    sim_pid: int,
     latency_ms: int,
     jobs: int,
     on_count: Callable[[int], None],
@@ -98,19 +117,34 @@ def naive_celery(
     argv = [sys.executable, "-m", "celery", "-A", "bench.naive_app", "worker"]
     child = fleet.start("naive-celery", argv, env)
     control = control_app(redis_url)
-    store = redis.Redis.from_url(redis_url)
     try:
         wait_ready(control, [hostname("celery")], [child])
-        rest_kib, processes = tree_rss_kib(child.pid)
-        store.delete(NAIVE_TIMES_KEY)
+        return _run_naive(
+            control, child, redis.Redis.from_url(redis_url), sim_pid, latency_ms, jobs, on_count
+        )
+    finally:
+        fleet.stop(child)
+        control.close()
+
+
+def _run_naive(
+    control: Celery,
+    child: Child,
+    store: redis.Redis,
+    sim_pid: int,
+    latency_ms: int,
+    jobs: int,
+    on_count: Callable[[int], None],
+) -> dict:
+    """Send `jobs` tasks to the ready naive worker and time them from its own records."""
+    rest_kib, processes = tree_rss_kib(child.pid)
+    store.delete(NAIVE_TIMES_KEY)
+    with CpuMeter({"workers": [child.pid], "simulator": [sim_pid]}) as cpu:
         for index in range(jobs):
             args = [prompt(index, "naive"), BENCH_MAX_TOKENS, BENCH_MODEL]
             control.send_task(NAIVE_TASK, args=args)
         load_kib = _wait_naive(store, jobs, child, latency_ms, on_count)
-        spans = [tuple(map(float, raw.split())) for raw in store.lrange(NAIVE_TIMES_KEY, 0, -1)]
-    finally:
-        fleet.stop(child)
-        control.close()
+    spans = [tuple(map(float, raw.split())) for raw in store.lrange(NAIVE_TIMES_KEY, 0, -1)]
     seconds = max(end for _s, end in spans) - min(start for start, _e in spans)
     return {
         "jobs": jobs,
@@ -118,12 +152,15 @@ def naive_celery(
         "cores": os.cpu_count(),
         "seconds": round(seconds, 3),
         "jobs_per_s": round(len(spans) / seconds, 2),
+        "cpu_ms_per_job": cpu.per_job_ms(jobs),
         "rss_mib_at_rest": mib(rest_kib),
         "rss_mib_under_load": mib(load_kib),
     }
 
 
-def _wait_naive(store: redis.Redis, jobs: int, child, latency_ms: int, on_count) -> int:
+def _wait_naive(
+    store: redis.Redis, jobs: int, child: Child, latency_ms: int, on_count: Callable[[int], None]
+) -> int:
     """Until every task recorded its timing; returns the peak RSS of the worker tree seen."""
     peak = 0
     cores = os.cpu_count() or 1

@@ -12,7 +12,7 @@ from models.settings import get_settings
 
 
 def run_from_cli(options: dict, *, scenarios: list[str] | None, quick: bool) -> int:
-    """Exit code: 0 when every phase ran (missed targets are reported, not errors)."""
+    """Exit code: 0 when every phase ran, 1 when one failed (missed targets are not errors)."""
     console = Console(stderr=True, highlight=False)
     try:
         config = BenchConfig(
@@ -40,5 +40,7 @@ def run_from_cli(options: dict, *, scenarios: list[str] | None, quick: bool) -> 
     console.print(f"results: {json_path} and {md_path} ({data['seconds']:.0f} s)")
     if missed:
         console.print(f"targets missed: {', '.join(missed)}")
+    for name, error in data["errors"].items():
+        console.print(f"[red]genq: bench scenario {name} failed: {error}[/]")
     sys.stdout.flush()
-    return 0
+    return 1 if data["errors"] else 0

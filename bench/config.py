@@ -27,16 +27,17 @@ NAIVE_TIMES_KEY = "genq-bench:naive:times"
 MAX_JOBS = 20_000
 MAX_PROCESSES = 8
 MAX_THREADS = 128
-#: a phase gives up after its ideal time x this factor plus a fixed margin
+#: a phase gives up after its ideal time x this factor, plus time for the jobs at a floor rate
 TIMEOUT_FACTOR = 6
 TIMEOUT_MARGIN_S = 30.0
+TIMEOUT_FLOOR_JOBS_PER_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
     """The knobs of one run; `scenarios` picks which parts run."""
 
-    jobs: int = 960
+    jobs: int = 640
     workers: int = 2
     concurrency: int = 16
     latency_ms: int = 200
@@ -48,15 +49,15 @@ class BenchConfig:
     pg_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     output_dir: Path = Path("bench/results")
     tiktoken_dir: Path | None = None
-    peak_jobs: int = 1500
-    naive_jobs: int = 60
-    latency_jobs: int = 300
+    peak_jobs: int = 600
+    naive_jobs: int = 40
+    latency_jobs: int = 200
     latency_rate: float = 20.0
-    enqueue_submits: int = 3000
+    enqueue_submits: int = 1000
     enqueue_clients: int = 16
     scale_workers: tuple[int, ...] = (1, 2, 4)
     scale_concurrency: int = 8
-    scale_waves: int = 20
+    scale_waves: int = 12
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -94,13 +95,13 @@ class BenchConfig:
         """Smaller counts for a run of under a minute (noisier ratios)."""
         return replace(
             self,
-            jobs=min(self.jobs, self.slots * 8),
-            peak_jobs=min(self.peak_jobs, 400),
-            naive_jobs=min(self.naive_jobs, 20),
-            latency_jobs=min(self.latency_jobs, 60),
-            enqueue_submits=min(self.enqueue_submits, 800),
+            jobs=min(self.jobs, self.slots * 4),
+            peak_jobs=min(self.peak_jobs, self.slots * 4),
+            naive_jobs=min(self.naive_jobs, 12),
+            latency_jobs=min(self.latency_jobs, 40),
+            enqueue_submits=min(self.enqueue_submits, 200),
             scale_workers=(1, 2),
-            scale_waves=min(self.scale_waves, 8),
+            scale_waves=min(self.scale_waves, 4),
         )
 
     def public(self) -> dict:
@@ -122,6 +123,7 @@ class BenchConfig:
             "scale_workers": list(self.scale_workers),
             "scale_concurrency": self.scale_concurrency,
             "scale_waves": self.scale_waves,
+            "worker_flags": ["--concurrency", "-Q", "--without-mingle"],
             "model": BENCH_MODEL,
             "max_tokens": BENCH_MAX_TOKENS,
         }
@@ -145,4 +147,4 @@ def require_loopback(url: str) -> str:
 def phase_timeout(jobs: int, slots: int, latency_ms: int) -> float:
     """Seconds a phase may take before it is called failed: generous, never unbounded."""
     ideal = math.ceil(jobs / max(slots, 1)) * latency_ms / 1000
-    return ideal * TIMEOUT_FACTOR + TIMEOUT_MARGIN_S
+    return ideal * TIMEOUT_FACTOR + jobs / TIMEOUT_FLOOR_JOBS_PER_S + TIMEOUT_MARGIN_S

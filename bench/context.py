@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +18,9 @@ from celery import Celery
 from rich.progress import Progress, TaskID
 from sqlalchemy.engine import Engine
 
-from bench.config import BENCH_OPENAI_KEY, BenchConfig
+from bench.config import BENCH_OPENAI_KEY, BenchConfig, phase_timeout
+from bench.http import job_body, submit_closed_loop
+from bench.measure import wait_jobs
 from bench.procs import BenchError, Child, Fleet, control_app, hostname, wait_ready
 from models.db import get_engine, session_scope
 from models.keys import create_key
@@ -25,6 +29,8 @@ from models.queue import TEXT_QUEUE
 
 #: genq workers first consume this empty queue; releasing them onto `text` starts all at once
 HOLD_QUEUE = "genq-bench-hold"
+#: `genq worker` options besides concurrency and queues; mingle only syncs state at start-up
+WORKER_FLAGS = ("--without-mingle",)
 
 
 @contextmanager
@@ -97,8 +103,10 @@ class Bench:
     progress: Progress
     control: Celery = field(init=False)
     engine: Engine = field(init=False)
-    sims: dict[int, str] = field(default_factory=dict)
-    api_url: str | None = None
+    sims: dict[int, tuple[str, Child]] = field(default_factory=dict)
+    api_child: tuple[str, Child] | None = None
+    #: seconds spent on each phase and start-up, written to the JSON file
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.control = control_app(self.config.redis_url)
@@ -108,12 +116,22 @@ class Bench:
         """The `genq simulator` with this latency (one per latency, started on first use)."""
         if latency_ms not in self.sims:
             self.sims[latency_ms] = self.fleet.simulator(latency_ms)
-        return self.sims[latency_ms]
+        return self.sims[latency_ms][0]
+
+    def simulator_pid(self, latency_ms: int) -> int:
+        self.simulator(latency_ms)
+        return self.sims[latency_ms][1].pid
 
     def api(self) -> str:
-        if self.api_url is None:
-            self.api_url = self.fleet.api()
-        return self.api_url
+        """The `genq api` of this run (started on first use)."""
+        if self.api_child is None:
+            self.api_child = self.fleet.api()
+        return self.api_child[0]
+
+    def api_pid(self) -> int:
+        self.api()
+        assert self.api_child is not None
+        return self.api_child[1].pid
 
     def new_key(self, name: str) -> tuple[str, str]:
         """A key per phase, so each phase's jobs are counted apart: (key id, secret)."""
@@ -124,10 +142,12 @@ class Bench:
     @contextmanager
     def phase(self, description: str, total: int) -> Iterator[Tracker]:
         task = self.progress.add_task(description, total=total)
+        clock = time.perf_counter()
         try:
             yield Tracker(self.progress, task)
         finally:
             self.progress.stop_task(task)
+            self.timings[description] = round(time.perf_counter() - clock, 1)
 
     def drop_queues(self) -> None:
         """Forget queued messages (the enqueue phase's jobs must never run)."""
@@ -148,20 +168,25 @@ class Bench:
                 str(concurrency),
                 "-Q",
                 HOLD_QUEUE,
+                *WORKER_FLAGS,
                 env={"OPENAI_BASE_URL": f"{sim_url}/v1"},
             )
             for i in range(count)
         ]
         try:
+            clock = time.perf_counter()
             wait_ready(self.control, [hostname(f"bench-{tag}-{i}") for i in range(count)], children)
+            self.timings[f"start {count} worker(s) {tag}"] = round(time.perf_counter() - clock, 1)
             yield children
         finally:
+            clock = time.perf_counter()
             for child in children:
                 self.fleet.stop(child)
+            self.timings[f"stop {count} worker(s) {tag}"] = round(time.perf_counter() - clock, 1)
 
     def release(self, children: list[Child]) -> None:
         """Point every held worker at the `text` queue at once."""
-        names = [hostname(c.name.replace("worker-", "bench-", 1)) for c in children]
+        names = _node_names(children)
         replies = self.control.control.add_consumer(
             TEXT_QUEUE,
             exchange=TEXT_QUEUE,
@@ -170,6 +195,42 @@ class Bench:
             reply=True,
             timeout=5,
         )
-        answered = {name for reply in replies or [] for name in reply}
-        if answered != set(names):
-            raise BenchError(f"workers {sorted(set(names) - answered)} did not start consuming")
+        _check_replies(replies, names, "start consuming")
+
+    def hold(self, children: list[Child]) -> None:
+        """Stop the workers taking from `text` again (they finish what they hold)."""
+        names = _node_names(children)
+        replies = self.control.control.cancel_consumer(
+            TEXT_QUEUE, destination=names, reply=True, timeout=5
+        )
+        _check_replies(replies, names, "stop consuming")
+
+    def warm_up(self, children: list[Child], threads: int, latency_ms: int) -> None:
+        """One wave of jobs through fresh workers, so one-time costs stay out of timings.
+
+        A worker's first jobs load token encodings and open SDK and database connections;
+        inside a measured window of a few seconds that would read as lost throughput.
+        """
+        jobs = threads * len(children)
+        key_id, secret = self.new_key("warm-up")
+        bodies = [job_body(i, "warm-up") for i in range(jobs)]
+        asyncio.run(submit_closed_loop(self.api(), secret, bodies, clients=min(jobs, 16)))
+        self.release(children)
+        wait_jobs(
+            self.engine,
+            key_id,
+            jobs,
+            timeout_s=phase_timeout(jobs, jobs, latency_ms),
+            children=children,
+        )
+        self.hold(children)
+
+
+def _node_names(children: list[Child]) -> list[str]:
+    return [hostname(c.name.replace("worker-", "bench-", 1)) for c in children]
+
+
+def _check_replies(replies: list[dict] | None, names: list[str], what: str) -> None:
+    answered = {name for reply in replies or [] for name in reply}
+    if answered != set(names):
+        raise BenchError(f"workers {sorted(set(names) - answered)} did not {what}")

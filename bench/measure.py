@@ -6,6 +6,7 @@ not from polling the API, so polling never adds its interval to a measurement.
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from bench.procs import BenchError, Child, ensure_alive, tree_rss_kib
+from bench.procs import BenchError, Child, ensure_alive, tree_cpu_seconds, tree_rss_kib
 from models.attempts import SUCCEEDED as ATTEMPT_SUCCEEDED
 from models.attempts import Attempt
 from models.jobs import FINISHED, SUCCEEDED, Job, aware
@@ -170,3 +171,37 @@ class MemorySampler:
 
 def mib(kib: int) -> float:
     return round(kib / 1024, 1)
+
+
+class CpuMeter:
+    """CPU seconds that groups of processes (and, as "harness", this one) use inside a block.
+
+    On a shared machine wall-clock rates move with other people's load; CPU time per job
+    barely does, so it is the number to compare when ratios look noisy.
+    """
+
+    def __init__(self, groups: dict[str, list[int]], *, harness: bool = False):
+        self.groups = groups
+        self.harness = harness
+        self.used: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = {name: sum(tree_cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
+        if self.harness:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            now["harness"] = usage.ru_utime + usage.ru_stime
+        return now
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        end = self._now()
+        self.used = {name: end[name] - self._start[name] for name in end}
+
+    def per_job_ms(self, jobs: int) -> dict[str, float]:
+        return {
+            name: round(1000 * seconds / max(jobs, 1), 2) for name, seconds in self.used.items()
+        }

@@ -65,7 +65,7 @@ class Fleet:
         """`genq ARGS…` as a child process, exactly as a user would start it."""
         return self.start(name, [sys.executable, "-m", "cli", *args], env)
 
-    def simulator(self, latency_ms: int) -> str:
+    def simulator(self, latency_ms: int) -> tuple[str, Child]:
         port = free_port()
         child = self.genq(
             f"simulator-{latency_ms}ms",
@@ -77,14 +77,14 @@ class Fleet:
         )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v1/models", child)
-        return url
+        return url, child
 
-    def api(self) -> str:
+    def api(self) -> tuple[str, Child]:
         port = free_port()
         child = self.genq("api", "api", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/readyz", child)
-        return url
+        return url, child
 
     def stop(self, child: Child, timeout_s: float = 20) -> None:
         """SIGTERM (Celery's warm shutdown), SIGKILL after `timeout_s`."""

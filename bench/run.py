@@ -24,7 +24,7 @@ from rich.progress import (
 from bench import baselines, report, scenarios, table
 from bench.config import BenchConfig
 from bench.context import Bench, bench_database, child_env
-from bench.procs import Fleet
+from bench.procs import BenchError, Fleet
 
 
 def _progress(console: Console) -> Progress:
@@ -42,7 +42,12 @@ def _limit(bench: Bench, latency_ms: int, jobs: int, tag: str) -> dict:
     sim = bench.simulator(latency_ms)
     with bench.phase(f"{tag}: asyncio limit, {jobs} calls", jobs) as tracker:
         return baselines.asyncio_limit(
-            sim, jobs=jobs, concurrency=bench.config.slots, tag=tag, on_done=tracker.advance
+            sim,
+            sim_pid=bench.simulator_pid(latency_ms),
+            jobs=jobs,
+            concurrency=bench.config.slots,
+            tag=tag,
+            on_done=tracker.advance,
         )
 
 
@@ -53,6 +58,7 @@ def _naive(bench: Bench) -> dict:
             bench.fleet,
             redis_url=config.redis_url,
             sim_url=bench.simulator(config.latency_ms),
+            sim_pid=bench.simulator_pid(config.latency_ms),
             latency_ms=config.latency_ms,
             jobs=config.naive_jobs,
             on_count=tracker.set,
@@ -76,6 +82,7 @@ def _main_point(bench: Bench, results: dict) -> None:
                 )
             }
         else:
+            bench.warm_up(workers, config.concurrency, config.latency_ms)
             bench.release(workers)
         if "latency" in chosen:
             results["latency"] = scenarios.latency(bench, workers, config.latency_ms)
@@ -96,18 +103,30 @@ def _peak(bench: Bench) -> dict:
     return {"genq": genq, "limit": _limit(bench, 0, jobs, "peak")}
 
 
-def run_scenarios(bench: Bench) -> dict:
+def run_scenarios(bench: Bench) -> tuple[dict, dict]:
+    """Every chosen scenario; one that fails is reported in `errors` and the rest still run.
+
+    A scenario that failed half-way keeps what it measured (e.g. genq without its baselines).
+    """
     results: dict = {}
+    errors: dict = {}
     chosen = bench.config.scenarios
-    if "enqueue" in chosen:
-        results["enqueue"] = scenarios.enqueue(bench)
-    if "throughput" in chosen or "latency" in chosen:
-        _main_point(bench, results)
-    if "peak" in chosen:
-        results["peak"] = _peak(bench)
-    if "scaling" in chosen:
-        results["scaling"] = scenarios.scaling(bench)
-    return results
+    steps = [
+        ("enqueue", lambda: results.update(enqueue=scenarios.enqueue(bench))),
+        ("throughput", lambda: _main_point(bench, results)),
+        ("peak", lambda: results.update(peak=_peak(bench))),
+        ("scaling", lambda: results.update(scaling=scenarios.scaling(bench))),
+    ]
+    for name, step in steps:
+        wanted = name in chosen or (name == "throughput" and "latency" in chosen)
+        if not wanted:
+            continue
+        try:
+            step()
+        except BenchError as exc:
+            errors[name] = str(exc)
+            bench.drop_queues()
+    return results, errors
 
 
 def run_bench(config: BenchConfig, console: Console) -> tuple[dict, Path, Path]:
@@ -124,7 +143,7 @@ def run_bench(config: BenchConfig, console: Console) -> tuple[dict, Path, Path]:
         bench = Bench(config, database_url, fleet, progress)
         try:
             with progress:
-                data["scenarios"] = run_scenarios(bench)
+                data["scenarios"], data["errors"] = run_scenarios(bench)
         finally:
             fleet.stop_all()
             bench.control.close()
@@ -133,6 +152,7 @@ def run_bench(config: BenchConfig, console: Console) -> tuple[dict, Path, Path]:
     data["seconds"] = round(time.time() - started, 1)
     data["settings"] = config.public()
     data["log_dir"] = str(fleet.log_dir)
+    data["timings_s"] = bench.timings
     data["ratios"] = report.ratios(data["scenarios"])
     data["targets"] = [t.public() for t in report.targets(data["scenarios"], data["ratios"])]
     data["markdown"] = table.markdown(data)

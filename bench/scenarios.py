@@ -13,11 +13,21 @@ import time
 from bench.config import phase_timeout
 from bench.context import Bench
 from bench.http import Submitted, job_body, submit_at_rate, submit_closed_loop
-from bench.measure import MemorySampler, job_timings, job_window, mib, summary_ms, wait_jobs
+from bench.measure import (
+    CpuMeter,
+    MemorySampler,
+    job_timings,
+    job_window,
+    mib,
+    summary_ms,
+    wait_jobs,
+)
 from bench.procs import BenchError, Child, tree_rss_kib
 
 #: concurrent connections used to fill the queue before a throughput phase
 FILL_CLIENTS = 16
+#: submits sent before the enqueue rate is timed (first requests load encodings, open pools)
+WARM_UP_SUBMITS = 30
 
 
 def _submit_all(bench: Bench, secret: str, tag: str, jobs: int) -> list[Submitted]:
@@ -38,9 +48,12 @@ def enqueue(bench: Bench) -> dict:
     """Accepted single submits per second through the API, with concurrent clients."""
     config = bench.config
     _key_id, secret = bench.new_key("enqueue")
+    warm = [job_body(i, "warm-up") for i in range(WARM_UP_SUBMITS)]
+    asyncio.run(submit_closed_loop(bench.api(), secret, warm, clients=config.enqueue_clients))
     bodies = [job_body(i, "enqueue") for i in range(config.enqueue_submits)]
     label = f"enqueue: {len(bodies)} submits, {config.enqueue_clients} clients"
-    with bench.phase(label, len(bodies)) as tracker:
+    cpu = CpuMeter({"api": [bench.api_pid()]}, harness=True)
+    with cpu, bench.phase(label, len(bodies)) as tracker:
         clock = time.perf_counter()
         results = asyncio.run(
             submit_closed_loop(
@@ -61,6 +74,7 @@ def enqueue(bench: Bench) -> dict:
         "seconds": round(seconds, 3),
         "submits_per_s": round(accepted / seconds, 1),
         "request_ms": summary_ms([r.seconds * 1000 for r in results]),
+        "cpu_ms_per_submit": cpu.per_job_ms(len(bodies)),
     }
 
 
@@ -69,11 +83,15 @@ def run_jobs(
 ) -> dict:
     """Fill the queue with `jobs`, release the held workers, time them; RSS at rest and peak."""
     slots = threads * len(workers)
+    bench.warm_up(workers, threads, latency_ms)
     key_id, secret = bench.new_key(tag)
     rest = {w.name: tree_rss_kib(w.pid)[0] for w in workers}
     _submit_all(bench, secret, tag, jobs)
     sampler = MemorySampler({w.name: w.pid for w in workers})
-    with sampler, bench.phase(f"{tag}: run {jobs} jobs", jobs) as tracker:
+    cpu = CpuMeter(
+        {"workers": [w.pid for w in workers], "simulator": [bench.simulator_pid(latency_ms)]}
+    )
+    with sampler, cpu, bench.phase(f"{tag}: run {jobs} jobs", jobs) as tracker:
         bench.release(workers)
         wait_jobs(
             bench.engine,
@@ -95,6 +113,7 @@ def run_jobs(
         "jobs_per_s": round(window.rate, 2),
         "ideal_jobs_per_s": round(ideal, 2) if ideal else None,
         "efficiency": round(window.rate / ideal, 3) if ideal else None,
+        "cpu_ms_per_job": cpu.per_job_ms(window.jobs),
         "rss_mib_at_rest": {name: mib(kib) for name, kib in rest.items()},
         "rss_mib_under_load": {name: mib(kib) for name, kib in sampler.peak_kib.items()},
     }

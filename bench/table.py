@@ -124,6 +124,8 @@ def markdown(report: dict) -> str:
         rows += _scaling(s["scaling"], t)
     if "throughput" in s:
         rows += _memory(s)
+    for name, error in report.get("errors", {}).items():
+        rows.append(f"| {name} | failed: {error.splitlines()[0]} | | | | |")
     m = report["machine"]
     rows.append("")
     rows.append(
