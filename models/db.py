@@ -23,6 +23,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def db_moment(session, moment: datetime) -> datetime:
+    """A UTC datetime as the session's database compares it: SQLite stores naive UTC."""
+    if session.bind.dialect.name == "sqlite":
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
 class Money(TypeDecorator):
     """USD as `Decimal` in Python, never a float in the database (SQLite has no DECIMAL)."""
 

@@ -17,7 +17,7 @@ from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint, up
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
-from models.db import Money, utcnow
+from models.db import Money, db_moment, utcnow
 from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
 from models.planning import Plan
@@ -148,7 +148,7 @@ def list_jobs(
         query = query.where(Job.status == status)
     if cursor:
         stamp, last_id = decode_cursor(cursor)
-        stamp = stamp if session.bind.dialect.name != "sqlite" else stamp.replace(tzinfo=None)
+        stamp = db_moment(session, stamp)
         query = query.where(
             (col(Job.created_at) < stamp)
             | ((col(Job.created_at) == stamp) & (col(Job.id) < last_id))

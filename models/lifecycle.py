@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
-from models.db import utcnow
+from models.db import db_moment, utcnow
 from models.errors import Conflict
 from models.jobs import CANCELLED, FINISHED, QUEUED, RUNNING, Job, finish_job, get_job
 
@@ -46,7 +46,10 @@ def release(session: Session, *, job_id: str, token: str) -> bool:
 def reclaim_expired(session: Session, *, now: datetime | None = None) -> list[tuple[str, str]]:
     """Running jobs whose lease ran out (their worker died) go back to queued; (id, kind) each,
     for the caller to publish now."""
-    expired = (col(Job.status) == RUNNING, col(Job.lease_until) < _db_time(session, now))
+    expired = (
+        col(Job.status) == RUNNING,
+        col(Job.lease_until) < db_moment(session, now or utcnow()),
+    )
     rows = [
         (r[0], r[1])
         for r in session.exec(select(Job.id, Job.kind).where(*expired).limit(SWEEP_BATCH))
@@ -66,8 +69,8 @@ def due_for_publish(
 ) -> list[tuple[str, str]]:
     """Queued jobs never published, or published so long ago that the message may be lost."""
     now = now or utcnow()
-    unpublished_before = _db_time(session, now - timedelta(seconds=PUBLISH_GRACE_S))
-    stale_before = _db_time(session, now - timedelta(seconds=redispatch_after_s))
+    unpublished_before = db_moment(session, now - timedelta(seconds=PUBLISH_GRACE_S))
+    stale_before = db_moment(session, now - timedelta(seconds=redispatch_after_s))
     query = (
         select(Job.id, Job.kind)
         .where(col(Job.status) == QUEUED)
@@ -115,12 +118,6 @@ def cancel_job(session: Session, *, job_id: str, key_id: str) -> Job:
     elif job.status in FINISHED:
         raise Conflict(f"job {job_id} already {job.status}; only queued or running jobs cancel")
     return job
-
-
-def _db_time(session: Session, moment: datetime | None) -> datetime:
-    """SQLite keeps naive UTC; PostgreSQL compares aware datetimes."""
-    moment = moment or utcnow()
-    return moment.replace(tzinfo=None) if session.bind.dialect.name == "sqlite" else moment
 
 
 def unpublish(session: Session, *, job_id: str) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import func, type_coerce
 from sqlmodel import Session, col, select
 
 from models.attempts import Attempt
-from models.db import Money
+from models.db import Money, db_moment
 from models.errors import InvalidRequest
 from models.jobs import Job
 from models.keys import ApiKey
@@ -46,19 +46,12 @@ def _groups(group_by: GroupBy):
     }[group_by]
 
 
-def _bound(session: Session, moment: datetime | None) -> datetime | None:
-    """SQLite stores naive UTC; PostgreSQL compares aware datetimes."""
-    if moment is None or session.bind.dialect.name != "sqlite":
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
 def _filters(session: Session, column, key_id: str | None, start, end) -> list:
     where = [col(Job.key_id) == key_id] if key_id else []
-    if start := _bound(session, start):
-        where.append(column >= start)
-    if end := _bound(session, end):
-        where.append(column < end)
+    if start:
+        where.append(column >= db_moment(session, start))
+    if end:
+        where.append(column < db_moment(session, end))
     return where
 
 
