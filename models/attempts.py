@@ -65,5 +65,23 @@ def get_image(session: Session, *, job_id: str, index: int) -> Image | None:
 
 
 def list_attempts(session: Session, *, job_id: str) -> list[Attempt]:
-    query = select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)
+    query = select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number, Attempt.id)
     return list(session.exec(query))
+
+
+def attempt_public(attempt: Attempt) -> dict:
+    """One provider call as the job's `attempt_log` shows it."""
+    return {
+        "number": attempt.number,
+        "model": attempt.model,
+        "provider": attempt.provider,
+        "worker": attempt.worker,
+        "outcome": attempt.outcome,
+        "http_status": attempt.http_status,
+        "error_type": attempt.error_type,
+        "latency_ms": attempt.latency_ms,
+        "prompt_tokens": attempt.prompt_tokens,
+        "completion_tokens": attempt.completion_tokens,
+        "cost_usd": float(attempt.cost_usd),
+        "started_at": attempt.started_at.isoformat() if attempt.started_at else None,
+    }

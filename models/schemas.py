@@ -108,6 +108,8 @@ class JobPublic(BaseModel):
     metadata: dict[str, Any]
     #: why this model: candidates considered, each rejection's reason, the choice, fallbacks
     routing: dict[str, Any] | None = None
+    #: every provider call (GET /v1/jobs/{id} only): model, outcome, status, tokens, cost
+    attempt_log: list[dict[str, Any]] | None = None
     created_at: str
     started_at: str | None
     finished_at: str | None

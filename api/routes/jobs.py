@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import KeyDep, ServicesDep, SessionDep
 from api.submit import submit_job
-from models.attempts import get_image
+from models.attempts import attempt_public, get_image, list_attempts
 from models.errors import JobNotFound
 from models.jobs import get_job, job_public, list_jobs
 from models.schemas import JobCreate, JobList, JobPublic
@@ -46,7 +46,10 @@ def index(
 
 @router.get("/{job_id}", response_model=JobPublic)
 def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
-    return job_public(get_job(session, job_id=job_id, key_id=key.id))
+    """The job, with every provider call it made (which model, outcome, status, cost)."""
+    job = job_public(get_job(session, job_id=job_id, key_id=key.id))
+    job.attempt_log = [attempt_public(a) for a in list_attempts(session, job_id=job_id)]
+    return job
 
 
 @router.get(

@@ -142,6 +142,11 @@ def test_a_failing_model_hands_the_job_to_its_fallback(client, key, settings):
     assert provider.models == ["gpt-4.1", "gpt-4.1", "gpt-4o"]
     assert [a.model for a in attempts] == ["gpt-4.1", "gpt-4.1", "gpt-4o"]
     assert job.model == "gpt-4o" and job.status == "succeeded"
+    shown = client.get(f"/v1/jobs/{job_id}", headers=key).json()
+    assert shown["model"] == "gpt-4o"
+    assert [(a["model"], a["outcome"], a["http_status"]) for a in shown["attempt_log"]] == [
+        ("gpt-4.1", "retryable_error", 503), ("gpt-4.1", "retryable_error", 503),
+        ("gpt-4o", "succeeded", None)]
 
 
 def test_a_cooled_down_model_is_skipped_by_the_next_job(client, key, settings):
