@@ -128,13 +128,16 @@ def submit(
     max_tokens: Annotated[int | None, typer.Option(help="Text: output token limit")] = None,
     size: Annotated[str | None, typer.Option(help="Image: e.g. 1024x1024")] = None,
     n: Annotated[int | None, typer.Option(help="Image: how many")] = None,
+    tier: Annotated[str | None, typer.Option(help="economy, balanced or premium")] = None,
+    max_cost_usd: Annotated[str | None, typer.Option(help="Hard cost ceiling for the job")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Makes a retried submit safe")] = None,
     wait: Annotated[bool, typer.Option(help="Poll until the job finishes")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the job as JSON")] = False,
 ) -> None:
     """Submit a text or image job to the API at GENQ_API_URL."""
     params = {k: v for k, v in {"max_tokens": max_tokens, "size": size, "n": n}.items() if v}
-    body = {"kind": kind, "prompt": prompt, "params": params, "model": model}
+    policy = {k: v for k, v in {"tier": tier, "max_cost_usd": max_cost_usd}.items() if v}
+    body = {"kind": kind, "prompt": prompt, "params": params, "model": model, "policy": policy}
     client = _client()
     try:
         job = client.submit(body, idempotency_key=idempotency_key)

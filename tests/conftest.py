@@ -6,6 +6,10 @@ A fixture that needs a service fails loudly when the service is missing; it neve
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,8 @@ from models.migrate import upgrade
 from models.settings import Settings
 from models.tokens import install_encodings
 
-REDIS_URL = os.environ.get("GENQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+#: None: each test session starts its own redis-server (two suites never steal each other's jobs)
+REDIS_URL = os.environ.get("GENQ_TEST_REDIS_URL")
 PG_ADMIN_URL = os.environ.get(
     "GENQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -29,13 +34,46 @@ def tiktoken_dir(tmp_path_factory) -> Path:
     return install_encodings(tmp_path_factory.mktemp("tiktoken"))
 
 
+def _private_redis() -> Iterator[str]:
+    """A real redis-server of this session's own, on a free loopback port, stopped by PID."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is required (apt install redis-server) or set GENQ_TEST_REDIS_URL"
+        )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"the test redis-server on port {port} did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url() -> Iterator[str]:
+    if REDIS_URL is None:
+        yield from _private_redis()
+        return
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
         pytest.fail(f"Redis is required at {REDIS_URL} ({exc}); start it (see README)")
-    return REDIS_URL
+    yield REDIS_URL
 
 
 @pytest.fixture

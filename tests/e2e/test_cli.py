@@ -40,10 +40,21 @@ def test_submit_wait_and_status_through_the_api(stack, env):
     secret = genq("keys", "create", "cli", env=env).stdout.strip()
     client_env = {**env, "GENQ_API_URL": api, "GENQ_API_KEY": secret}
     submitted = genq(
-        "submit", "Write a tagline", "--max-tokens", "20", "--wait", "--json", env=client_env
+        "submit",
+        "Write a tagline",
+        "--max-tokens",
+        "20",
+        "--tier",
+        "premium",
+        "--max-cost-usd",
+        "0.01",
+        "--wait",
+        "--json",
+        env=client_env,
     )
     assert submitted.returncode == 0, submitted.stderr
     assert '"status": "succeeded"' in submitted.stdout
+    assert '"tier": "premium"' in submitted.stdout and '"max_cost_usd": "0.01"' in submitted.stdout
     job_id = submitted.stdout.split('"id": "', 1)[1].split('"', 1)[0]
     status = genq("status", job_id, env=client_env)
     assert status.returncode == 0 and job_id in status.stdout
