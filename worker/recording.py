@@ -92,10 +92,25 @@ def record(
 def record_output(
     engine: Engine, call: Call, attempt: Attempt, result: TextResult | ImageResult, status: str
 ) -> Job:
-    """The successful attempt, its output and the job's end: one transaction."""
+    """The successful attempt, its output and the job's end: one transaction.
+
+    A cancel requested during the call wins: the attempt (its usage was spent) is recorded as
+    `cancelled` and the job ends cancelled, without the output.
+    """
     with session_scope(engine) as session:
         job = owned(session, call)
         job.provider, job.model = call.provider, call.spec.id
+        if job.cancel_requested:
+            attempt.outcome = CANCELLED_AFTER_CALL
+            add_attempt(session, job=job, attempt=attempt)
+            finish_job(
+                session,
+                job=job,
+                status="cancelled",
+                error_type="cancelled",
+                error="cancelled while running",
+            )
+            return job
         add_attempt(session, job=job, attempt=attempt)
         if isinstance(result, TextResult):
             job.output_text = result.text

@@ -175,8 +175,9 @@ class Runner:
         except ClaimLost:
             bound.warning("job.claim_lost")
             return "lost"
-        except Cancelled:
-            self._end(run, CANCELLED, "cancelled", "cancelled while running")
+        except Cancelled as stop:
+            if not stop.args:  # stopped before a call; after one, the job was already ended
+                self._end(run, CANCELLED, "cancelled", "cancelled while running")
             return "cancelled"
         except JobTimeout:
             self._end(run, JOB_FAILED, "timeout", "the job's deadline passed before it finished")
@@ -210,7 +211,7 @@ class Runner:
         return run.spec
 
     def _attempt(self, run: Run, bound) -> None:
-        if self._cancel_requested(run):
+        if run.attempts_here and self._cancel_requested(run):  # the claim just checked the first
             raise Cancelled
         spec = self._choose_model(run)
         waited = self.limiter.acquire(spec.id, run.tokens_estimate)
@@ -288,29 +289,14 @@ class Runner:
         self.limiter.settle(
             call.spec.id, estimated=run.tokens_estimate, used=result.usage.total_tokens
         )
+        attempt = call.attempt(outcome=SUCCEEDED, usage=result.usage)
         try:
-            cancelled = self._cancel_requested(run)
-        except ClaimLost:
-            record_orphan(self.engine, call.attempt(outcome=SUCCEEDED, usage=result.usage))
-            raise
-        outcome = CANCELLED_AFTER_CALL if cancelled else SUCCEEDED
-        attempt = call.attempt(outcome=outcome, usage=result.usage)
-        try:
-            if cancelled:  # the usage was spent: record it, but the caller asked for no output
-                job = record(
-                    self.engine,
-                    call,
-                    attempt,
-                    finish=CANCELLED,
-                    error_type="cancelled",
-                    error="cancelled while running",
-                )
-            else:
-                job = record_output(self.engine, call, attempt, result, JOB_SUCCEEDED)
+            job = record_output(self.engine, call, attempt, result, JOB_SUCCEEDED)
         except ClaimLost:
             record_orphan(self.engine, attempt)
             raise
         metrics.record_attempt(attempt, kind=call.spec.kind)
+        cancelled = attempt.outcome == CANCELLED_AFTER_CALL
         bound.info(
             "job.cancelled" if cancelled else "job.succeeded",
             model=call.spec.id,
@@ -318,7 +304,7 @@ class Runner:
             attempts=job.attempts,
         )
         if cancelled:
-            raise Cancelled
+            raise Cancelled("recorded with the call")
 
     def _cancel_requested(self, run: Run) -> bool:
         with session_scope(self.engine) as session:
