@@ -6,6 +6,7 @@ Redis time moves on while a test runs, so waits are checked within a few millise
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -17,13 +18,12 @@ import redis
 from structlog.testing import capture_logs
 
 from models.ratelimits import RateLimit
-from tests.conftest import REDIS_URL
 from tests.helpers import free_port, wait_until
 from worker import ratelimit_redis
 from worker.ratelimit_redis import RedisLimiter, keys_of, limiter_client
 
-#: a database of its own: the suite's other tests flush db 9
-LIMITER_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/12"
+#: the machine's Redis, database 12 (flushed here); GENQ_TEST_LIMITER_REDIS_URL overrides it
+LIMITER_REDIS_URL = os.environ.get("GENQ_TEST_LIMITER_REDIS_URL", "redis://127.0.0.1:6379/12")
 MODEL = "gpt-4o-mini"
 #: Redis time keeps running between two script calls of one test
 SLACK_S = 0.05
