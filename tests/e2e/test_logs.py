@@ -34,17 +34,19 @@ def finished(client: httpx.Client, job_id: str) -> dict | None:
     return job if job["status"] in ("succeeded", "failed") else None
 
 
-def test_one_request_id_follows_a_job_across_processes_without_secrets(stack, settings):
-    # Given the API and two workers, the image worker allowed to log prompts
+@pytest.fixture
+def client(stack, settings) -> httpx.Client:
+    """The API and two workers, the image worker allowed to log prompts; a client with a key."""
     hidden = {"OPENAI_API_KEY": OPENAI_KEY}
     url = stack.api()
     stack.worker("text", "-Q", "text", env=hidden, wait=False)
     stack.worker("images", "-Q", "images", env={**hidden, "GENQ_LOG_PROMPTS": "true"}, wait=False)
     stack.ready("text")
     stack.ready("images")
-    secret = new_key(settings.database_url)
-    client = httpx.Client(base_url=url, headers=auth(secret), timeout=10)
+    return httpx.Client(base_url=url, headers=auth(new_key(settings.database_url)), timeout=10)
 
+
+def test_one_request_id_follows_a_job_across_processes_without_secrets(stack, client):
     # When a text job is submitted with a request id, and an image job without one
     text = client.post(
         "/v1/jobs",
@@ -76,6 +78,7 @@ def test_one_request_id_follows_a_job_across_processes_without_secrets(stack, se
 
     # And no log holds an API key, the OpenAI key, or a prompt that was not allowed
     everything = stack.all_logs()
+    secret = client.headers["authorization"].split()[1]
     assert secret not in everything and OPENAI_KEY not in everything
     assert TEXT_PROMPT not in everything
     assert [x["prompt"] for x in image_lines if x["event"] == "job.prompt"] == [IMAGE_PROMPT]
