@@ -6,7 +6,6 @@ Redis time moves on while a test runs, so waits are checked within a few millise
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
@@ -22,22 +21,15 @@ from tests.helpers import free_port, wait_until
 from worker import ratelimit_redis
 from worker.ratelimit_redis import RedisLimiter, keys_of, limiter_client
 
-#: the machine's Redis, database 12 (flushed here); GENQ_TEST_LIMITER_REDIS_URL overrides it
-LIMITER_REDIS_URL = os.environ.get("GENQ_TEST_LIMITER_REDIS_URL", "redis://127.0.0.1:6379/12")
 MODEL = "gpt-4o-mini"
 #: Redis time keeps running between two script calls of one test
 SLACK_S = 0.05
 
 
 @pytest.fixture
-def client() -> redis.Redis:
-    """A flushed Redis database for the limiter; fails (never skips) without Redis."""
-    client = redis.Redis.from_url(LIMITER_REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis is required at {LIMITER_REDIS_URL} ({exc}); start it (see README)")
-    return client
+def client(clean_redis) -> redis.Redis:
+    """The test session's own Redis, flushed: no other suite can touch the limiter's keys."""
+    return redis.Redis.from_url(clean_redis, socket_connect_timeout=2)
 
 
 def limiter(client: redis.Redis, max_wait_s: float = 60.0, **limit: int) -> RedisLimiter:
@@ -230,7 +222,7 @@ def test_many_limiters_in_threads_share_one_budget(client):
     lock = threading.Lock()
 
     def work() -> None:
-        rl = limiter(redis.Redis.from_url(LIMITER_REDIS_URL), rpm=1200)
+        rl = limiter(redis.Redis(connection_pool=client.connection_pool), rpm=1200)
         for _ in range(8):
             rl.acquire(MODEL, 0)
             with lock:
