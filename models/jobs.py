@@ -192,8 +192,10 @@ def finish_job(
     job.error_message = error
     job.finished_at = utcnow()
     job.lease_until = None
-    settle(session, key_id=job.key_id, reserved=job.reserved_usd, cost=job.cost_usd)
-    job.reserved_usd = Decimal(0)
+    # Cleared before settling: the settle statement flushes the job as one UPDATE, and the key's
+    # row stays locked only until commit (a later flush would add a statement under that lock).
+    reserved, job.reserved_usd = job.reserved_usd, Decimal(0)
+    settle(session, key_id=job.key_id, reserved=reserved, cost=job.cost_usd)
     session.add(job)
 
 
