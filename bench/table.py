@@ -107,6 +107,22 @@ def _memory(s: dict) -> list[str]:
     ]
 
 
+def _cpu(s: dict) -> list[str]:
+    """CPU time per job: barely moved by other load on the machine, unlike jobs/s."""
+    throughput = s["throughput"]
+    genq = throughput["genq"]["cpu_ms_per_job"]
+    parts = []
+    if "limit" in throughput:
+        parts.append(f"asyncio loop {_num(throughput['limit']['cpu_ms_per_job'].get('harness'))}")
+    if "naive" in throughput:
+        parts.append(f"naive Celery {_num(throughput['naive']['cpu_ms_per_job'].get('workers'))}")
+    return [
+        f"| CPU per job (process CPU time) | latency-bound run | workers "
+        f"{_num(genq.get('workers'))} ms (+ simulator {_num(genq.get('simulator'))} ms) "
+        f"| {', '.join(parts)} ms (client side) | - | - |"
+    ]
+
+
 def markdown(report: dict) -> str:
     """The table, in the order the issue lists the measurements."""
     s, r = report["scenarios"], report["ratios"]
@@ -123,7 +139,7 @@ def markdown(report: dict) -> str:
     if "scaling" in s:
         rows += _scaling(s["scaling"], t)
     if "throughput" in s:
-        rows += _memory(s)
+        rows += _cpu(s) + _memory(s)
     for name, error in report.get("errors", {}).items():
         rows.append(f"| {name} | failed: {error.splitlines()[0]} | | | | |")
     m = report["machine"]
