@@ -21,7 +21,15 @@ from sqlalchemy.engine import Engine
 from bench.config import BENCH_OPENAI_KEY, BenchConfig, phase_timeout
 from bench.http import job_body, submit_closed_loop
 from bench.measure import wait_jobs
-from bench.procs import BenchError, Child, Fleet, control_app, hostname, wait_ready
+from bench.procs import (
+    BenchError,
+    Child,
+    Fleet,
+    control_app,
+    hostname,
+    wait_http,
+    wait_ready,
+)
 from models.db import get_engine, session_scope
 from models.keys import create_key
 from models.migrate import upgrade
@@ -122,6 +130,20 @@ class Bench:
         self.simulator(latency_ms)
         return self.sims[latency_ms][1].pid
 
+    def start_services(self, latencies: set[int]) -> None:
+        """The simulators and the API, started together (each takes seconds to import)."""
+        clock = time.perf_counter()
+        probes = []
+        for latency_ms in sorted(latencies - set(self.sims)):
+            self.sims[latency_ms] = self.fleet.simulator(latency_ms, wait=False)
+            probes.append((f"{self.sims[latency_ms][0]}/v1/models", self.sims[latency_ms][1]))
+        if self.api_child is None:
+            self.api_child = self.fleet.api(wait=False)
+            probes.append((f"{self.api_child[0]}/readyz", self.api_child[1]))
+        for url, child in probes:
+            wait_http(url, child)
+        self.timings["start simulators and API"] = round(time.perf_counter() - clock, 1)
+
     def api(self) -> str:
         """The `genq api` of this run (started on first use)."""
         if self.api_child is None:
@@ -180,8 +202,7 @@ class Bench:
             yield children
         finally:
             clock = time.perf_counter()
-            for child in children:
-                self.fleet.stop(child)
+            self.fleet.stop_many(children)
             self.timings[f"stop {count} worker(s) {tag}"] = round(time.perf_counter() - clock, 1)
 
     def release(self, children: list[Child]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -205,3 +205,20 @@ class CpuMeter:
         return {
             name: round(1000 * seconds / max(jobs, 1), 2) for name, seconds in self.used.items()
         }
+
+
+def commit_ms(engine: Engine, commits: int = 40) -> float:
+    """Median time of a one-row INSERT + COMMIT: the durable-write floor every job pays several
+    times (submit, claim, finish), whatever genq's code does."""
+    times = []
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS genq_bench_commit (x integer)"))
+        conn.commit()
+        for _ in range(commits):
+            clock = time.perf_counter()
+            conn.execute(text("INSERT INTO genq_bench_commit VALUES (1)"))
+            conn.commit()
+            times.append((time.perf_counter() - clock) * 1000)
+        conn.execute(text("DROP TABLE genq_bench_commit"))
+        conn.commit()
+    return round(percentile(times, 50), 2)

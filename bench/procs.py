@@ -65,7 +65,8 @@ class Fleet:
         """`genq ARGS…` as a child process, exactly as a user would start it."""
         return self.start(name, [sys.executable, "-m", "cli", *args], env)
 
-    def simulator(self, latency_ms: int) -> tuple[str, Child]:
+    def simulator(self, latency_ms: int, *, wait: bool = True) -> tuple[str, Child]:
+        """`genq simulator` with a fixed latency; `wait=False` returns before it answers."""
         port = free_port()
         child = self.genq(
             f"simulator-{latency_ms}ms",
@@ -76,34 +77,39 @@ class Fleet:
             str(latency_ms),
         )
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/v1/models", child)
+        if wait:
+            wait_http(f"{url}/v1/models", child)
         return url, child
 
-    def api(self) -> tuple[str, Child]:
+    def api(self, *, wait: bool = True) -> tuple[str, Child]:
         port = free_port()
         child = self.genq("api", "api", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/readyz", child)
+        if wait:
+            wait_http(f"{url}/readyz", child)
         return url, child
 
     def stop(self, child: Child, timeout_s: float = 20) -> None:
         """SIGTERM (Celery's warm shutdown), SIGKILL after `timeout_s`."""
-        if child.popen.poll() is None:
-            child.popen.send_signal(signal.SIGTERM)
-        try:
-            child.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            child.popen.kill()
-            child.popen.wait()
-        if child in self.children:
-            self.children.remove(child)
+        self.stop_many([child], timeout_s)
 
-    def stop_all(self) -> None:
-        for child in list(reversed(self.children)):
+    def stop_many(self, children: list[Child], timeout_s: float = 20) -> None:
+        """Signal each once (a second SIGTERM stalls Celery's warm shutdown), then wait for all."""
+        for child in children:
             if child.popen.poll() is None:
                 child.popen.send_signal(signal.SIGTERM)
-        for child in list(reversed(self.children)):
-            self.stop(child)
+        deadline = time.monotonic() + timeout_s
+        for child in children:
+            try:
+                child.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.popen.kill()
+                child.popen.wait()
+            if child in self.children:
+                self.children.remove(child)
+
+    def stop_all(self) -> None:
+        self.stop_many(list(reversed(self.children)))
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from rich.progress import (
 from bench import baselines, report, scenarios, table
 from bench.config import BenchConfig
 from bench.context import Bench, bench_database, child_env
+from bench.measure import commit_ms
 from bench.procs import BenchError, Fleet
 
 
@@ -111,6 +112,13 @@ def run_scenarios(bench: Bench) -> tuple[dict, dict]:
     results: dict = {}
     errors: dict = {}
     chosen = bench.config.scenarios
+    latencies = {0} if "peak" in chosen else set()
+    if set(chosen) - {"enqueue", "peak"}:
+        latencies.add(bench.config.latency_ms)
+    try:
+        bench.start_services(latencies)
+    except BenchError as exc:
+        return results, {"start": str(exc)}
     steps = [
         ("enqueue", lambda: results.update(enqueue=scenarios.enqueue(bench))),
         ("throughput", lambda: _main_point(bench, results)),
@@ -141,6 +149,7 @@ def run_bench(config: BenchConfig, console: Console) -> tuple[dict, Path, Path]:
         fleet = Fleet(child_env(config, database_url), config.output_dir / f"{stamp}-logs")
         progress = _progress(console)
         bench = Bench(config, database_url, fleet, progress)
+        data["machine"]["db_commit_ms_p50"] = commit_ms(bench.engine)
         try:
             with progress:
                 data["scenarios"], data["errors"] = run_scenarios(bench)

@@ -146,7 +146,8 @@ def markdown(report: dict) -> str:
     rows.append("")
     rows.append(
         f"{m['cores']} cores ({m['cpu'] or 'unknown CPU'}), Python {m['python']}, "
-        f"{report['settings']['database']} database, model {report['settings']['model']} "
+        f"{report['settings']['database']} database (a one-row commit: "
+        f"{m.get('db_commit_ms_p50', '?')} ms), model {report['settings']['model']} "
         f"({report['settings']['max_tokens']} max tokens) on `genq simulator` over HTTP; "
         f"load average at start {m['load_average'][0]:.2f}."
     )
