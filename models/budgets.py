@@ -68,8 +68,3 @@ def settle(session: Session, *, key_id: str, reserved: Decimal, cost: Decimal) -
         )
         .execution_options(synchronize_session=False)
     )
-
-
-def release(session: Session, *, key_id: str, reserved: Decimal) -> None:
-    """Give back a reservation whose job was never stored (publish failed)."""
-    settle(session, key_id=key_id, reserved=reserved, cost=Decimal(0))
