@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import GenqError
+
+log = structlog.get_logger("genq.api")
 
 PROBLEM = "application/problem+json"
 
@@ -61,7 +65,16 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     return problem(exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
+async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+    """The database did not answer: nothing was stored, the client may retry."""
+    log.warning("database.unavailable", error=type(exc.orig).__name__ if exc.orig else "unknown")
+    return problem(503, "Service not ready",
+                   "the database is unavailable; nothing was stored, retry the request",
+                   type_="https://genq.dev/problems/not-ready", headers={"Retry-After": "5"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(GenqError, _genq_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -312,3 +312,15 @@ def test_when_redis_is_down_ready_is_503_and_a_submit_is_stored_for_the_sweeper(
     with session_scope(get_engine(settings.database_url)) as session:
         job = session.get(Job, response.json()["id"])
         assert job.status == "queued" and job.published_at is None
+
+
+def test_a_database_outage_is_503_with_retry_after(settings, tmp_path):
+    # A SQLite path whose directory does not exist: every connection fails
+    broken = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path}/missing/x.db"})
+    with TestClient(create_app(broken)) as client:
+        response = client.post(
+            "/v1/jobs", json={"kind": "text", "prompt": "x"}, headers=auth("genq_whatever")
+        )
+        assert_problem(response, 503, "nothing was stored")
+        assert response.headers["retry-after"] == "5"
+        assert_problem(client.get("/readyz"), 503, "database")
