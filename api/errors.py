@@ -73,7 +73,14 @@ async def _database_down(_request: Request, exc: OperationalError) -> JSONRespon
                    type_="https://genq.dev/problems/not-ready", headers={"Retry-After": "5"})
 
 
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its type; the client gets problem+json without internals."""
+    log.error("api.unexpected_error", error=type(exc).__name__)
+    return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(GenqError, _genq_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)
