@@ -110,6 +110,7 @@ class Bench:
     fleet: Fleet
     progress: Progress
     control: Celery = field(init=False)
+    node_prefix: str = field(init=False)
     engine: Engine = field(init=False)
     sims: dict[int, tuple[str, Child]] = field(default_factory=dict)
     api_child: tuple[str, Child] | None = None
@@ -117,6 +118,8 @@ class Bench:
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        #: unique per run, so a stray worker of another run can never answer for one of ours
+        self.node_prefix = f"bench{uuid.uuid4().hex[:6]}"
         self.control = control_app(self.config.redis_url)
         self.engine = get_engine(self.database_url)
 
@@ -185,7 +188,7 @@ class Bench:
                 f"worker-{tag}-{i}",
                 "worker",
                 "--hostname",
-                f"bench-{tag}-{i}@%h",
+                f"{self.node_prefix}-{tag}-{i}@%h",
                 "--concurrency",
                 str(concurrency),
                 "-Q",
@@ -197,7 +200,7 @@ class Bench:
         ]
         try:
             clock = time.perf_counter()
-            wait_ready(self.control, [hostname(f"bench-{tag}-{i}") for i in range(count)], children)
+            wait_ready(self.control, self._node_names(children), children)
             self.timings[f"start {count} worker(s) {tag}"] = round(time.perf_counter() - clock, 1)
             yield children
         finally:
@@ -205,9 +208,13 @@ class Bench:
             self.fleet.stop_many(children)
             self.timings[f"stop {count} worker(s) {tag}"] = round(time.perf_counter() - clock, 1)
 
+    def _node_names(self, children: list[Child]) -> list[str]:
+        """Celery node names of this run's workers (`worker-TAG-i` runs as `PREFIX-TAG-i@host`)."""
+        return [hostname(c.name.replace("worker", self.node_prefix, 1)) for c in children]
+
     def release(self, children: list[Child]) -> None:
         """Point every held worker at the `text` queue at once."""
-        names = _node_names(children)
+        names = self._node_names(children)
         replies = self.control.control.add_consumer(
             TEXT_QUEUE,
             exchange=TEXT_QUEUE,
@@ -220,7 +227,7 @@ class Bench:
 
     def hold(self, children: list[Child]) -> None:
         """Stop the workers taking from `text` again (they finish what they hold)."""
-        names = _node_names(children)
+        names = self._node_names(children)
         replies = self.control.control.cancel_consumer(
             TEXT_QUEUE, destination=names, reply=True, timeout=5
         )
@@ -245,10 +252,6 @@ class Bench:
             children=children,
         )
         self.hold(children)
-
-
-def _node_names(children: list[Child]) -> list[str]:
-    return [hostname(c.name.replace("worker-", "bench-", 1)) for c in children]
 
 
 def _check_replies(replies: list[dict] | None, names: list[str], what: str) -> None:

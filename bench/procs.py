@@ -6,6 +6,7 @@ name, because other people's workers may run on the same machine.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -21,6 +22,8 @@ from celery import Celery
 
 #: how long a process may take to answer after it was started (a busy 2-core box is slow)
 START_TIMEOUT_S = 90.0
+#: Linux prctl option: the signal a child receives when its parent dies
+PR_SET_PDEATHSIG = 1
 
 
 class BenchError(RuntimeError):
@@ -55,7 +58,11 @@ class Fleet:
         path = self.log_dir / f"{name}.log"
         with open(path, "ab") as log:
             popen = subprocess.Popen(
-                argv, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+                argv,
+                env={**self.env, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
         child = Child(name, popen, path)
         self.children.append(child)
@@ -110,6 +117,15 @@ class Fleet:
 
     def stop_all(self) -> None:
         self.stop_many(list(reversed(self.children)))
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the harness dies, so no worker outlives its run (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
