@@ -95,6 +95,7 @@ def asyncio_limit(
         "jobs_per_s": round(len(spans) / seconds, 2),
         "call_ms": summary_ms([(end - start) * 1000 for start, end in spans]),
         "cpu_ms_per_job": cpu.per_job_ms(jobs),
+        "machine_busy_cores": cpu.busy_cores,
     }
 
 

@@ -6,6 +6,7 @@ not from polling the API, so polling never adds its interval to a measurement.
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 import time
@@ -184,7 +185,9 @@ class CpuMeter:
         self.groups = groups
         self.harness = harness
         self.used: dict[str, float] = {}
+        self.busy_cores = 0.0
         self._start: dict[str, float] = {}
+        self._machine = (0, 0)
 
     def _now(self) -> dict[str, float]:
         now = {name: sum(tree_cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
@@ -195,11 +198,14 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         self._start = self._now()
+        self._machine = machine_jiffies()
         return self
 
     def __exit__(self, *_exc) -> None:
         end = self._now()
         self.used = {name: end[name] - self._start[name] for name in end}
+        busy, total = (b - a for a, b in zip(self._machine, machine_jiffies(), strict=True))
+        self.busy_cores = round(busy / total * (os.cpu_count() or 1), 2) if total else 0.0
 
     def per_job_ms(self, jobs: int) -> dict[str, float]:
         return {
@@ -222,3 +228,16 @@ def commit_ms(engine: Engine, commits: int = 40) -> float:
         conn.execute(text("DROP TABLE genq_bench_commit"))
         conn.commit()
     return round(percentile(times, 50), 2)
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat.
+
+    Busy includes PostgreSQL, Redis and other people's processes: when it nears the core count
+    during a phase, the phase was bound by CPU, not by the model's latency.
+    """
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total

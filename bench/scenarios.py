@@ -75,6 +75,7 @@ def enqueue(bench: Bench) -> dict:
         "submits_per_s": round(accepted / seconds, 1),
         "request_ms": summary_ms([r.seconds * 1000 for r in results]),
         "cpu_ms_per_submit": cpu.per_job_ms(len(bodies)),
+        "machine_busy_cores": cpu.busy_cores,
     }
 
 
@@ -114,6 +115,7 @@ def run_jobs(
         "ideal_jobs_per_s": round(ideal, 2) if ideal else None,
         "efficiency": round(window.rate / ideal, 3) if ideal else None,
         "cpu_ms_per_job": cpu.per_job_ms(window.jobs),
+        "machine_busy_cores": cpu.busy_cores,
         "rss_mib_at_rest": {name: mib(kib) for name, kib in rest.items()},
         "rss_mib_under_load": {name: mib(kib) for name, kib in sampler.peak_kib.items()},
     }

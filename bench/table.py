@@ -73,7 +73,8 @@ def _latency(s: dict, t: dict) -> list[str]:
 def _enqueue(s: dict, t: dict) -> list[str]:
     return [
         f"| enqueue (POST /v1/jobs) | {s['clients']} clients, {s['submits']} submits "
-        f"| {_num(s['submits_per_s'])} submits/s | request p50 {_num(s['request_ms']['p50'])} ms "
+        f"| {_num(s['submits_per_s'])} submits/s | request p50 {_num(s['request_ms']['p50'])} ms; "
+        f"API {_num(s['cpu_ms_per_submit'].get('api'))} ms CPU per submit "
         f"| - | {_verdict(t, 'single submits/s', '≥ 500')} |"
     ]
 
@@ -110,7 +111,8 @@ def _memory(s: dict) -> list[str]:
 def _cpu(s: dict) -> list[str]:
     """CPU time per job: barely moved by other load on the machine, unlike jobs/s."""
     throughput = s["throughput"]
-    genq = throughput["genq"]["cpu_ms_per_job"]
+    run = throughput["genq"]
+    genq = run["cpu_ms_per_job"]
     parts = []
     if "limit" in throughput:
         parts.append(f"asyncio loop {_num(throughput['limit']['cpu_ms_per_job'].get('harness'))}")
@@ -118,7 +120,8 @@ def _cpu(s: dict) -> list[str]:
         parts.append(f"naive Celery {_num(throughput['naive']['cpu_ms_per_job'].get('workers'))}")
     return [
         f"| CPU per job (process CPU time) | latency-bound run | workers "
-        f"{_num(genq.get('workers'))} ms (+ simulator {_num(genq.get('simulator'))} ms) "
+        f"{_num(genq.get('workers'))} ms (+ simulator {_num(genq.get('simulator'))} ms); "
+        f"machine busy {_num(run.get('machine_busy_cores'))} cores "
         f"| {', '.join(parts)} ms (client side) | - | - |"
     ]
 
