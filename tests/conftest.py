@@ -6,10 +6,6 @@ A fixture that needs a service fails loudly when the service is missing; it neve
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,7 @@ import sqlalchemy as sa
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tokens import install_encodings
+from tests.helpers import free_port, start_redis_server
 
 #: None: each test session starts its own redis-server (two suites never steal each other's jobs)
 REDIS_URL = os.environ.get("GENQ_TEST_REDIS_URL")
@@ -36,29 +33,10 @@ def tiktoken_dir(tmp_path_factory) -> Path:
 
 def _private_redis() -> Iterator[str]:
     """A real redis-server of this session's own, on a free loopback port, stopped by PID."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "redis-server is required (apt install redis-server) or set GENQ_TEST_REDIS_URL"
-        )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    port = free_port()
+    proc = start_redis_server(port)
     try:
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-                break
-            except redis.RedisError:
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"the test redis-server on port {port} did not start")
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import redis
 
 from models.db import get_engine, session_scope
 from models.errors import ProviderError
@@ -43,6 +47,28 @@ def wait_until(check: Callable[[], object], *, timeout_s: float = 60, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.1)
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def start_redis_server(port: int) -> subprocess.Popen:
+    """A real redis-server of a test's own on loopback, without persistence, once it answers.
+
+    The caller stops it by PID (terminate + wait)."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is required (apt install redis-server)"
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    probe = redis.Redis(port=port, socket_connect_timeout=0.5)
+    wait_until(lambda: redis_answers(probe), timeout_s=10, what=f"redis-server on port {port}")
+    return proc
 
 
 @dataclass

@@ -9,19 +9,16 @@ before the HTTP request goes out (the simulator answers every call, so calls = a
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 import pytest
-import redis
 from sqlmodel import select
 
 from models.attempts import Attempt
 from models.db import get_engine, session_scope
-from tests.helpers import auth, free_port, new_key, wait_until
+from tests.helpers import auth, free_port, new_key, start_redis_server, wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -42,29 +39,15 @@ OPENAI_KEY = "sk-test-ratelimit-abcdefghijklmnopqrstuvwxyz0123"
 
 
 @pytest.fixture
-def private_redis(tmp_path) -> Iterator[str]:
-    """A redis-server of this test's own: the shared test database (db 9) is flushed and
-    consumed by other suites running at the same time, which would steal or drop messages."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required (apt install redis-server)"
+def private_redis() -> Iterator[str]:
+    """A redis-server of this test's own, so no other process consumes its queue."""
     port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
-    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    proc = start_redis_server(port)
     try:
-        wait_until(lambda: _pings(probe), timeout_s=10, what="the private redis-server")
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def busiest(starts: list[datetime], window_s: float) -> int:

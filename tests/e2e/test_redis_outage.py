@@ -5,18 +5,14 @@ Every submit that got 202 must complete; a submit that failed must have stored n
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import httpx
 import pytest
-import redis
 from sqlalchemy import func
 from sqlmodel import select
 
 from models.db import get_engine, session_scope
 from models.jobs import Job
-from tests.helpers import auth, free_port, new_key, wait_until
+from tests.helpers import auth, free_port, new_key, start_redis_server, wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -24,28 +20,9 @@ pytestmark = [
 ]
 
 
-def start_redis(port: int) -> subprocess.Popen:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required for this test"
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_connect_timeout=1)
-    wait_until(lambda: _pings(client), what="the private redis-server")
-    return proc
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
 def test_jobs_accepted_during_a_redis_outage_all_complete(stack, settings):
     port = free_port()
-    server = start_redis(port)
+    server = start_redis_server(port)
     try:
         private = {
             "GENQ_REDIS_URL": f"redis://127.0.0.1:{port}/0",
@@ -67,7 +44,7 @@ def test_jobs_accepted_during_a_redis_outage_all_complete(stack, settings):
         server.wait(timeout=10)
         during = [submit(i) for i in range(10, 20)]
         assert client.get("/readyz").status_code == 503
-        server = start_redis(port)  # back, empty: messages queued before the outage are gone
+        server = start_redis_server(port)  # back, empty: messages queued before the outage are gone
         after = [submit(i) for i in range(20, 25)]
         accepted = [r.json()["id"] for r in before + during + after if r.status_code == 202]
         refused = [r for r in before + during + after if r.status_code != 202]

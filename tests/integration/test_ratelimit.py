@@ -6,7 +6,6 @@ Redis time moves on while a test runs, so waits are checked within a few millise
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ import redis
 from structlog.testing import capture_logs
 
 from models.ratelimits import RateLimit
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, start_redis_server
 from worker import ratelimit_redis
 from worker.ratelimit_redis import RedisLimiter, keys_of, limiter_client
 
@@ -171,24 +170,12 @@ def private_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None]]]:
     procs: list[subprocess.Popen] = []
 
     def start() -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is required for this test (apt install redis-server)"
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir"]
-        procs.append(subprocess.Popen([*args, str(tmp_path)], stdout=subprocess.DEVNULL))
-        probe = redis.Redis(port=port, socket_connect_timeout=0.2)
-        wait_until(lambda: _pings(probe), timeout_s=10, what="the private redis-server")
+        procs.append(start_redis_server(port))
 
     yield f"redis://127.0.0.1:{port}/0", start
     for proc in procs:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def test_redis_down_lets_calls_through_logs_once_and_recovers(private_redis):
