@@ -26,7 +26,8 @@ log = structlog.get_logger("genq.api")
 def submit_job(
     services: Services, *, key: ApiKey, body: JobCreate, idempotency_key: str | None
 ) -> Job:
-    """Store the job and publish it; a publish failure removes the job and answers 503."""
+    """Store the job (reserving its budget), then publish it; a failed publish leaves it stored
+    and unpublished for the sweeper."""
     plan = plan_job(body, services.catalogue, services.defaults)
     job = job_from_plan(
         key_id=key.id,
@@ -44,8 +45,10 @@ def submit_job(
             reserve(session, key=key, amount=job.reserved_usd)
             session.add(job)
     except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race
+        if not idempotency_key:
+            raise
         with session_scope(services.engine) as session:
-            return find_by_idempotency_key(session, key_id=key.id, key=idempotency_key or "")
+            return find_by_idempotency_key(session, key_id=key.id, key=idempotency_key)
     try:
         services.publisher.publish(job_id=job.id, kind=job.kind)
     except NotReady:
