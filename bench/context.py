@@ -166,6 +166,7 @@ class Bench:
 
     @contextmanager
     def phase(self, description: str, total: int) -> Iterator[Tracker]:
+        """A progress bar for one phase; its duration goes into `timings`."""
         task = self.progress.add_task(description, total=total)
         clock = time.perf_counter()
         try:

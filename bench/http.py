@@ -39,6 +39,7 @@ def job_body(index: int, tag: str) -> bytes:
 
 
 def prompt(index: int, tag: str) -> str:
+    """Distinct per job (so replies differ) and the same shape for genq and both baselines."""
     return f"Write a short product line, variant {index} ({tag})"
 
 

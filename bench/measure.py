@@ -55,6 +55,7 @@ class JobTiming:
 
 
 def finished_count(engine: Engine, key_id: str) -> int:
+    """Jobs of this phase's key that reached an end state (what the progress bar shows)."""
     with Session(engine) as session:
         query = select(func.count()).where(Job.key_id == key_id, col(Job.status).in_(FINISHED))
         return session.exec(query).one()
@@ -82,6 +83,7 @@ def wait_jobs(
 
 
 def job_window(engine: Engine, key_id: str) -> Window:
+    """First start to last finish of a phase's jobs, as the workers stamped them."""
     with Session(engine) as session:
         jobs = session.exec(
             select(

@@ -54,6 +54,7 @@ class Fleet:
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        """A child logging to `<log_dir>/<name>.log`, with this run's environment."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"{name}.log"
         with open(path, "ab") as log:
@@ -129,12 +130,14 @@ def _die_with_parent() -> None:
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on right now (the child binds it a moment later)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def ensure_alive(child: Child) -> None:
+    """Fail at once, with the end of its log, when a child has exited: never wait on a corpse."""
     if child.popen.poll() is not None:
         raise BenchError(
             f"{child.name} exited with code {child.popen.returncode}; "
@@ -154,6 +157,8 @@ def wait_for(check: Callable[[], bool], *, what: str, children: list[Child], tim
 
 
 def wait_http(url: str, child: Child) -> None:
+    """Until `url` answers (401 counts: the simulator wants a key), or the child dies."""
+
     def answers() -> bool:
         try:
             return httpx.get(url, timeout=1).status_code in (200, 401)

@@ -114,10 +114,24 @@ def run_jobs(
         "jobs_per_s": round(window.rate, 2),
         "ideal_jobs_per_s": round(ideal, 2) if ideal else None,
         "efficiency": round(window.rate / ideal, 3) if ideal else None,
+        **_slot_time(bench, key_id),
         "cpu_ms_per_job": cpu.per_job_ms(window.jobs),
         "machine_busy_cores": cpu.busy_cores,
         "rss_mib_at_rest": {name: mib(kib) for name, kib in rest.items()},
         "rss_mib_under_load": {name: mib(kib) for name, kib in sampler.peak_kib.items()},
+    }
+
+
+def _slot_time(bench: Bench, key_id: str) -> dict:
+    """How long each job held a worker thread (claim to finish) and how much of it was the call.
+
+    Throughput is slots / time held; at the ideal, a job holds its thread for the model's
+    latency alone. The gap is genq's own time plus waiting (database, Redis, the GIL).
+    """
+    rows = job_timings(bench.engine, key_id)
+    return {
+        "job_ms": summary_ms([(t.finished_at - t.started_at).total_seconds() * 1000 for t in rows]),
+        "call_ms": summary_ms([float(t.model_ms) for t in rows]),
     }
 
 

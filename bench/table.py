@@ -25,8 +25,14 @@ def _throughput(s: dict, r: dict, t: dict) -> list[str]:
         f"{genq['workers']} proc x {genq['threads'] // genq['workers']} threads, "
         f"L = {genq['latency_ms']} ms, {genq['jobs']} jobs"
     )
+    held = ""
+    if "job_ms" in genq:
+        held = (
+            f"; a job holds its thread {_num(genq['job_ms']['p50'])} ms (p50), "
+            f"{_num(genq['call_ms']['p50'])} ms of it in the model call"
+        )
     rows = [
-        f"| throughput, latency-bound | {setting} | {_num(genq['jobs_per_s'])} jobs/s "
+        f"| throughput, latency-bound | {setting} | {_num(genq['jobs_per_s'])} jobs/s{held} "
         f"| ideal C·W/L = {_num(genq['ideal_jobs_per_s'])} | efficiency {_num(r['efficiency'], 2)} "
         f"| {_verdict(t, 'efficiency at the latency-bound point', '≥ 0.90')} |"
     ]
