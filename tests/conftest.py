@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tokens import install_encodings
-from tests.helpers import free_port, start_redis_server
+from tests.helpers import private_redis
 
 #: None: each test session starts its own redis-server (two suites never steal each other's jobs)
 REDIS_URL = os.environ.get("GENQ_TEST_REDIS_URL")
@@ -31,21 +31,11 @@ def tiktoken_dir(tmp_path_factory) -> Path:
     return install_encodings(tmp_path_factory.mktemp("tiktoken"))
 
 
-def _private_redis() -> Iterator[str]:
-    """A real redis-server of this session's own, on a free loopback port, stopped by PID."""
-    port = free_port()
-    proc = start_redis_server(port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     if REDIS_URL is None:
-        yield from _private_redis()
+        with private_redis() as url:
+            yield url
         return
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()

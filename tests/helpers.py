@@ -6,7 +6,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
@@ -69,6 +70,18 @@ def start_redis_server(port: int) -> subprocess.Popen:
     probe = redis.Redis(port=port, socket_connect_timeout=0.5)
     wait_until(lambda: redis_answers(probe), timeout_s=10, what=f"redis-server on port {port}")
     return proc
+
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """The URL of a redis-server of the caller's own on a free port, stopped by PID at the end."""
+    port = free_port()
+    proc = start_redis_server(port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @dataclass

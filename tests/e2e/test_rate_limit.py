@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from models.attempts import Attempt
 from models.db import get_engine, session_scope
-from tests.helpers import auth, free_port, new_key, start_redis_server, wait_until
+from tests.helpers import auth, new_key, private_redis, wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -38,16 +38,11 @@ TOLERANCE = 3
 OPENAI_KEY = "sk-test-ratelimit-abcdefghijklmnopqrstuvwxyz0123"
 
 
-@pytest.fixture
-def private_redis() -> Iterator[str]:
+@pytest.fixture(name="private_redis")
+def private_redis_fixture() -> Iterator[str]:
     """A redis-server of this test's own, so no other process consumes its queue."""
-    port = free_port()
-    proc = start_redis_server(port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with private_redis() as url:
+        yield url
 
 
 def busiest(starts: list[datetime], window_s: float) -> int:
