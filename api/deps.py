@@ -14,7 +14,8 @@ from models.errors import Unauthorized
 from models.keys import ApiKey, authenticate
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async because it does no I/O: FastAPI runs a sync dependency in its thread pool."""
     return request.app.state.services
 
 

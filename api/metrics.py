@@ -1,28 +1,44 @@
-"""Request counts and latency per route template, for `GET /metrics`."""
+"""Request counts and latency per route template, for `GET /metrics`.
+
+A plain ASGI middleware: Starlette's BaseHTTPMiddleware runs each request through an extra task
+and memory streams, which cost a busy API a noticeable share of its CPU per request.
+"""
 
 from __future__ import annotations
 
 import time
 
 from prometheus_client import Counter, Histogram
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter("genq_api_requests_total", "API requests", ["method", "route", "status"])
 LATENCY = Histogram("genq_api_request_seconds", "API request latency", ["method", "route"])
 
 
-def _route(request: Request) -> str:
+def _route(scope: Scope) -> str:
     """The route template (`/v1/jobs/{job_id}`), so job ids never become label values."""
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+    return getattr(scope.get("route"), "path", "unmatched")
 
 
-class MetricsMiddleware(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next):
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         start = time.perf_counter()
-        response = await call_next(request)
-        route = _route(request)
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
-        return response
+        status = 500  # what an unhandled exception becomes
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route, method = _route(scope), scope["method"]
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(time.perf_counter() - start)

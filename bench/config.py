@@ -40,6 +40,8 @@ class BenchConfig:
     jobs: int = 640
     workers: int = 2
     concurrency: int = 16
+    #: `genq api --workers`: one API process per core, as deployed
+    api_workers: int = 2
     latency_ms: int = 200
     scenarios: tuple[str, ...] = SCENARIOS
     database: Literal["postgres", "sqlite"] = "postgres"
@@ -80,6 +82,7 @@ class BenchConfig:
         _bounded("--enqueue-submits", self.enqueue_submits, 1, MAX_JOBS)
         _bounded("--latency-jobs", self.latency_jobs, 1, MAX_JOBS)
         _bounded("--workers", self.workers, 1, MAX_PROCESSES)
+        _bounded("--api-workers", self.api_workers, 1, MAX_PROCESSES)
         _bounded("--concurrency", self.concurrency, 1, MAX_THREADS)
         _bounded("--latency-ms", self.latency_ms, 0, 5_000)
         for count in self.scale_workers:
@@ -110,6 +113,7 @@ class BenchConfig:
             "jobs": self.throughput_jobs,
             "workers": self.workers,
             "concurrency": self.concurrency,
+            "api_workers": self.api_workers,
             "latency_ms": self.latency_ms,
             "scenarios": list(self.scenarios),
             "database": self.database,

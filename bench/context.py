@@ -141,7 +141,7 @@ class Bench:
             self.sims[latency_ms] = self.fleet.simulator(latency_ms, wait=False)
             probes.append((f"{self.sims[latency_ms][0]}/v1/models", self.sims[latency_ms][1]))
         if self.api_child is None:
-            self.api_child = self.fleet.api(wait=False)
+            self.api_child = self.fleet.api(workers=self.config.api_workers, wait=False)
             probes.append((f"{self.api_child[0]}/readyz", self.api_child[1]))
         for url, child in probes:
             wait_http(url, child)
@@ -150,7 +150,7 @@ class Bench:
     def api(self) -> str:
         """The `genq api` of this run (started on first use)."""
         if self.api_child is None:
-            self.api_child = self.fleet.api()
+            self.api_child = self.fleet.api(workers=self.config.api_workers)
         return self.api_child[0]
 
     def api_pid(self) -> int:

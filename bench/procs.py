@@ -89,9 +89,9 @@ class Fleet:
             wait_http(f"{url}/v1/models", child)
         return url, child
 
-    def api(self, *, wait: bool = True) -> tuple[str, Child]:
+    def api(self, *, workers: int = 1, wait: bool = True) -> tuple[str, Child]:
         port = free_port()
-        child = self.genq("api", "api", "--port", str(port))
+        child = self.genq("api", "api", "--port", str(port), "--workers", str(workers))
         url = f"http://127.0.0.1:{port}"
         if wait:
             wait_http(f"{url}/readyz", child)

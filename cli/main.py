@@ -39,18 +39,15 @@ def migrate() -> None:
 
 
 @app.command()
-def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+def api(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="API processes sharing the port (one per core)")
+    ] = 1,
+) -> None:
     """Serve the REST API with uvicorn."""
-    import uvicorn
-
-    uvicorn.run(
-        "api.main:app_factory",
-        factory=True,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,  # api/request_id.py writes the access line, with the request id
-    )
+    ops.run_api(host=host, port=port, workers=workers)
 
 
 @app.command(context_settings=PASS_THROUGH)
@@ -200,6 +197,7 @@ def bench(
     workers: Annotated[int, typer.Option(help="W: worker processes")] = 2,
     concurrency: Annotated[int, typer.Option(help="C: threads per worker")] = 16,
     latency_ms: Annotated[int, typer.Option(help="L: simulated model latency")] = 200,
+    api_workers: Annotated[int, typer.Option(help="`genq api --workers` of the run")] = 2,
     scenario: Annotated[
         list[str] | None,
         typer.Option(help="enqueue, throughput, peak, latency, scaling (repeat; default all)"),
@@ -213,6 +211,7 @@ def bench(
     from bench.cli import run_from_cli
 
     options = {"jobs": jobs, "workers": workers, "concurrency": concurrency}
+    options |= {"api_workers": api_workers}
     options |= {"latency_ms": latency_ms, "database": database, "redis_url": redis_url}
     raise typer.Exit(run_from_cli(options, scenarios=scenario, quick=quick))
 

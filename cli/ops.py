@@ -55,6 +55,32 @@ def flower_argv(settings: Settings, args: list[str], *, unauthenticated: bool) -
     )
 
 
+def run_api(*, host: str, port: int, workers: int) -> None:
+    """uvicorn with `workers` processes on one port; with several, metrics are summed over all.
+
+    prometheus_client's multiprocess mode keeps each process's counters in files of a directory
+    named by PROMETHEUS_MULTIPROC_DIR; it must be empty at start, so every run gets a fresh one.
+    """
+    import os
+    import tempfile
+
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,  # api/request_id.py writes the access line, with the request id
+    }
+    if workers == 1:
+        uvicorn.run("api.main:app_factory", **options)
+        return
+    with tempfile.TemporaryDirectory(prefix="genq-api-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        uvicorn.run("api.main:app_factory", workers=workers, **options)
+
+
 def run_flower(args: list[str], *, unauthenticated: bool) -> None:
     """Start Flower on genq's broker, refusing to run without a login unless told explicitly."""
     from worker.celery_app import celery_app

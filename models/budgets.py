@@ -1,7 +1,9 @@
 """Budgets: reserve a job's worst case at submit, settle it to the real cost at finish.
 
 Both are single conditional UPDATEs, so concurrent submits cannot overspend: PostgreSQL locks
-the key's row, SQLite the whole database, for the length of the statement's transaction.
+the key's row, SQLite the whole database, for the length of the statement's transaction. A key
+without a budget reserves nothing (a budget is fixed when the key is created), so its submits
+never queue behind one another on that row lock.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import update
+from sqlalchemy import case, literal, update
 from sqlmodel import Session, col
 
 from models.db import utcnow
@@ -38,6 +40,8 @@ def _roll_period(session: Session, *, key_id: str, now: datetime) -> None:
 
 def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | None = None) -> None:
     """Hold `amount` against the key's budget, or raise BudgetExceeded (402)."""
+    if key.budget_usd is None:
+        return
     _roll_period(session, key_id=key.id, now=now or utcnow())
     fits = (col(ApiKey.budget_usd).is_(None)) | (
         col(ApiKey.spent_usd) + col(ApiKey.reserved_usd) + amount <= col(ApiKey.budget_usd)
@@ -59,12 +63,20 @@ def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | N
 
 
 def settle(session: Session, *, key_id: str, reserved: Decimal, cost: Decimal) -> None:
-    """Release a finished job's reservation and charge what it really cost."""
+    """Release a finished job's reservation and charge what it really cost.
+
+    Keys without a budget reserved nothing at submit, so only their spending moves.
+    """
+    money = ApiKey.__table__.c.reserved_usd.type  # binds in the column's own Money type
+    held = case(
+        (col(ApiKey.budget_usd).is_(None), literal(Decimal(0), money)),
+        else_=literal(reserved, money),
+    )
     session.execute(
         update(ApiKey)
         .where(col(ApiKey.id) == key_id)
         .values(
-            reserved_usd=col(ApiKey.reserved_usd) - reserved, spent_usd=col(ApiKey.spent_usd) + cost
+            reserved_usd=col(ApiKey.reserved_usd) - held, spent_usd=col(ApiKey.spent_usd) + cost
         )
         .execution_options(synchronize_session=False)
     )

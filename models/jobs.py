@@ -160,22 +160,27 @@ def list_jobs(
     return rows, (encode_cursor(rows[-1]) if more else None)
 
 
-def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> str | None:
-    """Atomically move a queued job to running; the claim token, or None if already taken."""
-    token = uuid.uuid4().hex
+def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> Job | None:
+    """Atomically move a queued job to running; the claimed job (its `claim_token` is the
+    claim), or None if another delivery took it or it is no longer queued.
+
+    One `UPDATE … RETURNING` both claims and loads the job (PostgreSQL, SQLite ≥ 3.35).
+    """
     now = utcnow()
-    result = session.execute(
+    claimed = session.execute(
         update(Job)
         .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
         .values(
             status=RUNNING,
-            claim_token=token,
+            claim_token=uuid.uuid4().hex,
             worker=worker,
             started_at=now,
             lease_until=now + timedelta(seconds=lease_s),
         )
+        .returning(Job)
+        .execution_options(synchronize_session=False)
     )
-    return token if result.rowcount == 1 else None
+    return claimed.scalars().first()
 
 
 def finish_job(

@@ -20,9 +20,6 @@ from models.settings import get_settings
 from worker import metrics
 from worker.runner import Runner
 
-#: what `Runner.run` returns when this delivery finished the job (not skipped or handed back)
-JOB_ENDS = frozenset({"succeeded", "failed", "cancelled"})
-
 log = structlog.get_logger("genq.worker")
 
 
@@ -59,18 +56,8 @@ def run_observed(task: Task, job_id: str, runner: Runner) -> str:
         if get_settings().log_prompts:
             _log_prompt(runner, job_id)
         outcome = runner.run(job_id, worker=request.hostname or "unknown")
-        if outcome in JOB_ENDS:
-            _count_job_end(runner, job_id)
     metrics.record_delivery(task.name, outcome)
     return outcome
-
-
-def _count_job_end(runner: Runner, job_id: str) -> None:
-    """Count the finished job as the database has it (its final status and model)."""
-    with session_scope(runner.engine) as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            metrics.record_job_end(kind=job.kind, model=job.model, status=job.status)
 
 
 def _log_prompt(runner: Runner, job_id: str) -> None:

@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Engine, Row
+from sqlmodel import Session, col
 
 from models.attempts import Attempt, Image, add_attempt
 from models.budgets import settle
 from models.catalogue import ModelSpec
 from models.db import session_scope, utcnow
-from models.jobs import FINISHED, Job, finish_job, owned_job
+from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
 from models.pricing import Usage, cost_of
+from worker import metrics
 from worker.providers.base import ImageResult, TextResult
 
 #: attempt outcomes beyond succeeded / retryable_error / failed
@@ -86,49 +88,122 @@ def record(
         add_attempt(session, job=job, attempt=attempt)
         if finish:
             finish_job(session, job=job, status=finish, error_type=error_type, error=error)
+    if finish:
+        metrics.record_job_end(kind=job.kind, model=job.model, status=finish)
     return job
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job ended, as written: what the log line and the jobs metric need."""
+
+    status: str
+    kind: str
+    model: str
+    attempts: int
+    cost_usd: Decimal
 
 
 def record_output(
-    engine: Engine, call: Call, attempt: Attempt, result: TextResult | ImageResult, status: str
-) -> Job:
+    engine: Engine,
+    call: Call,
+    attempt: Attempt,
+    result: TextResult | ImageResult,
+    status: str,
+    *,
+    reserved: Decimal,
+) -> JobEnd:
     """The successful attempt, its output and the job's end: one transaction.
 
-    A cancel requested during the call wins: the attempt (its usage was spent) is recorded as
-    `cancelled` and the job ends cancelled, without the output.
+    The common case is three statements: the job's end as one UPDATE guarded by the claim (and
+    by no cancel request), the attempt, the budget settlement. `reserved` is what the job held
+    when claimed: only the end of the job changes it. When the guard fails, the careful path
+    below tells a lost claim from a cancel requested during the call; a cancel wins: the
+    attempt (its usage was spent) is recorded as `cancelled` and the job ends without output.
     """
     with session_scope(engine) as session:
-        job = owned(session, call)
-        job.provider, job.model = call.provider, call.spec.id
-        if job.cancel_requested:
-            attempt.outcome = CANCELLED_AFTER_CALL
-            add_attempt(session, job=job, attempt=attempt)
-            finish_job(
-                session,
-                job=job,
-                status="cancelled",
-                error_type="cancelled",
-                error="cancelled while running",
+        output = (
+            {"output_text": result.text}
+            if isinstance(result, TextResult)
+            else {"image_count": len(result.images)}
+        )
+        ended = session.execute(
+            update(Job)
+            .where(
+                col(Job.id) == call.job_id,
+                col(Job.status) == RUNNING,
+                col(Job.claim_token) == call.token,
+                col(Job.cancel_requested).is_(False),
             )
-            return job
-        add_attempt(session, job=job, attempt=attempt)
-        if isinstance(result, TextResult):
-            job.output_text = result.text
+            .values(
+                status=status,
+                provider=call.provider,
+                model=call.spec.id,
+                attempts=col(Job.attempts) + 1,
+                prompt_tokens=col(Job.prompt_tokens) + attempt.prompt_tokens,
+                completion_tokens=col(Job.completion_tokens) + attempt.completion_tokens,
+                cost_usd=col(Job.cost_usd) + attempt.cost_usd,
+                finished_at=utcnow(),
+                lease_until=None,
+                reserved_usd=Decimal(0),
+                error_type=None,
+                error_message=None,
+                **output,
+            )
+            .returning(Job.key_id, Job.status, Job.kind, Job.attempts, Job.cost_usd)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if ended is None:
+            end = _cancelled_during_call(session, call, attempt)
         else:
-            for index, image in enumerate(result.images):
-                session.add(
-                    Image(
-                        job_id=job.id,
-                        index=index,
-                        data=image.data,
-                        width=image.width,
-                        height=image.height,
-                        content_type=image.content_type,
-                    )
-                )
-            job.image_count = len(result.images)
-        finish_job(session, job=job, status=status)
-    return job
+            end = _store_output(session, call, attempt, result, ended, reserved)
+    metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
+    return end
+
+
+def _store_output(
+    session: Session,
+    call: Call,
+    attempt: Attempt,
+    result: TextResult | ImageResult,
+    ended: Row,
+    reserved: Decimal,
+) -> JobEnd:
+    """The job ended as succeeded: store its attempt and images, settle its budget."""
+    session.execute(insert(Attempt).values(**attempt.model_dump(exclude={"id"})))
+    if isinstance(result, ImageResult):
+        session.execute(
+            insert(Image),
+            [
+                {
+                    "job_id": call.job_id,
+                    "index": index,
+                    "data": image.data,
+                    "width": image.width,
+                    "height": image.height,
+                    "content_type": image.content_type,
+                }
+                for index, image in enumerate(result.images)
+            ],
+        )
+    settle(session, key_id=ended.key_id, reserved=reserved, cost=attempt.cost_usd)
+    return JobEnd(ended.status, ended.kind, call.spec.id, ended.attempts, ended.cost_usd)
+
+
+def _cancelled_during_call(session: Session, call: Call, attempt: Attempt) -> JobEnd:
+    """The end of a job whose cancel was requested during the call (or ClaimLost)."""
+    job = owned(session, call)
+    job.provider, job.model = call.provider, call.spec.id
+    attempt.outcome = CANCELLED_AFTER_CALL
+    add_attempt(session, job=job, attempt=attempt)
+    finish_job(
+        session,
+        job=job,
+        status=CANCELLED,
+        error_type="cancelled",
+        error="cancelled while running",
+    )
+    return JobEnd(CANCELLED, job.kind, job.model, job.attempts, job.cost_usd)
 
 
 def finish_owned(
@@ -140,6 +215,7 @@ def finish_owned(
         if job is None:
             return False
         finish_job(session, job=job, status=status, error_type=error_type, error=error)
+    metrics.record_job_end(kind=job.kind, model=job.model, status=status)
     return True
 
 

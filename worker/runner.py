@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -36,7 +37,6 @@ from worker.lease import LeaseKeeper
 from worker.providers.base import ImageResult, Provider, TextResult
 from worker.ratelimit import Limiter, NoLimiter
 from worker.recording import (
-    CANCELLED_AFTER_CALL,
     Call,
     ClaimLost,
     finish_owned,
@@ -80,6 +80,8 @@ class Run:
     attempts_before: int
     deadline_at: datetime | None
     tokens_estimate: int
+    #: what the job holds against its key's budget (fixed from submit until the job ends)
+    reserved_usd: Decimal
     failures_here: int = 0
     attempts_here: int = 0
 
@@ -113,12 +115,12 @@ class Runner:
     def run(self, job_id: str, *, worker: str = "local") -> str:
         """Run the job unless another delivery claimed it; returns what happened."""
         with session_scope(self.engine) as session:
-            token = claim_job(session, job_id=job_id, worker=worker, lease_s=self.lease_s)
-            job = session.get(Job, job_id) if token else None
+            job = claim_job(session, job_id=job_id, worker=worker, lease_s=self.lease_s)
         bound = log.bind(job_id=job_id, worker=worker)
-        if token is None or job is None:
+        if job is None or job.claim_token is None:
             bound.info("job.skipped", reason="unknown, already claimed or finished")
             return "skipped"
+        token = job.claim_token
         bound = bound.bind(model=job.model, kind=job.kind)
         run = self._prepare(job, token, worker)
         if run is None:
@@ -155,6 +157,7 @@ class Runner:
             attempts_before=job.attempts,
             deadline_at=aware(job.deadline_at),
             tokens_estimate=tokens,
+            reserved_usd=job.reserved_usd,
         )
 
     def _loop(self, run: Run, bound) -> str:
@@ -291,17 +294,19 @@ class Runner:
         )
         attempt = call.attempt(outcome=SUCCEEDED, usage=result.usage)
         try:
-            job = record_output(self.engine, call, attempt, result, JOB_SUCCEEDED)
+            end = record_output(
+                self.engine, call, attempt, result, JOB_SUCCEEDED, reserved=run.reserved_usd
+            )
         except ClaimLost:
             record_orphan(self.engine, attempt)
             raise
         metrics.record_attempt(attempt, kind=call.spec.kind)
-        cancelled = attempt.outcome == CANCELLED_AFTER_CALL
+        cancelled = end.status == CANCELLED
         bound.info(
             "job.cancelled" if cancelled else "job.succeeded",
             model=call.spec.id,
-            cost_usd=str(job.cost_usd),
-            attempts=job.attempts,
+            cost_usd=str(end.cost_usd),
+            attempts=end.attempts,
         )
         if cancelled:
             raise Cancelled("recorded with the call")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import redis
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from api.deps import ServicesDep
 from models.errors import NotReady
 
 router = APIRouter(tags=["health"])
+#: set by `genq api --workers N`: each process writes its metrics to files in this directory
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @router.get("/healthz")
@@ -40,4 +45,9 @@ def readyz(services: ServicesDep) -> dict:
 
 @router.get("/metrics")
 def metrics() -> Response:
+    """This process's metrics, or all API processes' when `genq api --workers N` runs several."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

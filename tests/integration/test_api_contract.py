@@ -299,6 +299,24 @@ def test_health_ready_and_metrics(client):
     assert metrics.status_code == 200 and "genq_api_requests_total" in metrics.text
 
 
+def test_metrics_count_requests_by_route_template_and_status(client, key):
+    from prometheus_client import REGISTRY
+
+    def count(route: str, status: str) -> float:
+        labels = {"method": "GET", "route": route, "status": status}
+        return REGISTRY.get_sample_value("genq_api_requests_total", labels) or 0.0
+
+    before = count("/v1/jobs/{job_id}", "404"), count("/v1/jobs", "200")
+    client.get("/v1/jobs/no-such-job", headers=key)
+    client.get("/v1/jobs", headers=key)
+    client.get("/v1/jobs", headers=key)
+    # job ids never become label values: the template is the label
+    assert count("/v1/jobs/{job_id}", "404") == before[0] + 1
+    assert count("/v1/jobs", "200") == before[1] + 2
+    observed = {"method": "GET", "route": "/v1/jobs"}
+    assert REGISTRY.get_sample_value("genq_api_request_seconds_count", observed) >= 2
+
+
 def test_when_redis_is_down_ready_is_503_and_a_submit_is_stored_for_the_sweeper(settings):
     dead = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     secret = new_key(settings.database_url)

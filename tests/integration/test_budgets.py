@@ -77,6 +77,25 @@ def test_finishing_settles_the_reservation_to_the_real_cost(settings):
     assert key.spent_usd == sum(costs) == 3 * (100 * Decimal("0.10") + 50 * Decimal("0.40")) / 10**6
 
 
+def test_a_key_without_a_budget_reserves_nothing_but_is_charged_what_it_spent(settings):
+    # Given a key with no budget (its submits must not queue on the key's row lock)
+    with session_scope(get_engine(settings.database_url)) as session:
+        key, secret = create_key(session, name="unlimited")
+    with TestClient(create_app(settings)) as client:
+        ids = [
+            client.post("/v1/jobs", json=JOB, headers=auth(secret)).json()["id"] for _ in range(2)
+        ]
+        # Then nothing is held against the key, while the jobs still show their worst case
+        assert load_key(settings.database_url, key.id).reserved_usd == 0
+        usage = client.get("/v1/usage", headers=auth(secret)).json()["total"]
+        assert Decimal(str(usage["reserved_usd"])) == 2 * ESTIMATE
+        run_all(settings, ids)
+    # And finishing charges the real cost without pushing the reservation below zero
+    settled = load_key(settings.database_url, key.id)
+    assert settled.reserved_usd == 0
+    assert settled.spent_usd == 2 * (100 * Decimal("0.10") + 50 * Decimal("0.40")) / 10**6
+
+
 def test_a_spent_budget_refuses_with_402_and_stores_nothing(settings):
     key_id, secret = key_with_budget(settings.database_url, ESTIMATE / 2)
     with TestClient(create_app(settings)) as client:
