@@ -42,8 +42,10 @@ def submit_job(
                 first := find_by_idempotency_key(session, key_id=key.id, key=idempotency_key)
             ):
                 return first
-            reserve(session, key=key, amount=job.reserved_usd)
             session.add(job)
+            # last (it flushes the insert first): a budgeted key's row stays locked only from
+            # here to the commit
+            reserve(session, key=key, amount=job.reserved_usd)
     except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race
         if not idempotency_key:
             raise

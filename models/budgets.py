@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import case, literal, update
+from sqlalchemy import bindparam, case, literal, update
 from sqlmodel import Session, col
 
-from models.db import utcnow
+from models.db import Money, utcnow
 from models.errors import BudgetExceeded
 from models.keys import ApiKey
 
@@ -23,35 +23,37 @@ def month_start(moment: datetime) -> datetime:
     return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def _roll_period(session: Session, *, key_id: str, now: datetime) -> None:
-    """A monthly budget starts again at 0 spent in a new month (reservations carry over)."""
-    start = month_start(now)
-    session.execute(
-        update(ApiKey)
-        .where(
-            col(ApiKey.id) == key_id,
-            col(ApiKey.budget_period) == "monthly",
-            col(ApiKey.period_start) < start,
-        )
-        .values(spent_usd=Decimal(0), period_start=start)
-        .execution_options(synchronize_session=False)
+#: Built once, with bind parameters (a statement built per call costs ~0.6 ms of CPU to key).
+#: A monthly budget starts again at 0 spent in a new month (reservations carry over).
+_ROLL_PERIOD = (
+    update(ApiKey)
+    .where(
+        col(ApiKey.id) == bindparam("key_id"),
+        col(ApiKey.budget_period) == "monthly",
+        col(ApiKey.period_start) < bindparam("start"),
     )
+    .values(spent_usd=Decimal(0), period_start=bindparam("start"))
+    .execution_options(synchronize_session=False)
+)
+_RESERVE = (
+    update(ApiKey)
+    .where(
+        col(ApiKey.id) == bindparam("key_id"),
+        col(ApiKey.spent_usd) + col(ApiKey.reserved_usd) + bindparam("amount", type_=Money())
+        <= col(ApiKey.budget_usd),
+    )
+    .values(reserved_usd=col(ApiKey.reserved_usd) + bindparam("amount", type_=Money()))
+    .execution_options(synchronize_session=False)
+)
 
 
 def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | None = None) -> None:
     """Hold `amount` against the key's budget, or raise BudgetExceeded (402)."""
     if key.budget_usd is None:
         return
-    _roll_period(session, key_id=key.id, now=now or utcnow())
-    fits = (col(ApiKey.budget_usd).is_(None)) | (
-        col(ApiKey.spent_usd) + col(ApiKey.reserved_usd) + amount <= col(ApiKey.budget_usd)
-    )
-    result = session.execute(
-        update(ApiKey)
-        .where(col(ApiKey.id) == key.id, fits)
-        .values(reserved_usd=col(ApiKey.reserved_usd) + amount)
-        .execution_options(synchronize_session=False)
-    )
+    start = month_start(now or utcnow())
+    session.execute(_ROLL_PERIOD, {"key_id": key.id, "start": start})
+    result = session.execute(_RESERVE, {"key_id": key.id, "amount": amount})
     if result.rowcount != 1:
         key = session.get(ApiKey, key.id, populate_existing=True)
         left = (key.budget_usd or Decimal(0)) - key.spent_usd - key.reserved_usd
@@ -62,21 +64,22 @@ def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | N
         )
 
 
-def settle(session: Session, *, key_id: str, reserved: Decimal, cost: Decimal) -> None:
-    """Release a finished job's reservation and charge what it really cost.
+_SETTLE = (
+    update(ApiKey)
+    .where(col(ApiKey.id) == bindparam("key_id"))
+    .values(
+        # keys without a budget reserved nothing at submit, so only their spending moves
+        reserved_usd=col(ApiKey.reserved_usd)
+        - case(
+            (col(ApiKey.budget_usd).is_(None), literal(Decimal(0), Money())),
+            else_=bindparam("reserved", type_=Money()),
+        ),
+        spent_usd=col(ApiKey.spent_usd) + bindparam("cost", type_=Money()),
+    )
+    .execution_options(synchronize_session=False)
+)
 
-    Keys without a budget reserved nothing at submit, so only their spending moves.
-    """
-    money = ApiKey.__table__.c.reserved_usd.type  # binds in the column's own Money type
-    held = case(
-        (col(ApiKey.budget_usd).is_(None), literal(Decimal(0), money)),
-        else_=literal(reserved, money),
-    )
-    session.execute(
-        update(ApiKey)
-        .where(col(ApiKey.id) == key_id)
-        .values(
-            reserved_usd=col(ApiKey.reserved_usd) - held, spent_usd=col(ApiKey.spent_usd) + cost
-        )
-        .execution_options(synchronize_session=False)
-    )
+
+def settle(session: Session, *, key_id: str, reserved: Decimal, cost: Decimal) -> None:
+    """Release a finished job's reservation and charge what it really cost."""
+    session.execute(_SETTLE, {"key_id": key_id, "reserved": reserved, "cost": cost})

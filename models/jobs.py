@@ -13,7 +13,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    update,
+)
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
@@ -160,6 +169,22 @@ def list_jobs(
     return rows, (encode_cursor(rows[-1]) if more else None)
 
 
+#: built once, with bind parameters, so its cache key is computed once (see claim_job)
+_CLAIM = (
+    update(Job)
+    .where(col(Job.id) == bindparam("job_id"), col(Job.status) == QUEUED)
+    .values(
+        status=RUNNING,
+        claim_token=bindparam("token"),
+        worker=bindparam("worker"),
+        started_at=bindparam("now"),
+        lease_until=bindparam("lease_until"),
+    )
+    .returning(Job)
+    .execution_options(synchronize_session=False)
+)
+
+
 def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> Job | None:
     """Atomically move a queued job to running; the claimed job (its `claim_token` is the
     claim), or None if another delivery took it or it is no longer queued.
@@ -167,20 +192,14 @@ def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> Jo
     One `UPDATE … RETURNING` both claims and loads the job (PostgreSQL, SQLite ≥ 3.35).
     """
     now = utcnow()
-    claimed = session.execute(
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
-        .values(
-            status=RUNNING,
-            claim_token=uuid.uuid4().hex,
-            worker=worker,
-            started_at=now,
-            lease_until=now + timedelta(seconds=lease_s),
-        )
-        .returning(Job)
-        .execution_options(synchronize_session=False)
-    )
-    return claimed.scalars().first()
+    params = {
+        "job_id": job_id,
+        "token": uuid.uuid4().hex,
+        "worker": worker,
+        "now": now,
+        "lease_until": now + timedelta(seconds=lease_s),
+    }
+    return session.execute(_CLAIM, params).scalars().first()
 
 
 def finish_job(

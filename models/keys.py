@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, bindparam
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import Money, utcnow
@@ -87,9 +87,14 @@ def revoke_key(session: Session, *, ref: str) -> ApiKey:
     return key
 
 
+#: built once: every API request runs it, and a statement built per call is re-keyed per call
+_BY_SECRET_HASH = select(ApiKey).where(col(ApiKey.secret_hash) == bindparam("secret_hash"))
+
+
 def authenticate(session: Session, *, secret: str) -> ApiKey | None:
     """The live key this secret belongs to, if any."""
-    key = session.exec(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))).first()
+    found = session.execute(_BY_SECRET_HASH, {"secret_hash": hash_secret(secret)})
+    key = found.scalars().first()
     if key is None or key.revoked_at is not None:
         return None
     return key

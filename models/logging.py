@@ -18,6 +18,9 @@ def redact(text: str) -> str:
     return SECRET_PATTERN.sub(lambda m: m.group(0)[:5] + "***", text)
 
 
+#: libraries that log every HTTP request at INFO (the OpenAI SDK's HTTP client)
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+
 #: event fields that carry prompt text: written only when GENQ_LOG_PROMPTS=true
 PROMPT_FIELDS = frozenset({"prompt", "messages"})
 
@@ -61,3 +64,8 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    # One INFO line per HTTP call from the SDK's client repeats genq's own attempt lines (which
+    # carry job, model and outcome); it costs a busy worker CPU. GENQ_LOG_LEVEL=DEBUG shows it.
+    quiet = root.level if root.level <= logging.DEBUG else max(root.level, logging.WARNING)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)

@@ -26,8 +26,10 @@ def make_celery(settings: Settings) -> Celery:
             Queue(name, Exchange(name), routing_key=name) for name in (TEXT_QUEUE, IMAGE_QUEUE)
         ],
         task_default_queue=TEXT_QUEUE,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower's task list and per-task pages are built from these events; worker heartbeats
+        # (Flower's worker list, `genq status workers`) are sent either way.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         # Redis redelivers an unacked message after this long; it must exceed any job's run time.

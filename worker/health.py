@@ -75,9 +75,12 @@ class RedisHealth:
     def available(self, model: str) -> bool:
         _failures, opened, probe = self._keys(model)
         try:
-            if self.redis.exists(opened):
+            # one round trip: is the circuit open now, and was it open in the last periods
+            pipe = self.redis.pipeline(transaction=False)
+            is_open, was_open = pipe.exists(opened).exists(f"{opened}:was").execute()
+            if is_open:
                 return False
-            if not self.redis.exists(f"{opened}:was"):
+            if not was_open:
                 return True
             # the cooldown passed: one caller per cooldown period may probe
             return bool(self.redis.set(probe, "1", nx=True, px=self.ttl_ms))

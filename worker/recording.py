@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import insert, update
+from sqlalchemy import Integer, bindparam, insert, update
 from sqlalchemy.engine import Engine, Row
 from sqlmodel import Session, col
 
 from models.attempts import Attempt, Image, add_attempt
 from models.budgets import settle
 from models.catalogue import ModelSpec
-from models.db import session_scope, utcnow
+from models.db import Money, session_scope, utcnow
 from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
 from models.pricing import Usage, cost_of
 from worker import metrics
@@ -93,6 +93,39 @@ def record(
     return job
 
 
+#: Built once, with bind parameters: SQLAlchemy builds and keys a fresh statement on every
+#: execution, about 0.6 ms of CPU each on this project's benchmark machine (an A/B of settle).
+_SUCCEED = (
+    update(Job)
+    .where(
+        col(Job.id) == bindparam("job_id"),
+        col(Job.status) == RUNNING,
+        col(Job.claim_token) == bindparam("token"),
+        col(Job.cancel_requested).is_(False),
+    )
+    .values(
+        status=bindparam("status"),
+        provider=bindparam("provider"),
+        model=bindparam("model"),
+        attempts=col(Job.attempts) + 1,
+        prompt_tokens=col(Job.prompt_tokens) + bindparam("prompt_tokens", type_=Integer()),
+        completion_tokens=col(Job.completion_tokens)
+        + bindparam("completion_tokens", type_=Integer()),
+        cost_usd=col(Job.cost_usd) + bindparam("cost", type_=Money()),
+        finished_at=bindparam("finished_at"),
+        lease_until=None,
+        reserved_usd=Decimal(0),
+        error_type=None,
+        error_message=None,
+        output_text=bindparam("output_text"),
+        image_count=bindparam("image_count"),
+    )
+    .returning(Job.key_id, Job.status, Job.kind, Job.attempts, Job.cost_usd)
+    .execution_options(synchronize_session=False)
+)
+_INSERT_ATTEMPT = insert(Attempt)
+
+
 @dataclass(frozen=True)
 class JobEnd:
     """How a job ended, as written: what the log line and the jobs metric need."""
@@ -122,36 +155,21 @@ def record_output(
     attempt (its usage was spent) is recorded as `cancelled` and the job ends without output.
     """
     with session_scope(engine) as session:
-        output = (
-            {"output_text": result.text}
-            if isinstance(result, TextResult)
-            else {"image_count": len(result.images)}
-        )
         ended = session.execute(
-            update(Job)
-            .where(
-                col(Job.id) == call.job_id,
-                col(Job.status) == RUNNING,
-                col(Job.claim_token) == call.token,
-                col(Job.cancel_requested).is_(False),
-            )
-            .values(
-                status=status,
-                provider=call.provider,
-                model=call.spec.id,
-                attempts=col(Job.attempts) + 1,
-                prompt_tokens=col(Job.prompt_tokens) + attempt.prompt_tokens,
-                completion_tokens=col(Job.completion_tokens) + attempt.completion_tokens,
-                cost_usd=col(Job.cost_usd) + attempt.cost_usd,
-                finished_at=utcnow(),
-                lease_until=None,
-                reserved_usd=Decimal(0),
-                error_type=None,
-                error_message=None,
-                **output,
-            )
-            .returning(Job.key_id, Job.status, Job.kind, Job.attempts, Job.cost_usd)
-            .execution_options(synchronize_session=False)
+            _SUCCEED,
+            {
+                "job_id": call.job_id,
+                "token": call.token,
+                "status": status,
+                "provider": call.provider,
+                "model": call.spec.id,
+                "prompt_tokens": attempt.prompt_tokens,
+                "completion_tokens": attempt.completion_tokens,
+                "cost": attempt.cost_usd,
+                "finished_at": utcnow(),
+                "output_text": result.text if isinstance(result, TextResult) else None,
+                "image_count": len(result.images) if isinstance(result, ImageResult) else 0,
+            },
         ).first()
         if ended is None:
             end = _cancelled_during_call(session, call, attempt)
@@ -170,7 +188,7 @@ def _store_output(
     reserved: Decimal,
 ) -> JobEnd:
     """The job ended as succeeded: store its attempt and images, settle its budget."""
-    session.execute(insert(Attempt).values(**attempt.model_dump(exclude={"id"})))
+    session.execute(_INSERT_ATTEMPT, attempt.model_dump(exclude={"id"}))
     if isinstance(result, ImageResult):
         session.execute(
             insert(Image),

@@ -169,3 +169,23 @@ def test_context_and_secret_masking_reach_stdlib_lines_too(log_lines):
         logging.getLogger("celery.worker").warning("key sk-abcdefghijkl leaked?")
     [line] = read()
     assert line["request_id"] == "req-7" and "sk-abcdefghijkl" not in line["event"]
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_the_sdk_http_clients_request_lines_show_only_at_debug(log_lines, level, shown):
+    configure, read = log_lines
+    configure(log_level=level)
+    logging.getLogger("httpx2").info('HTTP Request: POST http://127.0.0.1/v1 "HTTP/1.1 200 OK"')
+    logging.getLogger("httpx2").warning("connection pool full")
+    events = [line["event"] for line in read()]
+    assert any(e.startswith("HTTP Request") for e in events) is shown
+    assert "connection pool full" in events
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_task_events_follow_the_setting(events):
+    from worker.celery_app import make_celery
+
+    conf = make_celery(settings(task_events=events)).conf
+    assert conf.worker_send_task_events is events and conf.task_send_sent_event is events
+    assert conf.task_acks_late and conf.worker_prefetch_multiplier == 1  # the rest stays
