@@ -35,9 +35,9 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def api(self) -> str:
+    def api(self, *args: str) -> str:
         port = free_port()
-        self.start("api", "api", "--port", str(port))
+        self.start("api", "api", "--port", str(port), *args)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: self._answers(f"{url}/readyz", "api"), what="the API")
         return url
