@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from models.schemas import MAX_BATCH_JOBS
+
 SCENARIOS = ("enqueue", "throughput", "peak", "latency", "scaling")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 #: the OpenAI key the workers and baselines send to the local simulator (it checks only the form)
@@ -57,6 +59,8 @@ class BenchConfig:
     latency_rate: float = 20.0
     enqueue_submits: int = 1000
     enqueue_clients: int = 16
+    #: jobs per `POST /v1/jobs/batch` in the enqueue scenario's batch phase
+    enqueue_batch: int = 50
     scale_workers: tuple[int, ...] = (1, 2, 4)
     scale_concurrency: int = 8
     scale_waves: int = 12
@@ -80,6 +84,7 @@ class BenchConfig:
         _bounded("--jobs", self.jobs, 1, MAX_JOBS)
         _bounded("--peak-jobs", self.peak_jobs, 1, MAX_JOBS)
         _bounded("--enqueue-submits", self.enqueue_submits, 1, MAX_JOBS)
+        _bounded("enqueue batch size", self.enqueue_batch, 1, MAX_BATCH_JOBS)
         _bounded("--latency-jobs", self.latency_jobs, 1, MAX_JOBS)
         _bounded("--workers", self.workers, 1, MAX_PROCESSES)
         _bounded("--api-workers", self.api_workers, 1, MAX_PROCESSES)
@@ -124,6 +129,7 @@ class BenchConfig:
             "latency_rate": self.latency_rate,
             "enqueue_submits": self.enqueue_submits,
             "enqueue_clients": self.enqueue_clients,
+            "enqueue_batch": self.enqueue_batch,
             "scale_workers": list(self.scale_workers),
             "scale_concurrency": self.scale_concurrency,
             "scale_waves": self.scale_waves,

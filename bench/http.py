@@ -25,17 +25,26 @@ class Submitted:
     status: int
     job_id: str | None
     seconds: float
+    #: jobs the answer accepted (a batch accepts many)
+    jobs: int = 1
+
+
+def job_request(index: int, tag: str) -> dict:
+    """The request every benchmark job sends: a short text job (same prompt shape as baselines)."""
+    return {
+        "kind": "text",
+        "prompt": prompt(index, tag),
+        "params": {"max_tokens": BENCH_MAX_TOKENS},
+    }
 
 
 def job_body(index: int, tag: str) -> bytes:
-    """The request every benchmark job sends: a short text job (same prompt shape as baselines)."""
-    return json.dumps(
-        {
-            "kind": "text",
-            "prompt": prompt(index, tag),
-            "params": {"max_tokens": BENCH_MAX_TOKENS},
-        }
-    ).encode()
+    return json.dumps(job_request(index, tag)).encode()
+
+
+def batch_body(indices: range, tag: str) -> bytes:
+    """`POST /v1/jobs/batch` carrying the jobs `indices`."""
+    return json.dumps({"jobs": [job_request(i, tag) for i in indices]}).encode()
 
 
 def prompt(index: int, tag: str) -> str:
@@ -88,17 +97,22 @@ class Connection:
             self.writer = None
 
 
-async def _submit(conn: Connection, body: bytes) -> Submitted:
+async def _submit(conn: Connection, body: bytes, path: str) -> Submitted:
     """One submit; a broken connection counts as status 0 (refused), never as an exception."""
     sent_at, clock = time.time(), time.perf_counter()
     try:
-        status, answer = await conn.post("/v1/jobs", body)
+        status, answer = await conn.post(path, body)
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
         conn.close()
         status, answer = 0, b""
-    job_id = json.loads(answer)["id"] if status == 202 else None
+    accepted = json.loads(answer) if status == 202 else {}
+    ids = [job["id"] for job in accepted.get("data", [accepted] if accepted else [])]
     return Submitted(
-        sent_at=sent_at, status=status, job_id=job_id, seconds=time.perf_counter() - clock
+        sent_at=sent_at,
+        status=status,
+        job_id=ids[0] if ids else None,
+        seconds=time.perf_counter() - clock,
+        jobs=len(ids),
     )
 
 
@@ -109,6 +123,7 @@ async def submit_closed_loop(
     *,
     clients: int,
     on_done: Callable[[int], None] = lambda _n: None,
+    path: str = "/v1/jobs",
 ) -> list[Submitted]:
     """Submit every body as fast as `clients` concurrent connections allow."""
     pending = iter(range(len(bodies)))
@@ -118,7 +133,7 @@ async def submit_closed_loop(
         conn = Connection(api_url, secret)
         try:
             for index in pending:
-                results[index] = await _submit(conn, bodies[index])
+                results[index] = await _submit(conn, bodies[index], path)
                 on_done(1)
         finally:
             conn.close()
@@ -146,7 +161,7 @@ async def submit_at_rate(
         if conn not in opened:
             opened.append(conn)
         try:
-            return await _submit(conn, bodies[index])
+            return await _submit(conn, bodies[index], "/v1/jobs")
         finally:
             idle.put_nowait(conn)
             on_done(1)

@@ -12,7 +12,7 @@ import time
 
 from bench.config import phase_timeout
 from bench.context import Bench
-from bench.http import Submitted, job_body, submit_at_rate, submit_closed_loop
+from bench.http import Submitted, batch_body, job_body, submit_at_rate, submit_closed_loop
 from bench.measure import (
     CpuMeter,
     MemorySampler,
@@ -45,36 +45,61 @@ def _submit_all(bench: Bench, secret: str, tag: str, jobs: int) -> list[Submitte
 
 
 def enqueue(bench: Bench) -> dict:
-    """Accepted single submits per second through the API, with concurrent clients."""
+    """Accepted submits per second through the API with concurrent clients: one job per request,
+    then the same number of jobs in batches (`POST /v1/jobs/batch`)."""
     config = bench.config
     _key_id, secret = bench.new_key("enqueue")
     warm = [job_body(i, "warm-up") for i in range(WARM_UP_SUBMITS)]
     asyncio.run(submit_closed_loop(bench.api(), secret, warm, clients=config.enqueue_clients))
-    bodies = [job_body(i, "enqueue") for i in range(config.enqueue_submits)]
-    label = f"enqueue: {len(bodies)} submits, {config.enqueue_clients} clients"
+    single = _timed_submits(
+        bench,
+        secret,
+        [job_body(i, "enqueue") for i in range(config.enqueue_submits)],
+        label=f"enqueue: {config.enqueue_submits} submits, {config.enqueue_clients} clients",
+    )
+    size = config.enqueue_batch
+    batches = [
+        batch_body(range(start, min(start + size, config.enqueue_submits)), "enqueue-batch")
+        for start in range(0, config.enqueue_submits, size)
+    ]
+    batched = _timed_submits(
+        bench,
+        secret,
+        batches,
+        label=f"enqueue: {config.enqueue_submits} jobs in batches of {size}",
+        path="/v1/jobs/batch",
+    )
+    return {
+        **single,
+        "submits_per_s": single["jobs_per_s"],
+        "batch": {"size": size, **batched},
+    }
+
+
+def _timed_submits(
+    bench: Bench, secret: str, bodies: list[bytes], *, label: str, path: str = "/v1/jobs"
+) -> dict:
+    """Send `bodies` with the configured clients; jobs accepted per second and API CPU per job."""
+    clients = bench.config.enqueue_clients
     cpu = CpuMeter({"api": [bench.api_pid()]}, harness=True)
     with cpu, bench.phase(label, len(bodies)) as tracker:
         clock = time.perf_counter()
         results = asyncio.run(
             submit_closed_loop(
-                bench.api(),
-                secret,
-                bodies,
-                clients=config.enqueue_clients,
-                on_done=tracker.advance,
+                bench.api(), secret, bodies, clients=clients, on_done=tracker.advance, path=path
             )
         )
         seconds = time.perf_counter() - clock
     bench.drop_queues()
-    accepted = sum(r.status == 202 for r in results)
+    accepted = sum(r.jobs for r in results if r.status == 202)
     return {
         "submits": len(bodies),
-        "clients": config.enqueue_clients,
+        "clients": clients,
         "accepted": accepted,
         "seconds": round(seconds, 3),
-        "submits_per_s": round(accepted / seconds, 1),
+        "jobs_per_s": round(accepted / seconds, 1),
         "request_ms": summary_ms([r.seconds * 1000 for r in results]),
-        "cpu_ms_per_submit": cpu.per_job_ms(len(bodies)),
+        "cpu_ms_per_submit": cpu.per_job_ms(max(accepted, 1)),
         "machine_busy_cores": cpu.busy_cores,
     }
 

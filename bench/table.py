@@ -77,12 +77,21 @@ def _latency(s: dict, t: dict) -> list[str]:
 
 
 def _enqueue(s: dict, t: dict) -> list[str]:
-    return [
+    rows = [
         f"| enqueue (POST /v1/jobs) | {s['clients']} clients, {s['submits']} submits "
         f"| {_num(s['submits_per_s'])} submits/s | request p50 {_num(s['request_ms']['p50'])} ms; "
         f"API {_num(s['cpu_ms_per_submit'].get('api'))} ms CPU per submit "
         f"| - | {_verdict(t, 'single submits/s', '≥ 500')} |"
     ]
+    if batch := s.get("batch"):
+        rows.append(
+            f"| enqueue (POST /v1/jobs/batch) | {batch['clients']} clients, {batch['accepted']} "
+            f"jobs in batches of {batch['size']} | {_num(batch['jobs_per_s'])} jobs/s "
+            f"| request p50 {_num(batch['request_ms']['p50'])} ms; API "
+            f"{_num(batch['cpu_ms_per_submit'].get('api'))} ms CPU per job "
+            f"| {batch['jobs_per_s'] / s['submits_per_s']:.1f}x single | - |"
+        )
+    return rows
 
 
 def _scaling(s: dict, t: dict) -> list[str]:

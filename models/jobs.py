@@ -27,7 +27,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
 from models.db import Money, db_moment, utcnow
-from models.errors import InvalidRequest, JobNotFound
+from models.errors import Conflict, InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
 from models.planning import Plan
 from models.schemas import JobCreate, JobPublic, UsagePublic
@@ -120,10 +120,17 @@ def job_from_plan(
     )
 
 
-def find_by_idempotency_key(session: Session, *, key_id: str, key: str) -> Job | None:
-    """The job first stored under this Idempotency-Key for this API key, if any."""
-    query = select(Job).where(Job.key_id == key_id, Job.idempotency_key == key)
-    return session.exec(query).first()
+def find_by_idempotency_keys(session: Session, *, key_id: str, keys: list[str]) -> list[Job]:
+    """The jobs first stored under these Idempotency-Keys for this API key, in the keys' order;
+    empty if none was stored. A request whose keys were only partly used before is a conflict."""
+    query = select(Job).where(Job.key_id == key_id, col(Job.idempotency_key).in_(keys))
+    found = {job.idempotency_key: job for job in session.exec(query)}
+    if found and len(found) != len(keys):
+        raise Conflict(
+            "this Idempotency-Key was used before for a different request "
+            f"({len(found)} of its {len(keys)} jobs exist); send a new key"
+        )
+    return [found[k] for k in keys] if found else []
 
 
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:

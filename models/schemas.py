@@ -80,6 +80,18 @@ class JobCreate(BaseModel):
         return ImageParams.model_validate(self.params)
 
 
+#: jobs one `POST /v1/jobs/batch` may carry (the body size limit applies as well)
+MAX_BATCH_JOBS = 100
+
+
+class JobBatchCreate(BaseModel):
+    """Body of `POST /v1/jobs/batch`: jobs accepted or refused together, in one transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+
+
 class UsagePublic(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -118,3 +130,9 @@ class JobPublic(BaseModel):
 class JobList(BaseModel):
     data: list[JobPublic]
     next_cursor: str | None
+
+
+class JobBatch(BaseModel):
+    """The jobs of one batch, in the order they were sent."""
+
+    data: list[JobPublic]

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import KeyDep, ServicesDep, SessionDep
-from api.submit import submit_job
+from api.submit import submit_batch, submit_job
 from models.attempts import attempt_public, get_image, list_attempts
 from models.errors import JobNotFound
 from models.jobs import get_job, job_public, list_jobs
-from models.schemas import JobCreate, JobList, JobPublic
+from models.schemas import JobBatch, JobBatchCreate, JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -29,6 +29,19 @@ def create(
     job = submit_job(services, key=key, body=body, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_public(job)
+
+
+@router.post("/batch", status_code=202, response_model=JobBatch)
+def create_batch(
+    body: JobBatchCreate,
+    key: KeyDep,
+    services: ServicesDep,
+    # job i of the batch is stored under `K#i`, so a key leaves room for the suffix
+    idempotency_key: Annotated[str | None, Header(max_length=190)] = None,
+) -> JobBatch:
+    """Accept up to 100 jobs at once, all or none; poll each job as usual."""
+    jobs = submit_batch(services, key=key, bodies=body.jobs, idempotency_key=idempotency_key)
+    return JobBatch(data=[job_public(job) for job in jobs])
 
 
 @router.get("", response_model=JobList)

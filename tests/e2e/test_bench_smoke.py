@@ -29,6 +29,8 @@ TINY = {
     "latency_rate": 20.0,
     "enqueue_submits": 20,
     "enqueue_clients": 4,
+    "enqueue_batch": 8,  # 20 jobs: batches of 8, 8 and 4
+    "api_workers": 1,
     "scale_workers": (1, 2),
     "scale_concurrency": 2,
     "scale_waves": 2,
@@ -54,7 +56,7 @@ def test_every_scenario_runs_tiny_and_writes_json_and_markdown(settings, tmp_pat
     assert saved["machine"]["cores"] >= 1 and saved["settings"]["workers"] == 1
     assert {t["name"] for t in saved["targets"]} >= {"genq / naive Celery", "single submits/s"}
     assert set(saved["ratios"]) >= {"efficiency", "genq_over_limit", "genq_over_naive"}
-    for needle in ("throughput", "peak", "added latency", "enqueue", "scaling", "memory"):
+    for needle in ("throughput", "peak", "added latency", "/v1/jobs/batch", "scaling", "memory"):
         assert needle in saved["markdown"]
     # And every job succeeded, with counts that add up
     assert_counts(saved["scenarios"])
@@ -80,6 +82,8 @@ def assert_counts(scenarios: dict) -> None:
     }
     enqueue = scenarios["enqueue"]
     assert enqueue["accepted"] == enqueue["submits"] == 20
+    batch = enqueue["batch"]
+    assert batch["submits"] == 3 and batch["accepted"] == 20 and batch["jobs_per_s"] > 0
     steps = scenarios["scaling"]["steps"]
     assert [s["workers"] for s in steps] == [1, 2]
     assert [s["jobs"] for s in steps] == [s["succeeded"] for s in steps] == [4, 8]
