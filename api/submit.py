@@ -80,7 +80,8 @@ def _submit(
 
 
 def _plan(services: Services, body: JobCreate, index: int | None) -> Plan:
-    """The cost policy's plan; in a batch, its refusal names the job (`jobs[3]: …`)."""
+    """The cost policy's plan; in a batch, its refusal names the job as validation does
+    (`jobs.3: …`)."""
     try:
         return plan_job(body, services.catalogue, services.defaults)
     except InvalidRequest as exc:
@@ -90,7 +91,7 @@ def _plan(services: Services, body: JobCreate, index: int | None) -> Plan:
             {**error, "loc": ["body", "jobs", index, *error.get("loc", ["body"])[1:]]}
             for error in exc.errors or []
         ]
-        raise InvalidRequest(f"jobs[{index}]: {exc.detail}", errors=errors or None) from exc
+        raise InvalidRequest(f"jobs.{index}: {exc.detail}", errors=errors or None) from exc
 
 
 def _publish(services: Services, jobs: list[Job]) -> None:

@@ -36,6 +36,13 @@ class GenqClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=body, headers=headers).json()
 
+    def submit_batch(
+        self, bodies: list[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[dict]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        answer = self._call("POST", "/v1/jobs/batch", json={"jobs": bodies}, headers=headers)
+        return answer.json()["data"]
+
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}").json()
 

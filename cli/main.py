@@ -153,6 +153,27 @@ def submit(
         raise typer.Exit(3)
 
 
+@app.command("submit-batch")
+def submit_batch(
+    file: Annotated[str, typer.Argument(help="JSON Lines: one job request per line (- = stdin)")],
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Chunk i is sent with Idempotency-Key KEY-i")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON")] = False,
+) -> None:
+    """Submit many jobs from a file, 100 per request (`POST /v1/jobs/batch`)."""
+    from cli.batch import read_jobs, submit_all
+
+    jobs = read_jobs(file)
+    client = _client()
+    accepted = submit_all(client, jobs, idempotency_key=idempotency_key)
+    if json_out or not sys.stdout.isatty():
+        print_json(accepted)
+    else:
+        for job in accepted:
+            print(job["id"], job["status"], job["model"])
+
+
 @app.command()
 def status(
     job_id: Annotated[str, typer.Argument(help="A job id, or `workers` for the live workers")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -32,7 +33,7 @@ def job_summary(job: dict, *, api_url: str = "") -> str:
     return "\n".join(lines)
 
 
-def print_json(data: dict) -> None:
+def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 

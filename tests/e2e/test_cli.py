@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -71,6 +72,32 @@ def test_submit_wait_and_status_through_the_api(stack, env):
         env=client_env,
     )
     assert image.returncode == 0 and "/images/1" in image.stdout
+
+
+def test_submit_batch_sends_a_file_in_chunks_and_names_the_refused_line(stack, env, tmp_path):
+    api = stack.api()
+    secret = genq("keys", "create", "cli", env=env).stdout.strip()
+    client_env = {**env, "GENQ_API_URL": api, "GENQ_API_KEY": secret}
+    lines = [json.dumps({"kind": "text", "prompt": f"Tagline {i}"}) for i in range(150)]
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("\n".join([*lines[:70], "", *lines[70:]]) + "\n")  # a blank line too
+    sent = genq("submit-batch", str(jobs_file), "--idempotency-key", "c1", env=client_env)
+    assert sent.returncode == 0, sent.stderr
+    jobs = json.loads(sent.stdout)  # not a terminal: JSON
+    assert len(jobs) == len({j["id"] for j in jobs}) == 150 and "150/150" in sent.stderr
+    # Re-running with the same key submits nothing new (two chunks: keys c1-0 and c1-1)
+    again = genq("submit-batch", str(jobs_file), "--idempotency-key", "c1", env=client_env)
+    assert [j["id"] for j in json.loads(again.stdout)] == [j["id"] for j in jobs]
+    # A refused job is named by its line; nothing is sent when a line is not JSON
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "\n" + json.dumps({"kind": "text", "model": "gpt-x"}) + "\n")
+    refused = genq("submit-batch", str(bad), env=client_env)
+    assert refused.returncode == 1 and "line 2" in refused.stderr, refused.stderr
+    assert "no job was accepted" in refused.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(lines[0] + "\n{oops\n")
+    unsent = genq("submit-batch", str(broken), env=client_env)
+    assert unsent.returncode == 1 and "line 2: not JSON" in unsent.stderr
 
 
 @pytest.mark.parametrize(

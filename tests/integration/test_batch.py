@@ -64,7 +64,7 @@ def test_a_batch_is_accepted_in_order_published_once_each_and_runs(client, key, 
     ("jobs", "needle"),
     [
         ([JOB, {"kind": "text"}], "jobs.1"),  # invalid item: pydantic names its place
-        ([JOB, {**JOB, "model": "gpt-nonexistent"}], "jobs[1]: unknown model"),  # policy refusal
+        ([JOB, {**JOB, "model": "gpt-nonexistent"}], "jobs.1: unknown model"),  # policy refusal
         ([], "jobs"),
         ([JOB] * (MAX_BATCH_JOBS + 1), "jobs"),
     ],
