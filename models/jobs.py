@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     update,
 )
+from sqlalchemy.engine import Row
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
@@ -176,10 +177,12 @@ def list_jobs(
     return rows, (encode_cursor(rows[-1]) if more else None)
 
 
-#: built once, with bind parameters, so its cache key is computed once (see claim_job)
+#: Built once, on the table rather than the ORM entity: an ORM statement is re-annotated and
+#: re-keyed on every execution, a Core one only once (worker CPU per job, see README Performance).
+_JOBS = Job.__table__.c
 _CLAIM = (
-    update(Job)
-    .where(col(Job.id) == bindparam("job_id"), col(Job.status) == QUEUED)
+    update(Job.__table__)
+    .where(_JOBS.id == bindparam("job_id"), _JOBS.status == QUEUED)
     .values(
         status=RUNNING,
         claim_token=bindparam("token"),
@@ -187,14 +190,13 @@ _CLAIM = (
         started_at=bindparam("now"),
         lease_until=bindparam("lease_until"),
     )
-    .returning(Job)
-    .execution_options(synchronize_session=False)
+    .returning(*_JOBS)
 )
 
 
-def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> Job | None:
-    """Atomically move a queued job to running; the claimed job (its `claim_token` is the
-    claim), or None if another delivery took it or it is no longer queued.
+def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> Row | None:
+    """Atomically move a queued job to running; the claimed job's row (columns by name; its
+    `claim_token` is the claim), or None if another delivery took it or it is not queued.
 
     One `UPDATE … RETURNING` both claims and loads the job (PostgreSQL, SQLite ≥ 3.35).
     """
@@ -206,7 +208,7 @@ def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> Jo
         "now": now,
         "lease_until": now + timedelta(seconds=lease_s),
     }
-    return session.execute(_CLAIM, params).scalars().first()
+    return session.execute(_CLAIM, params).first()
 
 
 def finish_job(

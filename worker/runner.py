@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import structlog
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Row
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from models.attempts import FAILED, RETRYABLE, SUCCEEDED
@@ -136,7 +136,7 @@ class Runner:
         with self.leases.hold(job_id, token):
             return self._loop(run, bound)
 
-    def _prepare(self, job: Job, token: str, worker: str) -> Run | None:
+    def _prepare(self, job: Row, token: str, worker: str) -> Run | None:
         request = JobCreate.model_validate(job.request)
         names = [job.model, *((job.routing or {}).get("fallbacks") or [])]
         models = [spec for name in names if (spec := self.catalogue.get(name))]

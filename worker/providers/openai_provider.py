@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import openai
+from openai.types.chat import ChatCompletion
 from PIL import Image
 
 from models.catalogue import Catalogue
@@ -121,9 +122,14 @@ class OpenAIProvider:
     def generate_text(
         self, *, model: str, messages: list[dict[str, str]], params: TextParams
     ) -> TextResult:
+        body = {"model": model, "messages": messages, **params.model_dump(exclude_none=True)}
         try:
-            response = self.client_for(model).chat.completions.create(
-                model=model, messages=messages, **params.model_dump(exclude_none=True)
+            # The SDK's own request path (auth, headers, timeouts, errors, typed response)
+            # without `create()`'s TypedDict transform of the arguments: that walks the typing
+            # annotations of every message on every call, ~1.5 ms of CPU for a body that is
+            # already plain JSON.
+            response = self.client_for(model).post(
+                "/chat/completions", body=body, cast_to=ChatCompletion
             )
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
