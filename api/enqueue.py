@@ -6,6 +6,7 @@ import structlog
 from celery import Celery
 
 from api.request_id import current_request_id
+from models import redis_transport
 from models.errors import NotReady
 from models.queue import QUEUE_BY_KIND, REQUEST_ID_HEADER, TASK_BY_KIND
 
@@ -23,6 +24,7 @@ class Publisher:
     """A producer-only Celery app; the message carries the job id and nothing else."""
 
     def __init__(self, redis_url: str):
+        redis_transport.install()
         self.app = Celery("genq-api", broker=redis_url, set_as_current=False)
         self.app.conf.update(
             task_serializer="json",

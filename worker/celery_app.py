@@ -5,12 +5,14 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
+from models import redis_transport
 from models.queue import IMAGE_QUEUE, TEXT_QUEUE
 from models.settings import Settings, get_settings
 
 
 def make_celery(settings: Settings) -> Celery:
     """Configured for long, I/O-bound model calls whose results live in the database."""
+    redis_transport.install()
     app = Celery("genq", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
         task_serializer="json",

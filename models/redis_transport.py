@@ -1,0 +1,42 @@
+"""kombu's Redis transport, with one Redis client per connection pool instead of one per command.
+
+kombu builds a new `redis.Redis` for every publish, ack and event it sends (`conn_or_acquire`),
+and with redis-py 8 that object costs ~0.17 ms of CPU to build: about three per job in a worker
+and one per submit in the API. A client is only a handle on its connection pool and is safe to
+share between threads (redis-py), so the channel keeps one per pool.
+
+`install()` registers it as kombu's `redis` transport, so broker URLs stay `redis://…` (Flower
+tells brokers apart by the URL's scheme).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+
+
+class Channel(kombu_redis.Channel):
+    _shared_client: redis.Redis | None = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not self.pool:  # a new pool after errors
+            shared = self._shared_client = self._create_client()
+        yield shared
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+def install() -> None:
+    """Make `redis://` broker URLs use this transport in this process (kombu's alias table)."""
+    TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"
