@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     retry_after_cap_s: float = Field(default=60.0, ge=0)
 
     worker_concurrency: int = Field(default=8, ge=1, le=512)
-    #: Celery task events (what Flower's task pages show); off saves a worker ~10% CPU per job
+    #: Celery task events: what Flower's task list and task pages are built from
     task_events: bool = True
     # Fault tolerance (README "Guarantees"): leases, the sweeper, deadlines, fallbacks.
     lease_s: int = Field(default=60, ge=3)
