@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import kombu.transport
 import redis
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
@@ -38,5 +39,10 @@ class Transport(kombu_redis.Transport):
 
 
 def install() -> None:
-    """Make `redis://` broker URLs use this transport in this process (kombu's alias table)."""
+    """Make `redis://` broker URLs use this transport in this process (kombu's alias table).
+
+    kombu also caches each alias's class on first use, so a connection made before this call
+    would keep the stock transport: drop that cached entry too.
+    """
     TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"
+    getattr(kombu.transport, "_transport_cache", {}).pop("redis", None)

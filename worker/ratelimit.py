@@ -1,7 +1,7 @@
 """The seam between the Runner and a rate limiter: per-model request and token budgets.
 
 `NoLimiter` lets every call through (tests, single workers). The Redis-backed limiter that
-enforces RPM/TPM across all worker processes implements the same four methods.
+enforces RPM/TPM across all worker processes implements the same methods.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from typing import Protocol
 
 
 class Limiter(Protocol):
+    def counts_tokens(self, model: str) -> bool:
+        """Does `model` have a tokens-per-minute limit? Only then is a call's estimate needed
+        (counting loads tiktoken's encodings: ~100 MiB per worker process)."""
+        ...
+
     def acquire(self, model: str, tokens: int) -> float:
         """Block until one request of about `tokens` tokens may go to `model`; seconds waited."""
         ...
@@ -28,6 +33,9 @@ class Limiter(Protocol):
 
 
 class NoLimiter:
+    def counts_tokens(self, model: str) -> bool:
+        return False
+
     def acquire(self, model: str, tokens: int) -> float:
         return 0.0
 

@@ -208,6 +208,10 @@ class RedisLimiter:
         client = limiter_client(settings.redis_url)
         return cls(client, limits, max_wait_s=settings.rate_limit_max_wait_s)
 
+    def counts_tokens(self, model: str) -> bool:
+        limit = self.limits.get(model)
+        return bool(limit and limit.tpm)
+
     def acquire(self, model: str, tokens: int) -> float:
         """Block until `model` may take one call of about `tokens` tokens; seconds waited.
 

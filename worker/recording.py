@@ -124,6 +124,7 @@ _SUCCEED = (
     .returning(_JOBS.key_id, _JOBS.status, _JOBS.kind, _JOBS.attempts, _JOBS.cost_usd)
 )
 _INSERT_ATTEMPT = insert(Attempt.__table__)
+_INSERT_IMAGE = insert(Image.__table__)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def _store_output(
     session.execute(_INSERT_ATTEMPT, attempt.model_dump(exclude={"id"}))
     if isinstance(result, ImageResult):
         session.execute(
-            insert(Image),
+            _INSERT_IMAGE,
             [
                 {
                     "job_id": call.job_id,
@@ -209,7 +210,8 @@ def _store_output(
 
 
 def _cancelled_during_call(session: Session, call: Call, attempt: Attempt) -> JobEnd:
-    """The end of a job whose cancel was requested during the call (or ClaimLost)."""
+    """The end of a job whose cancel was requested during the call; ClaimLost when the job
+    is no longer this run's (the Runner then records the call as an orphan)."""
     job = owned(session, call)
     job.provider, job.model = call.provider, call.spec.id
     attempt.outcome = CANCELLED_AFTER_CALL

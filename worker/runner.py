@@ -79,6 +79,7 @@ class Run:
     models: list[ModelSpec]
     attempts_before: int
     deadline_at: datetime | None
+    #: prompt + max_tokens when a model of the run has a tokens-per-minute limit, else 0
     tokens_estimate: int
     #: what the job holds against its key's budget (fixed from submit until the job ends)
     reserved_usd: Decimal
@@ -142,9 +143,12 @@ class Runner:
         models = [spec for name in names if (spec := self.catalogue.get(name))]
         if not models or models[0].id != job.model:
             return None
+        counted = request.kind == "text" and any(
+            self.limiter.counts_tokens(spec.id) for spec in models
+        )
         tokens = (
             count_messages(request.chat_messages()) + (request.params.get("max_tokens") or 0)
-            if request.kind == "text"
+            if counted
             else 0
         )
         return Run(

@@ -9,6 +9,8 @@ from models import redis_transport
 
 
 def test_publishes_and_acks_reuse_one_client_and_every_message_arrives(clean_redis, monkeypatch):
+    with Connection(clean_redis) as early:  # kombu resolves (and caches) `redis` before install
+        early.transport  # noqa: B018
     redis_transport.install()
     built = []
     original = redis_transport.Channel._create_client

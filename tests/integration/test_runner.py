@@ -15,6 +15,7 @@ from models.jobs import Job
 from models.keys import create_key
 from models.pricing import Usage
 from tests.helpers import FakeProvider
+from worker.ratelimit import NoLimiter
 from worker.retry import RetryPolicy
 from worker.runner import Runner
 
@@ -149,3 +150,32 @@ def test_unexpected_exception_fails_the_job_instead_of_leaving_it_running(engine
     assert make_runner(engine, Broken()).run(job_id) == "failed"
     job, _ = load(engine, job_id)
     assert job.status == "failed" and job.error_type == "internal_error"
+
+
+class RecordingLimiter(NoLimiter):
+    """Lets every call through and remembers the token estimate each call was charged."""
+
+    def __init__(self, tpm_models: set[str]):
+        self.tpm_models = tpm_models
+        self.charged: list[tuple[str, int]] = []
+
+    def counts_tokens(self, model: str) -> bool:
+        return model in self.tpm_models
+
+    def acquire(self, model: str, tokens: int) -> float:
+        self.charged.append((model, tokens))
+        return 0.0
+
+
+@pytest.mark.parametrize(("tpm_models", "charged"), [({"gpt-4o-mini"}, 11 + 40), (set(), 0)])
+def test_a_call_is_charged_its_token_estimate_only_under_a_tokens_per_minute_limit(
+    engine, tpm_models, charged
+):
+    # Given a job of 11 prompt tokens (chat overhead included) and max_tokens 40
+    job_id = make_job(engine, params={"max_tokens": 40})
+    limiter = RecordingLimiter(tpm_models)
+    runner = make_runner(engine, FakeProvider())
+    runner.limiter = limiter
+    assert runner.run(job_id) == "succeeded"
+    # Then the estimate is counted (tiktoken) only when a limit needs it
+    assert limiter.charged == [("gpt-4o-mini", charged)]
