@@ -32,11 +32,11 @@ def submits_counted(text: str) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if (
-                sample.name == "genq_api_requests_total"
-                and (labels["method"], labels["route"], labels["status"])
-                == ("POST", "/v1/jobs", "202")
-            ):
+            if sample.name == "genq_api_requests_total" and (
+                labels["method"],
+                labels["route"],
+                labels["status"],
+            ) == ("POST", "/v1/jobs", "202"):
                 return sample.value
     return 0.0
 

@@ -20,17 +20,6 @@ from worker.runner import Runner
 PROBLEM = "application/problem+json"
 
 
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def key(settings) -> dict[str, str]:
-    return auth(new_key(settings.database_url))
-
-
 def run_all(settings, job_ids, provider=None):
     runner = Runner(
         engine=get_engine(settings.database_url),

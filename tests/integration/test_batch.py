@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -16,26 +14,7 @@ from models.keys import ApiKey, create_key
 from models.schemas import MAX_BATCH_JOBS
 from tests.helpers import auth, new_key
 from tests.integration.test_api_contract import assert_problem, run_all
-
-#: gpt-4.1-nano, 11 prompt tokens, at most 67 completion tokens: this estimate per job
-JOB = {
-    "kind": "text",
-    "prompt": "Write a haiku",
-    "model": "gpt-4.1-nano",
-    "params": {"max_tokens": 67},
-}
-ESTIMATE = (11 * Decimal("0.10") + 67 * Decimal("0.40")) / 10**6
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def key(settings) -> dict[str, str]:
-    return auth(new_key(settings.database_url))
+from tests.integration.test_budgets import ESTIMATE, JOB
 
 
 def stored_jobs(settings) -> int:

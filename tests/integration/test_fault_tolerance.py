@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 import redis
-from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from api.main import create_app
 from models.attempts import Attempt
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope, utcnow
@@ -24,17 +21,6 @@ from worker.runner import Runner
 from worker.sweeper import Sweeper
 
 LONG = "Write a detailed product description for our spring collection. " * 40
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def key(settings):
-    return auth(new_key(settings.database_url))
 
 
 def make_runner(settings, provider, **kwargs) -> Runner:
@@ -145,8 +131,10 @@ def test_a_failing_model_hands_the_job_to_its_fallback(client, key, settings):
     shown = client.get(f"/v1/jobs/{job_id}", headers=key).json()
     assert shown["model"] == "gpt-4o"
     assert [(a["model"], a["outcome"], a["http_status"]) for a in shown["attempt_log"]] == [
-        ("gpt-4.1", "retryable_error", 503), ("gpt-4.1", "retryable_error", 503),
-        ("gpt-4o", "succeeded", None)]
+        ("gpt-4.1", "retryable_error", 503),
+        ("gpt-4.1", "retryable_error", 503),
+        ("gpt-4o", "succeeded", None),
+    ]
 
 
 def test_a_cooled_down_model_is_skipped_by_the_next_job(client, key, settings):

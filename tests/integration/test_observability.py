@@ -10,11 +10,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import redis
-from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from api.enqueue import Publisher
-from api.main import create_app
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.errors import PermanentProviderError, RetryableProviderError
@@ -137,12 +135,6 @@ def test_the_metrics_endpoint_serves_over_http(settings):
 
 
 # -- the API ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def test_stats_show_own_jobs_oldest_queued_age_and_queue_depth(client, settings):

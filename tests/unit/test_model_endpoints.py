@@ -26,8 +26,12 @@ def provider(tmp_path):
     path = tmp_path / "extra.toml"
     path.write_text(EXTRA)
     return lambda environ: OpenAIProvider(
-        api_key="sk-default", base_url="http://127.0.0.1:8888/v1", timeout_s=5,
-        catalogue=load_catalogue(path), environ=environ)
+        api_key="sk-default",
+        base_url="http://127.0.0.1:8888/v1",
+        timeout_s=5,
+        catalogue=load_catalogue(path),
+        environ=environ,
+    )
 
 
 def test_catalogued_models_use_the_default_endpoint(provider):
