@@ -113,6 +113,8 @@ def test_submit_batch_sends_a_file_in_chunks_and_names_the_refused_line(stack, e
         (("migrate",), {"GENQ_DATABASE_URL": "mysql://x"}, "GENQ_DATABASE_URL"),
         (("simulator", "--faults", "429:2"), {}, "--faults"),
         (("keys", "create", " "), {}, "NAME"),
+        (("submit-batch", "/nonexistent/jobs.jsonl"), {}, "cannot read"),
+        (("submit-batch", "/dev/null"), {}, "holds no jobs"),
     ],
 )
 def test_errors_are_one_clear_line_and_a_nonzero_exit(env, args, extra_env, needle):
@@ -120,6 +122,11 @@ def test_errors_are_one_clear_line_and_a_nonzero_exit(env, args, extra_env, need
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_api_refuses_a_worker_count_below_one_before_starting(env):
+    result = genq("api", "--workers", "0", env=env)
+    assert result.returncode == 2 and "--workers" in result.stderr
 
 
 def test_status_of_an_unknown_job_says_404(stack, env):
