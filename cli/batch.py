@@ -65,9 +65,6 @@ def _refused(reason: str, chunk: list[tuple[int, dict[str, Any]]], *, accepted: 
     """The API's reason with `jobs.i` turned into the file's line number."""
     lines = [number for number, _ in chunk]
     reason = BATCH_INDEX.sub(lambda m: f"line {lines[int(m.group(1))]}", reason)
-    before = (
-        f"the {accepted} jobs before line {lines[0]} were accepted"
-        if accepted
-        else "no job was accepted"
-    )
-    return f"{reason}; nothing from line {lines[0]} on was accepted, {before}"
+    if not accepted:
+        return f"{reason}; no job was accepted"
+    return f"{reason}; the {accepted} jobs before line {lines[0]} were accepted, none from there on"

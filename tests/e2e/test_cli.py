@@ -94,6 +94,11 @@ def test_submit_batch_sends_a_file_in_chunks_and_names_the_refused_line(stack, e
     refused = genq("submit-batch", str(bad), env=client_env)
     assert refused.returncode == 1 and "line 2" in refused.stderr, refused.stderr
     assert "no job was accepted" in refused.stderr
+    late = tmp_path / "late.jsonl"  # the second chunk (jobs 101-150) holds the bad job
+    late.write_text("\n".join([*lines[:119], json.dumps({"kind": "text"}), *lines[120:]]))
+    partly = genq("submit-batch", str(late), env=client_env)
+    assert partly.returncode == 1 and "line 120" in partly.stderr, partly.stderr
+    assert "the 100 jobs before line 101 were accepted" in partly.stderr
     broken = tmp_path / "broken.jsonl"
     broken.write_text(lines[0] + "\n{oops\n")
     unsent = genq("submit-batch", str(broken), env=client_env)
