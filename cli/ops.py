@@ -66,6 +66,8 @@ def run_api(*, host: str, port: int, workers: int) -> None:
 
     import uvicorn
 
+    from api.routes.health import MULTIPROC_ENV
+
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
@@ -77,7 +79,7 @@ def run_api(*, host: str, port: int, workers: int) -> None:
         uvicorn.run("api.main:app_factory", **options)
         return
     with tempfile.TemporaryDirectory(prefix="genq-api-metrics-") as directory:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        os.environ[MULTIPROC_ENV] = directory
         uvicorn.run("api.main:app_factory", workers=workers, **options)
 
 

@@ -225,11 +225,12 @@ def finish_job(
     job.error_message = error
     job.finished_at = utcnow()
     job.lease_until = None
-    # Cleared before settling: the settle statement flushes the job as one UPDATE, and the key's
-    # row stays locked only until commit (a later flush would add a statement under that lock).
     reserved, job.reserved_usd = job.reserved_usd, Decimal(0)
-    settle(session, key_id=job.key_id, reserved=reserved, cost=job.cost_usd)
+    # The job's UPDATE goes first: settling locks the key's row until commit, so nothing else
+    # should run under that lock (settle is a Core statement, which does not autoflush).
     session.add(job)
+    session.flush()
+    settle(session, key_id=job.key_id, reserved=reserved, cost=job.cost_usd)
 
 
 def owned_job(session: Session, *, job_id: str, token: str) -> Job | None:
