@@ -66,10 +66,7 @@ def _submit(
                 first := find_by_idempotency_keys(session, key_id=key.id, keys=idempotency_keys)
             ):
                 return first
-            # The inserts first: a budgeted key's row is then locked only from the reservation
-            # to the commit (reserve is a Core statement, which does not autoflush).
             session.add_all(jobs)
-            session.flush()
             reserve(session, key=key, amount=sum(job.reserved_usd for job in jobs))
     except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race
         if not idempotency_keys:

@@ -58,7 +58,8 @@ def _ratio(top: float | None, bottom: float | None) -> float | None:
 
 
 def ratios(scenarios: dict) -> dict:
-    """genq / limit and genq / naive at the latency-bound point, genq / limit at peak."""
+    """genq / limit and genq / naive at the latency-bound point, genq / limit at peak, batch
+    submits over single ones."""
     genq = _get(scenarios, "throughput", "genq", "jobs_per_s")
     steps = _get(scenarios, "scaling", "steps") or []
     two = next((s for s in steps if s["workers"] == 2), None)
@@ -71,6 +72,10 @@ def ratios(scenarios: dict) -> dict:
             _get(scenarios, "peak", "limit", "jobs_per_s"),
         ),
         "scaling_at_2": two["speedup_vs_first"] if two else None,
+        "batch_over_single": _ratio(
+            _get(scenarios, "enqueue", "batch", "jobs_per_s"),
+            _get(scenarios, "enqueue", "submits_per_s"),
+        ),
     }
 
 

@@ -76,7 +76,7 @@ def _latency(s: dict, t: dict) -> list[str]:
     ]
 
 
-def _enqueue(s: dict, t: dict) -> list[str]:
+def _enqueue(s: dict, r: dict, t: dict) -> list[str]:
     rows = [
         f"| enqueue (POST /v1/jobs) | {s['clients']} clients, {s['submits']} submits "
         f"| {_num(s['submits_per_s'])} submits/s | request p50 {_num(s['request_ms']['p50'])} ms; "
@@ -89,7 +89,7 @@ def _enqueue(s: dict, t: dict) -> list[str]:
             f"jobs in batches of {batch['size']} | {_num(batch['jobs_per_s'])} jobs/s "
             f"| request p50 {_num(batch['request_ms']['p50'])} ms; API "
             f"{_num(batch['cpu_ms_per_submit'].get('api'))} ms CPU per job "
-            f"| {batch['jobs_per_s'] / s['submits_per_s']:.1f}x single | - |"
+            f"| {_num(r.get('batch_over_single'))}x single | - |"
         )
     return rows
 
@@ -153,7 +153,7 @@ def markdown(report: dict) -> str:
     if "latency" in s:
         rows += _latency(s["latency"], t)
     if "enqueue" in s:
-        rows += _enqueue(s["enqueue"], t)
+        rows += _enqueue(s["enqueue"], r, t)
     if "scaling" in s:
         rows += _scaling(s["scaling"], t)
     if "throughput" in s:

@@ -3,7 +3,9 @@
 Both are single conditional UPDATEs, so concurrent submits cannot overspend: PostgreSQL locks
 the key's row, SQLite the whole database, for the length of the statement's transaction. A key
 without a budget reserves nothing (a budget is fixed when the key is created), so its submits
-never queue behind one another on that row lock.
+never queue behind one another on that row lock. Both flush the session's pending writes first:
+they are Core statements (no autoflush), and whatever runs after them would run under the key
+row's lock until commit.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | N
     """Hold `amount` against the key's budget, or raise BudgetExceeded (402)."""
     if key.budget_usd is None:
         return
+    session.flush()
     start = month_start(now or utcnow())
     session.execute(_ROLL_PERIOD, {"key_id": key.id, "start": start})
     result = session.execute(_RESERVE, {"key_id": key.id, "amount": amount})
@@ -81,4 +84,5 @@ _SETTLE = (
 
 def settle(session: Session, *, key_id: str, reserved: Decimal, cost: Decimal) -> None:
     """Release a finished job's reservation and charge what it really cost."""
+    session.flush()
     session.execute(_SETTLE, {"key_id": key_id, "reserved": reserved, "cost": cost})

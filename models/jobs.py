@@ -226,10 +226,7 @@ def finish_job(
     job.finished_at = utcnow()
     job.lease_until = None
     reserved, job.reserved_usd = job.reserved_usd, Decimal(0)
-    # The job's UPDATE goes first: settling locks the key's row until commit, so nothing else
-    # should run under that lock (settle is a Core statement, which does not autoflush).
     session.add(job)
-    session.flush()
     settle(session, key_id=job.key_id, reserved=reserved, cost=job.cost_usd)
 
 
