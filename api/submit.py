@@ -8,14 +8,18 @@ the same with several jobs: planned, reserved and stored together, or not at all
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from api.services import Services
 from models.budgets import reserve
 from models.db import session_scope
 from models.errors import InvalidRequest, NotReady
-from models.jobs import Job, find_by_idempotency_keys, job_from_plan
+from models.idempotency import replay, request_fingerprint
+from models.jobs import Job, job_from_plan
 from models.keys import ApiKey
 from models.lifecycle import unpublish
 from models.planning import Plan, plan_job
@@ -24,20 +28,41 @@ from models.schemas import JobCreate
 log = structlog.get_logger("genq.api")
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Idempotency:
+    """A request's Idempotency-Key: as the client sent it, as stored per job, and what it was
+    sent with."""
+
+    name: str
+    keys: list[str]
+    fingerprint: str
+
+
 def submit_job(
     services: Services, *, key: ApiKey, body: JobCreate, idempotency_key: str | None
 ) -> Job:
     """One job, stored under the request's Idempotency-Key as it is."""
-    keys = [idempotency_key] if idempotency_key else None
-    return _submit(services, key=key, bodies=[body], idempotency_keys=keys)[0]
+    idempotency = None
+    if idempotency_key:
+        idempotency = _Idempotency(
+            name=idempotency_key, keys=[idempotency_key], fingerprint=request_fingerprint(body)
+        )
+    return _submit(services, key=key, bodies=[body], idempotency=idempotency)[0]
 
 
 def submit_batch(
     services: Services, *, key: ApiKey, bodies: list[JobCreate], idempotency_key: str | None
 ) -> list[Job]:
-    """Several jobs in one transaction; job i is stored under the Idempotency-Key `K#i`."""
-    keys = [f"{idempotency_key}#{i}" for i in range(len(bodies))] if idempotency_key else None
-    return _submit(services, key=key, bodies=bodies, idempotency_keys=keys, in_batch=True)
+    """Several jobs in one transaction; job i is stored under the Idempotency-Key `K#i`, each
+    with the fingerprint of the whole batch."""
+    idempotency = None
+    if idempotency_key:
+        idempotency = _Idempotency(
+            name=idempotency_key,
+            keys=[f"{idempotency_key}#{i}" for i in range(len(bodies))],
+            fingerprint=request_fingerprint(bodies),
+        )
+    return _submit(services, key=key, bodies=bodies, idempotency=idempotency, in_batch=True)
 
 
 def _submit(
@@ -45,36 +70,46 @@ def _submit(
     *,
     key: ApiKey,
     bodies: list[JobCreate],
-    idempotency_keys: list[str] | None,
+    idempotency: _Idempotency | None,
     in_batch: bool = False,
 ) -> list[Job]:
     """Store the jobs (reserving their budget), then publish them; a failed publish leaves the
-    rest stored and unpublished for the sweeper."""
+    rest stored and unpublished for the sweeper. A replayed Idempotency-Key returns the first
+    jobs (nothing stored or published); one used for another request raises a conflict."""
     jobs = [
         job_from_plan(
             key_id=key.id,
             body=body,
             plan=_plan(services, body, index if in_batch else None),
-            idempotency_key=idempotency_keys[index] if idempotency_keys else None,
+            idempotency_key=idempotency.keys[index] if idempotency else None,
+            idempotency_fingerprint=idempotency.fingerprint if idempotency else None,
             deadline_s=services.defaults.deadline_s,
         )
         for index, body in enumerate(bodies)
     ]
     try:
         with session_scope(services.engine) as session:
-            if idempotency_keys and (
-                first := find_by_idempotency_keys(session, key_id=key.id, keys=idempotency_keys)
-            ):
+            if idempotency and (first := _replay(session, key, idempotency)):
                 return first
             session.add_all(jobs)
             reserve(session, key=key, amount=sum(job.reserved_usd for job in jobs))
     except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race
-        if not idempotency_keys:
+        if not idempotency:
             raise
         with session_scope(services.engine) as session:
-            return find_by_idempotency_keys(session, key_id=key.id, keys=idempotency_keys)
+            return _replay(session, key, idempotency)
     _publish(services, jobs)
     return jobs
+
+
+def _replay(session: Session, key: ApiKey, idempotency: _Idempotency) -> list[Job]:
+    return replay(
+        session,
+        key_id=key.id,
+        keys=idempotency.keys,
+        fingerprint=idempotency.fingerprint,
+        name=idempotency.name,
+    )
 
 
 def _plan(services: Services, body: JobCreate, index: int | None) -> Plan:

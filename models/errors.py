@@ -48,6 +48,13 @@ class Conflict(GenqError):
     type = "https://genq.dev/problems/conflict"
 
 
+class IdempotencyConflict(Conflict):
+    """An Idempotency-Key reused with a request other than the one it was first used for."""
+
+    title = "Idempotency-Key reused"
+    type = "https://genq.dev/problems/idempotency-key-reused"
+
+
 class BudgetExceeded(GenqError):
     status = 402
     title = "Budget exhausted"

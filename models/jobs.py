@@ -28,7 +28,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
 from models.db import Money, db_moment, utcnow
-from models.errors import Conflict, InvalidRequest, JobNotFound
+from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
 from models.planning import Plan
 from models.schemas import JobCreate, JobPublic, UsagePublic
@@ -61,6 +61,8 @@ class Job(SQLModel, table=True):
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
     idempotency_key: str | None = Field(default=None, max_length=200)
+    #: sha256 of the canonical request under that key: a replay must match it (models/idempotency)
+    idempotency_fingerprint: str | None = Field(default=None, max_length=64)
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -100,6 +102,7 @@ def job_from_plan(
     body: JobCreate,
     plan: Plan,
     idempotency_key: str | None = None,
+    idempotency_fingerprint: str | None = None,
     deadline_s: int = 3600,
 ) -> Job:
     """A queued job for this request as the cost policy planned it (not yet stored)."""
@@ -115,23 +118,11 @@ def job_from_plan(
         request=body.model_dump(mode="json", exclude={"metadata"}, exclude_none=True),
         meta=body.metadata,
         idempotency_key=idempotency_key,
+        idempotency_fingerprint=idempotency_fingerprint,
         estimated_cost_usd=plan.estimated_cost_usd,
         reserved_usd=plan.estimated_cost_usd,
         routing=plan.routing.record(),
     )
-
-
-def find_by_idempotency_keys(session: Session, *, key_id: str, keys: list[str]) -> list[Job]:
-    """The jobs first stored under these Idempotency-Keys for this API key, in the keys' order;
-    empty if none was stored. A request whose keys were only partly used before is a conflict."""
-    query = select(Job).where(Job.key_id == key_id, col(Job.idempotency_key).in_(keys))
-    found = {job.idempotency_key: job for job in session.exec(query)}
-    if found and len(found) != len(keys):
-        raise Conflict(
-            "this Idempotency-Key was used before for a different request "
-            f"({len(found)} of its {len(keys)} jobs exist); send a new key"
-        )
-    return [found[k] for k in keys] if found else []
 
 
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:
