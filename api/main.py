@@ -34,7 +34,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(MetricsMiddleware)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        drain_bytes=settings.body_drain_bytes,
+        drain_timeout_s=settings.body_drain_timeout_s,
+    )
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request has its id
     install_error_handlers(app)
     for module in (jobs, cancel, catalogue, usage, health, stats):

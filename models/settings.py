@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     rate_limits: str = ""
     rate_limit_max_wait_s: float = Field(default=60.0, ge=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    #: a refused body is read and thrown away up to this much, so the 413 reaches the client
+    body_drain_bytes: int = Field(default=134_217_728, ge=0)
+    body_drain_timeout_s: float = Field(default=30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Used by the `genq submit` / `genq status` client commands.
