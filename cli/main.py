@@ -79,6 +79,10 @@ def simulator(
     latency_ms: Annotated[int | None, typer.Option(help="default GENQ_OFFLINE_LATENCY_MS")] = None,
     faults: Annotated[str | None, typer.Option(help="e.g. 429:0.3,500:0.1")] = None,
     retry_after: Annotated[float, typer.Option(help="Retry-After seconds on 429")] = 1.0,
+    invalid_output: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="default GENQ_OFFLINE_INVALID_OUTPUT"),
+    ] = None,
 ) -> None:
     """Serve the offline simulator as an OpenAI-compatible API (synthetic outputs)."""
     import uvicorn
@@ -100,6 +104,9 @@ def simulator(
         latency_ms=settings.offline_latency_ms if latency_ms is None else latency_ms,
         faults=spec,
         retry_after_s=retry_after,
+        invalid_output=(
+            settings.offline_invalid_output if invalid_output is None else invalid_output
+        ),
     )
     console.print(f"genq simulator on http://{host}:{port}/v1 (synthetic outputs)")
     uvicorn.run(

@@ -73,6 +73,12 @@ class Job(SQLModel, table=True):
     #: the cost policy's decision: candidates, rejections, choice, fallbacks
     routing: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     output_text: str | None = Field(default=None, sa_column=Column(Text))
+    #: why the model stopped: stop, length, tool_calls, content_filter
+    finish_reason: str | None = Field(default=None, max_length=32)
+    #: the rest of a text output, when there is any: `json` (parsed), `tool_calls`
+    output_data: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True))
+    )
     image_count: int = 0
     error_type: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, sa_column=Column(Text))
@@ -235,7 +241,9 @@ def job_public(job: Job) -> JobPublic:
     """The contract-v1 view of a job."""
     output: dict[str, Any] | None = None
     if job.status == SUCCEEDED and job.kind == "text":
-        output = {"text": job.output_text}
+        output = {"text": job.output_text, "finish_reason": job.finish_reason}
+        if job.output_data:
+            output.update(job.output_data)
     elif job.status == SUCCEEDED:
         output = {
             "images": [

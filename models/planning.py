@@ -21,7 +21,7 @@ from models.policy import (
 )
 from models.pricing import estimate_image, estimate_text
 from models.schemas import ImageParams, JobCreate, TextParams
-from models.tokens import count_messages, count_text
+from models.tokens import count_request, count_text
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,12 +53,26 @@ def _params(request: JobCreate) -> TextParams | ImageParams:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(["params", *(str(p) for p in err["loc"])])
-        raise _invalid(field, f"{field}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise _invalid(field, f"{field}: {message}") from None
+
+
+def _needs(request: JobCreate, params: TextParams | ImageParams) -> frozenset[str]:
+    """The catalogue capabilities the request uses: its kind, `tools`, `json_schema`."""
+    needs = {request.kind}
+    if isinstance(params, TextParams):
+        if params.tools:
+            needs.add("tools")
+        if params.response_format is not None and params.response_format.type == "json_schema":
+            needs.add("json_schema")
+    return frozenset(needs)
 
 
 def _text_assessor(request: JobCreate, params: TextParams) -> Assessor:
+    sent = _dump(params)  # the tools and schema are sent, and billed, as prompt tokens
+
     def assess(spec: ModelSpec) -> Assessment:
-        prompt = count_messages(request.chat_messages(), spec.encoding)
+        prompt = count_request(request.chat_messages(), sent, spec.encoding)
         estimate = estimate_text(spec, prompt_tokens=prompt, max_tokens=params.max_tokens)
         typical = estimate_text(
             spec, prompt_tokens=prompt, max_tokens=params.max_tokens or TYPICAL_COMPLETION_TOKENS
@@ -128,12 +142,13 @@ def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Pl
         raise _invalid("deadline_s", f"deadline_s may be at most {defaults.max_deadline_s}")
     if isinstance(params, TextParams):
         assess = _text_assessor(request, params)
-        prompt_tokens = count_messages(request.chat_messages())
+        prompt_tokens = count_request(request.chat_messages(), _dump(params))
         simple = is_simple(kind="text", prompt_tokens=prompt_tokens, max_tokens=params.max_tokens)
     else:
         assess, prompt_tokens, simple = _image_assessor(request, params), 0, False
     tier = request.policy.tier or defaults.tier
     ceiling = request.policy.max_cost_usd
+    needs = _needs(request, params)
     if request.model:
         routing = explicit(
             spec=_explicit_spec(request, catalogue),
@@ -141,11 +156,12 @@ def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Pl
             ceiling=ceiling,
             simple=simple,
             assess=assess,
+            needs=needs,
         )
     else:
         routing = route(
             kind=request.kind,
-            needs=frozenset({request.kind}),
+            needs=needs,
             tier=tier,
             ceiling=ceiling,
             simple=simple,

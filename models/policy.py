@@ -3,7 +3,8 @@
 Pure functions of the request, the catalogue and the settings' defaults, with no I/O, so every
 rule is tested with tables. The rule, in words:
 
-1. A model is a *candidate* when it makes the job's kind, has every capability the job needs,
+1. A model is a *candidate* when it makes the job's kind, has every capability the job needs
+   (`tools`, `json_schema`: a model without one is listed as rejected with `no tools` etc.),
    accepts the request (context window, output limit, image size, quality, n) and its worst-case
    cost (every allowed output token) is at most `policy.max_cost_usd`.
 2. Among candidates of the requested tier the cheapest wins, compared at the same output size
@@ -129,11 +130,23 @@ def _with_ceiling(assessment: Assessment, ceiling: Decimal | None) -> Assessment
     )
 
 
-def _assess_all(specs: list[ModelSpec], assess: Assessor, ceiling: Decimal | None):
-    return [
-        Candidate(model=s.id, tier=s.tier, assessment=_with_ceiling(assess(s), ceiling))
-        for s in specs
-    ]
+#: the request field that makes a job need each capability (for the 422's `loc`)
+CAPABILITY_FIELDS = {"json_schema": "params.response_format", "tools": "params.tools"}
+
+
+def missing_capability(spec: ModelSpec, needs: frozenset[str]) -> Rejection | None:
+    """`no json_schema`, `no tools`…: what the model lacks of what the request uses."""
+    missing = sorted(needs - spec.capabilities)
+    if not missing:
+        return None
+    field = CAPABILITY_FIELDS.get(missing[0], "model")
+    return Rejection(field, "no " + ", no ".join(missing))
+
+
+def _assess_one(spec: ModelSpec, needs: frozenset[str], assess: Assessor, ceiling) -> Candidate:
+    lacking = missing_capability(spec, needs)
+    assessment = Assessment(rejection=lacking) if lacking else _with_ceiling(assess(spec), ceiling)
+    return Candidate(model=spec.id, tier=spec.tier, assessment=assessment)
 
 
 def _tier_plan(tier: Tier, simple: bool) -> list[set[Tier]]:
@@ -172,10 +185,10 @@ def route(
     assess: Assessor,
 ) -> Routing:
     """The cheapest fitting model of the tier (one lower if simple), else of a cheaper tier."""
-    specs = [s for s in catalogue if s.kind == kind and needs <= s.capabilities]
-    if not specs:
+    specs = [s for s in catalogue if s.kind == kind]
+    if not any(needs <= s.capabilities for s in specs):
         raise InvalidRequest(f"no {kind} model has the capabilities {sorted(needs)}")
-    assessed = _assess_all(specs, assess, ceiling)
+    assessed = [_assess_one(s, needs, assess, ceiling) for s in specs]
     for allowed in _tier_plan(tier, simple):
         fitting = [c for c in assessed if c.fits and c.tier in allowed]
         if fitting:
@@ -218,11 +231,13 @@ def explicit(
     ceiling: Decimal | None,
     simple: bool,
     assess: Assessor,
+    needs: frozenset[str] = frozenset(),
 ) -> Routing:
     """The caller named the model: check it, keep the ceiling, offer no fallbacks."""
-    candidate = Candidate(
-        model=spec.id, tier=spec.tier, assessment=_with_ceiling(assess(spec), ceiling)
-    )
+    lacking = missing_capability(spec, needs)
+    if lacking is not None:
+        raise Rejection(lacking.field, f"model {spec.id!r} has {lacking.reason}").error()
+    candidate = _assess_one(spec, needs, assess, ceiling)
     rejection = candidate.assessment.rejection
     if rejection is not None:
         if rejection.field == "policy.max_cost_usd":

@@ -3,20 +3,52 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Role = Literal["system", "developer", "user", "assistant"]
+from models.structured import ResponseFormat, Tool, ToolCall, ToolChoice, tool_choice_problem
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 #: metadata is for the caller's bookkeeping, not for payloads
 MAX_METADATA_KEYS = 32
+#: OpenAI's limits: at most 4 stop sequences, 128 tools
+MAX_STOP = 4
+MAX_TOOLS = 128
 
 
 class Message(BaseModel):
+    """One chat message; an assistant message may carry `tool_calls` (its content may then be
+    null), and a `tool` message answers one of them by `tool_call_id`."""
+
     model_config = ConfigDict(extra="forbid")
 
     role: Role
-    content: str = Field(min_length=1)
+    content: str | None = Field(default=None, min_length=1)
+    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message has one")
+        if self.content is None and self.tool_calls is None:
+            raise ValueError("content is required (it may be null only with tool_calls)")
+        return self
+
+
+def _check_tool_rounds(messages: list[Message]) -> None:
+    """Every tool message answers a call an earlier assistant message made."""
+    called: set[str] = set()
+    for index, message in enumerate(messages):
+        called.update(call.id for call in message.tool_calls or ())
+        if message.role == "tool" and message.tool_call_id not in called:
+            raise ValueError(
+                f"messages.{index}: tool_call_id {message.tool_call_id!r} answers no tool call "
+                "of an earlier assistant message"
+            )
 
 
 class TextParams(BaseModel):
@@ -25,6 +57,30 @@ class TextParams(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
+    #: `{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {…}}` or text
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], Field(min_length=1, max_length=MAX_STOP)] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+    @model_validator(mode="after")
+    def _tools_agree(self) -> TextParams:
+        problem = tool_choice_problem(self.tools, self.tool_choice)
+        if problem:
+            raise ValueError(problem)
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools must have distinct function names")
+        return self
+
+    @property
+    def structured(self) -> bool:
+        """Whether this request uses anything beyond plain text generation."""
+        return self.tools is not None or self.response_format is not None
 
 
 class ImageParams(BaseModel):
@@ -65,12 +121,14 @@ class JobCreate(BaseModel):
             raise ValueError("image jobs take a `prompt`, not `messages`")
         if len(self.metadata) > MAX_METADATA_KEYS:
             raise ValueError(f"metadata holds at most {MAX_METADATA_KEYS} keys")
+        if self.messages is not None:
+            _check_tool_rounds(self.messages)
         return self
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        """The conversation as the provider receives it."""
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The conversation as the provider receives it (unset fields left out)."""
         if self.messages is not None:
-            return [m.model_dump() for m in self.messages]
+            return [m.model_dump(exclude_none=True) for m in self.messages]
         return [{"role": "user", "content": self.prompt or ""}]
 
     def text_params(self) -> TextParams:

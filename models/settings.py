@@ -36,6 +36,8 @@ class Settings(BaseSettings):
 
     offline_latency_ms: int = Field(default=0, ge=0, le=600_000)
     offline_faults: str = ""
+    #: probability that the simulator answers a JSON-format request with invalid JSON
+    offline_invalid_output: float = Field(default=0.0, ge=0, le=1)
 
     default_tier: Literal["economy", "balanced", "premium"] = "balanced"
     catalogue_path: Path | None = None

@@ -103,7 +103,9 @@ class FakeProvider:
         self, *, model: str, messages: list[dict[str, str]], params: TextParams
     ) -> TextResult:
         self._next()
-        return TextResult(text=f"reply to {messages[-1]['content']}", usage=self.usage)
+        return TextResult(
+            text=f"reply to {messages[-1]['content']}", usage=self.usage, finish_reason="stop"
+        )
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
         self._next()

@@ -119,6 +119,8 @@ _SUCCEED = (
         error_type=None,
         error_message=None,
         output_text=bindparam("output_text"),
+        finish_reason=bindparam("finish_reason"),
+        output_data=bindparam("output_data"),
         image_count=bindparam("image_count"),
     )
     .returning(_JOBS.key_id, _JOBS.status, _JOBS.kind, _JOBS.attempts, _JOBS.cost_usd)
@@ -155,6 +157,7 @@ def record_output(
     below tells a lost claim from a cancel requested during the call; a cancel wins: the
     attempt (its usage was spent) is recorded as `cancelled` and the job ends without output.
     """
+    text = result if isinstance(result, TextResult) else None
     with session_scope(engine) as session:
         ended = session.execute(
             _SUCCEED,
@@ -168,7 +171,9 @@ def record_output(
                 "completion_tokens": attempt.completion_tokens,
                 "cost": attempt.cost_usd,
                 "finished_at": utcnow(),
-                "output_text": result.text if isinstance(result, TextResult) else None,
+                "output_text": text.text if text else None,
+                "finish_reason": text.finish_reason if text else None,
+                "output_data": text.extra() if text else None,
                 "image_count": len(result.images) if isinstance(result, ImageResult) else 0,
             },
         ).first()

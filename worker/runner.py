@@ -30,10 +30,11 @@ from models.lifecycle import release
 from models.logging import redact
 from models.pricing import Usage
 from models.schemas import JobCreate
-from models.tokens import count_messages
+from models.tokens import count_request
 from worker import metrics
 from worker.health import LocalHealth, ModelHealth
 from worker.lease import LeaseKeeper
+from worker.output import InvalidOutput, checked
 from worker.providers.base import ImageResult, Provider, TextResult
 from worker.ratelimit import Limiter, NoLimiter
 from worker.recording import (
@@ -147,7 +148,8 @@ class Runner:
             self.limiter.counts_tokens(spec.id) for spec in models
         )
         tokens = (
-            count_messages(request.chat_messages()) + (request.params.get("max_tokens") or 0)
+            count_request(request.chat_messages(), request.params)
+            + (request.params.get("max_tokens") or 0)
             if counted
             else 0
         )
@@ -243,11 +245,11 @@ class Runner:
     def _call(self, call: Call, request: JobCreate) -> TextResult | ImageResult:
         try:
             if request.kind == "text":
-                return self.provider.generate_text(
-                    model=call.spec.id,
-                    messages=request.chat_messages(),
-                    params=request.text_params(),
+                params = request.text_params()
+                result = self.provider.generate_text(
+                    model=call.spec.id, messages=request.chat_messages(), params=params
                 )
+                return result if params.response_format is None else checked(result, params)
             return self.provider.generate_image(
                 model=call.spec.id, prompt=request.prompt or "", params=request.image_params()
             )
@@ -262,12 +264,13 @@ class Runner:
         final = not exc.retryable or run.number > self.retry.max_attempts
         if exc.retryable:
             run.failures_here += 1
-            self.health.record_failure(call.spec.id)
+            if not isinstance(exc, InvalidOutput):  # a bad answer says nothing of health
+                self.health.record_failure(call.spec.id)
             if exc.status_code == 429:
                 self.limiter.on_rate_limited(call.spec.id)
         attempt = call.attempt(
             outcome=FAILED if final else RETRYABLE,
-            usage=Usage(),
+            usage=exc.usage if isinstance(exc, InvalidOutput) else Usage(),  # billed all the same
             http_status=exc.status_code,
             error_type=exc.kind,
             error=exc.detail,

@@ -1,7 +1,8 @@
 """`genq simulator`: the offline simulator served as an OpenAI-compatible HTTP API.
 
 It lets the `openai` provider run through the real SDK over HTTP with no key and no network:
-`/v1/chat/completions` (with usage), `/v1/images/generations` (`b64_json`), `/v1/models`, the
+`/v1/chat/completions` (with usage; `tools`, `tool_choice` and `response_format` honoured as the
+offline provider does), `/v1/images/generations` (`b64_json`), `/v1/models`, the
 same latency and fault knobs, and 429 answers carrying `Retry-After`. Two control routes under
 `/_simulator/` script the next outcomes and count calls, for tests and benchmarks.
 """
@@ -14,6 +15,7 @@ import math
 import time
 import uuid
 from collections import Counter
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,9 +29,19 @@ from worker.providers.simulator import Fault, Simulator, draw_png, image_usage
 
 class ChatRequest(BaseModel):
     model: str
-    messages: list[dict[str, str]] = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def structured(self) -> dict[str, Any]:
+        """The params the simulator's answer depends on."""
+        limit = self.max_completion_tokens or self.max_tokens
+        params = {"max_tokens": limit, "response_format": self.response_format}
+        params |= {"tools": self.tools, "tool_choice": self.tool_choice}
+        return {k: v for k, v in params.items() if v is not None}
 
 
 class ImageRequest(BaseModel):
@@ -42,7 +54,9 @@ class ImageRequest(BaseModel):
 
 
 class Script(BaseModel):
-    statuses: list[int]
+    statuses: list[int] = Field(default_factory=list)
+    #: JSON answers to give next: `invalid` (unparseable) or `valid`
+    outputs: list[Literal["invalid", "valid"]] = Field(default_factory=list)
 
 
 def _error(
@@ -86,10 +100,11 @@ def chat_reply(
     spec = catalogue.get(body.model)
     if spec is None or spec.kind != "text":
         return _error(404, f"The model `{body.model}` does not exist", kind="not_found")
-    limit = body.max_completion_tokens or body.max_tokens
-    text, prompt_tokens, completion_tokens = simulator.complete(
-        body.messages, max_tokens=limit, encoding_name=spec.encoding
-    )
+    answer = simulator.answer(body.messages, body.structured(), encoding_name=spec.encoding)
+    message = {"role": "assistant", "content": answer.text if not answer.tool_calls else None}
+    if answer.tool_calls:
+        message["tool_calls"] = answer.tool_calls
+    prompt_tokens, completion_tokens = answer.prompt_tokens, answer.completion_tokens
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -99,8 +114,8 @@ def chat_reply(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "length" if limit == completion_tokens else "stop",
+                "message": message,
+                "finish_reason": answer.finish_reason,
             }
         ],
         "usage": {
@@ -175,9 +190,10 @@ def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
 
     @app.post("/_simulator/script")
     async def script(body: Script):
-        """Queue exact outcomes (HTTP statuses, 200 = success) for the next calls."""
+        """Queue exact outcomes (HTTP statuses, 200 = success; JSON answers) for the next calls."""
         simulator.script.extend(body.statuses)
-        return {"queued": len(simulator.script)}
+        simulator.output_script.extend(body.outputs)
+        return {"queued": len(simulator.script), "outputs_queued": len(simulator.output_script)}
 
     @app.get("/_simulator/stats")
     async def stats():

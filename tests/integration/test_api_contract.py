@@ -82,7 +82,10 @@ def test_poll_shows_output_usage_and_cost(client, key, settings):
     assert run_all(settings, [text["id"], image["id"]]) == ["succeeded", "succeeded"]
 
     done = client.get(f"/v1/jobs/{text['id']}", headers=key).json()
-    assert done["status"] == "succeeded" and done["output"] == {"text": "reply to Hi"}
+    assert done["status"] == "succeeded" and done["output"] == {
+        "text": "reply to Hi",
+        "finish_reason": "stop",
+    }
     assert done["usage"] == {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
     assert done["cost_usd"] == pytest.approx((100 * 0.40 + 50 * 1.60) / 1e6, abs=1e-12)
     assert done["provider"] == "fake" and done["started_at"] and done["finished_at"]

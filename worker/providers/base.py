@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
@@ -13,6 +13,21 @@ from models.schemas import ImageParams, TextParams
 class TextResult:
     text: str
     usage: Usage
+    #: stop, length, tool_calls, content_filter (None when the provider did not say)
+    finish_reason: str | None = None
+    #: the functions the model called, as it returned them
+    tool_calls: list[dict] | None = None
+    #: the parsed answer, set once genq checked it against the asked JSON format
+    json: Any = None
+
+    def extra(self) -> dict | None:
+        """What a text output holds beyond its text and finish reason, stored as it is."""
+        data = {}
+        if self.json is not None:
+            data["json"] = self.json
+        if self.tool_calls:
+            data["tool_calls"] = self.tool_calls
+        return data or None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +50,7 @@ class Provider(Protocol):
     name: str
 
     def generate_text(
-        self, *, model: str, messages: list[dict[str, str]], params: TextParams
+        self, *, model: str, messages: list[dict], params: TextParams
     ) -> TextResult: ...
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult: ...

@@ -22,6 +22,8 @@ def build_provider(settings: Settings) -> Provider:
             catalogue=get_catalogue(settings.catalogue_path),
         )
     simulator = Simulator.from_spec(
-        latency_ms=settings.offline_latency_ms, faults=settings.offline_faults
+        latency_ms=settings.offline_latency_ms,
+        faults=settings.offline_faults,
+        invalid_output=settings.offline_invalid_output,
     )
     return OfflineProvider(simulator, get_catalogue(settings.catalogue_path))

@@ -34,14 +34,22 @@ class OfflineProvider:
         )
 
     def generate_text(
-        self, *, model: str, messages: list[dict[str, str]], params: TextParams
+        self, *, model: str, messages: list[dict], params: TextParams
     ) -> TextResult:
         self._maybe_fail()
-        text, prompt_tokens, completion_tokens = self.simulator.complete(
-            messages, max_tokens=params.max_tokens
+        spec = self.catalogue.get(model) if self.catalogue else None
+        answer = self.simulator.answer(
+            messages,
+            params.model_dump(exclude_none=True),
+            encoding_name=spec.encoding if spec else "o200k_base",
         )
         return TextResult(
-            text=text, usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            text=answer.text,
+            usage=Usage(
+                prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens
+            ),
+            finish_reason=answer.finish_reason,
+            tool_calls=answer.tool_calls,
         )
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:

@@ -120,7 +120,7 @@ class OpenAIProvider:
             return self._clients[route]
 
     def generate_text(
-        self, *, model: str, messages: list[dict[str, str]], params: TextParams
+        self, *, model: str, messages: list[dict], params: TextParams
     ) -> TextResult:
         body = {"model": model, "messages": messages, **params.model_dump(exclude_none=True)}
         try:
@@ -135,13 +135,17 @@ class OpenAIProvider:
             raise translate_error(exc) from exc
         usage = response.usage
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        choice = response.choices[0]
+        calls = choice.message.tool_calls
         return TextResult(
-            text=response.choices[0].message.content or "",
+            text=choice.message.content or "",
             usage=Usage(
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 cached_tokens=(getattr(details, "cached_tokens", 0) or 0),
                 completion_tokens=usage.completion_tokens if usage else 0,
             ),
+            finish_reason=choice.finish_reason,
+            tool_calls=[_tool_call(c) for c in calls] if calls else None,
         )
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
@@ -158,6 +162,19 @@ class OpenAIProvider:
         if len(images) != params.n:
             raise PermanentProviderError(f"asked for {params.n} images, got {len(images)}")
         return ImageResult(images=images, usage=_image_usage(response, len(images), params))
+
+
+def _tool_call(call) -> dict:
+    """A tool call as the model returned it, in the contract's shape (function tools only)."""
+    function = getattr(call, "function", None)
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {
+            "name": getattr(function, "name", ""),
+            "arguments": getattr(function, "arguments", "") or "",
+        },
+    }
 
 
 def _image_usage(response, count: int, params: ImageParams) -> Usage:
