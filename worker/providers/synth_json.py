@@ -120,7 +120,8 @@ class Synth:
     def _number(self, schema: dict[str, Any], depth: int) -> float:
         low, high = _bounds(schema, integer=False)
         if low is not None and high is not None:
-            return (low + high) / 2
+            middle = round((low + high) / 2, 2)
+            return middle if low <= middle <= high else (low + high) / 2
         if low is not None:
             return low + 1 if "exclusiveMinimum" in schema else low
         if high is not None:
