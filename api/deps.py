@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from api.services import Services
@@ -29,19 +30,24 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
+#: reads `Authorization: Bearer …` and names the scheme in the OpenAPI document (`security`)
+bearer = HTTPBearer(
+    auto_error=False, scheme_name="apiKey", description="a key from `genq keys create NAME`"
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
-def current_key(request: Request, services: ServicesDep) -> ApiKey:
+
+def current_key(credentials: BearerDep, services: ServicesDep) -> ApiKey:
     """The key named by `Authorization: Bearer <secret>`, or 401.
 
     It uses its own short session: were it to share the request's, a submit would hold that
     connection while storing the job through another, and enough concurrent submits would
     exhaust the pool with every request waiting for a second connection.
     """
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    if credentials is None:
         raise Unauthorized("send `Authorization: Bearer <api key>`")
     with session_scope(services.engine) as session:
-        key = authenticate(session, secret=secret.strip())
+        key = authenticate(session, secret=credentials.credentials)
     if key is None:
         raise Unauthorized("the API key is unknown or revoked")
     return key

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
+from api.openapi import install_openapi
 from api.request_id import RequestIdMiddleware
 from api.routes import cancel, catalogue, health, jobs, stats, usage
 from api.services import Services
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request has its id
     install_error_handlers(app)
+    install_openapi(app)
     for module in (jobs, cancel, catalogue, usage, health, stats):
         app.include_router(module.router)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import KeyDep, ServicesDep
+from api.openapi import KEYED, problem_responses
 from models.db import session_scope
 from models.jobs import job_public
 from models.lifecycle import cancel_job
@@ -13,7 +14,16 @@ from models.schemas import JobPublic
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses=problem_responses(
+        *KEYED,
+        404,
+        409,
+        notes={409: "The job already finished; only queued or running jobs cancel."},
+    ),
+)
 def cancel(job_id: str, key: KeyDep, services: ServicesDep) -> JobPublic:
     """200 with the job (`cancelled`, or still `running` with the stop requested); 409 if done."""
     with session_scope(services.engine) as session:

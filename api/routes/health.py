@@ -11,6 +11,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from api.deps import ServicesDep
+from api.openapi import problem_responses
+from api.openapi_schemas import Health, Ready
 from models.errors import NotReady
 
 router = APIRouter(tags=["health"])
@@ -18,13 +20,20 @@ router = APIRouter(tags=["health"])
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=None, responses={200: {"model": Health}})
 def healthz() -> dict:
     """The process answers; says nothing about its dependencies."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={
+        200: {"model": Ready},
+        **problem_responses(503, notes={503: "The database or Redis does not answer."}),
+    },
+)
 def readyz(services: ServicesDep) -> dict:
     """Ready when both the database and Redis answer."""
     try:
@@ -43,7 +52,16 @@ def readyz(services: ServicesDep) -> dict:
     return {"status": "ready", "database": "ok", "redis": "ok"}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics() -> Response:
     """This process's metrics, or all API processes' when `genq api --workers N` runs several."""
     if os.environ.get(MULTIPROC_ENV):

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import KeyDep, ServicesDep, SessionDep
+from api.openapi import BODY, KEYED, problem_responses
 from api.submit import submit_batch, submit_job
 from models.attempts import attempt_public, get_image, list_attempts
 from models.errors import JobNotFound
@@ -15,9 +16,13 @@ from models.schemas import JobBatch, JobBatchCreate, JobCreate, JobList, JobPubl
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+#: what a generated image may be served as (the bytes decide, not the request)
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/svg+xml")
+ACCEPTED = {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}
+SUBMIT_RESPONSES = {202: ACCEPTED, **problem_responses(*KEYED, *BODY, 402)}
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobPublic, responses=SUBMIT_RESPONSES)
 def create(
     body: JobCreate,
     key: KeyDep,
@@ -31,7 +36,12 @@ def create(
     return job_public(job)
 
 
-@router.post("/batch", status_code=202, response_model=JobBatch)
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=JobBatch,
+    responses=problem_responses(*KEYED, *BODY, 402),
+)
 def create_batch(
     body: JobBatchCreate,
     key: KeyDep,
@@ -44,7 +54,7 @@ def create_batch(
     return JobBatch(data=[job_public(job) for job in jobs])
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=problem_responses(*KEYED, 422))
 def index(
     key: KeyDep,
     session: SessionDep,
@@ -57,7 +67,7 @@ def index(
     return JobList(data=[job_public(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(*KEYED, 404))
 def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
     """The job, with every provider call it made (which model, outcome, status, cost)."""
     job = job_public(get_job(session, job_id=job_id, key_id=key.id))
@@ -68,7 +78,13 @@ def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
 @router.get(
     "/{job_id}/images/{index}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={
+        200: {
+            "description": "The image's bytes, with the type sniffed from them.",
+            "content": {media: {"schema": {}} for media in IMAGE_TYPES},
+        },
+        **problem_responses(*KEYED, 404, 422),
+    },
 )
 def image(job_id: str, index: int, key: KeyDep, session: SessionDep) -> Response:
     """The bytes of one generated image."""

@@ -6,13 +6,14 @@ import redis
 from fastapi import APIRouter
 
 from api.deps import KeyDep, ServicesDep, SessionDep
+from api.openapi import KEYED, problem_responses
 from models.broker import queue_depths, redis_client
 from models.stats import StatsPublic, job_counts, oldest_queued_age_s
 
 router = APIRouter(prefix="/v1", tags=["stats"])
 
 
-@router.get("/stats", response_model=StatsPublic)
+@router.get("/stats", response_model=StatsPublic, responses=problem_responses(*KEYED))
 def stats(key: KeyDep, session: SessionDep, services: ServicesDep) -> StatsPublic:
     """Counts by status and the oldest queued age for this key; queue depths for everyone."""
     return StatsPublic(

@@ -7,12 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import KeyDep, SessionDep
+from api.openapi import KEYED, problem_responses
+from api.openapi_schemas import UsageReport
 from models.usage import GroupBy, as_json, parse_bound, usage_report
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
 
-@router.get("/usage")
+@router.get(
+    "/usage",
+    response_model=None,
+    responses={200: {"model": UsageReport}, **problem_responses(*KEYED, 422)},
+)
 def usage(
     key: KeyDep,
     session: SessionDep,
