@@ -19,10 +19,14 @@ StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 #: what a generated image may be served as (the bytes decide, not the request)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/svg+xml")
 ACCEPTED = {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}
-SUBMIT_RESPONSES = {202: ACCEPTED, **problem_responses(*KEYED, *BODY, 402)}
+SUBMIT_PROBLEMS = problem_responses(
+    *KEYED, *BODY, 402, 409, notes={409: "The Idempotency-Key was used with a different request."}
+)
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=SUBMIT_RESPONSES)
+@router.post(
+    "", status_code=202, response_model=JobPublic, responses={202: ACCEPTED, **SUBMIT_PROBLEMS}
+)
 def create(
     body: JobCreate,
     key: KeyDep,
@@ -40,7 +44,7 @@ def create(
     "/batch",
     status_code=202,
     response_model=JobBatch,
-    responses=problem_responses(*KEYED, *BODY, 402),
+    responses=SUBMIT_PROBLEMS,
 )
 def create_batch(
     body: JobBatchCreate,
