@@ -44,9 +44,11 @@ class Image(SQLModel, table=True):
 
     job_id: str = Field(foreign_key="jobs.id", primary_key=True, max_length=32)
     index: int = Field(primary_key=True)
+    #: sniffed from the bytes (PNG, JPEG, WebP, GIF or SVG), and served as the Content-Type
     content_type: str = Field(default="image/png", max_length=64)
-    width: int
-    height: int
+    #: None when the format does not say (an SVG without width/height or viewBox)
+    width: int | None = None
+    height: int | None = None
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.pricing import Usage
+
 
 class GenqError(Exception):
     """Base of every error genq raises on purpose."""
@@ -74,7 +79,9 @@ class NotReady(GenqError):
 
 
 class ProviderError(GenqError):
-    """A model call failed. `status_code` is the provider's HTTP status when there was one."""
+    """A model call failed. `status_code` is the provider's HTTP status when there was one;
+    `usage` is what the call billed when it failed after the provider did the work (an image
+    generated but not downloadable)."""
 
     retryable = False
 
@@ -85,11 +92,13 @@ class ProviderError(GenqError):
         status_code: int | None = None,
         retry_after_s: float | None = None,
         kind: str = "provider_error",
+        usage: Usage | None = None,
     ):
         super().__init__(detail)
         self.status_code = status_code
         self.retry_after_s = retry_after_s
         self.kind = kind
+        self.usage = usage
 
 
 class RetryableProviderError(ProviderError):

@@ -80,6 +80,8 @@ class Job(SQLModel, table=True):
         default=None, sa_column=Column(JSON(none_as_null=True))
     )
     image_count: int = 0
+    #: per image, what the job's output shows of it: content_type, and width/height when known
+    image_meta: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     error_type: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, sa_column=Column(Text))
     claim_token: str | None = Field(default=None, max_length=32)
@@ -237,6 +239,12 @@ def _iso(moment: datetime | None) -> str | None:
     return aware(moment).isoformat() if moment else None
 
 
+def _images_public(job: Job) -> list[dict[str, Any]]:
+    """Each image's URL, sniffed content type and, when known, size (from the job row alone)."""
+    meta = job.image_meta or [{"content_type": "image/png"}] * job.image_count
+    return [{"url": f"/v1/jobs/{job.id}/images/{i}", **m} for i, m in enumerate(meta)]
+
+
 def job_public(job: Job) -> JobPublic:
     """The contract-v1 view of a job."""
     output: dict[str, Any] | None = None
@@ -245,12 +253,7 @@ def job_public(job: Job) -> JobPublic:
         if job.output_data:
             output.update(job.output_data)
     elif job.status == SUCCEEDED:
-        output = {
-            "images": [
-                {"url": f"/v1/jobs/{job.id}/images/{i}", "content_type": "image/png"}
-                for i in range(job.image_count)
-            ]
-        }
+        output = {"images": _images_public(job)}
     error = {"type": job.error_type, "message": job.error_message or ""} if job.error_type else None
     return JobPublic(
         id=job.id,

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     #: a refused body is read and thrown away up to this much, so the 413 reaches the client
     body_drain_bytes: int = Field(default=134_217_728, ge=0)
     body_drain_timeout_s: float = Field(default=30.0, gt=0)
+    # Image answers given as links (README "Image answers"): the worker downloads them at once.
+    image_download_max_bytes: int = Field(default=33_554_432, ge=1024)
+    image_download_timeout_s: float = Field(default=30.0, gt=0)
+    image_url_schemes: str = "https"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Used by the `genq submit` / `genq status` client commands.
@@ -106,6 +110,12 @@ class Settings(BaseSettings):
         parse_rate_limits(value)
         return value
 
+    @field_validator("image_url_schemes")
+    @classmethod
+    def _schemes_parse(cls, value: str) -> str:
+        parse_schemes(value)
+        return value
+
     @field_validator("flower_basic_auth")
     @classmethod
     def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
@@ -140,6 +150,14 @@ def parse_faults(spec: str) -> dict[int, Decimal]:
     if sum(faults.values(), Decimal(0)) > 1:
         raise ValueError("fault probabilities add up to more than 1")
     return faults
+
+
+def parse_schemes(spec: str) -> frozenset[str]:
+    """`https,http` → {"https", "http"}: the URL schemes image links may use (at least one)."""
+    schemes = frozenset(p.strip().lower() for p in spec.split(",") if p.strip())
+    if not schemes or not schemes <= {"http", "https"}:
+        raise ValueError("must be https, http or https,http")
+    return schemes
 
 
 def describe_error(exc: ValidationError) -> str:

@@ -122,6 +122,7 @@ _SUCCEED = (
         finish_reason=bindparam("finish_reason"),
         output_data=bindparam("output_data"),
         image_count=bindparam("image_count"),
+        image_meta=bindparam("image_meta"),
     )
     .returning(_JOBS.key_id, _JOBS.status, _JOBS.kind, _JOBS.attempts, _JOBS.cost_usd)
 )
@@ -175,6 +176,7 @@ def record_output(
                 "finish_reason": text.finish_reason if text else None,
                 "output_data": text.extra() if text else None,
                 "image_count": len(result.images) if isinstance(result, ImageResult) else 0,
+                "image_meta": image_meta(result) if isinstance(result, ImageResult) else None,
             },
         ).first()
         if ended is None:
@@ -183,6 +185,15 @@ def record_output(
             end = _store_output(session, call, attempt, result, ended, reserved)
     metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
     return end
+
+
+def image_meta(result: ImageResult) -> list[dict]:
+    """What the job's output shows of each image: its type, and its size when known."""
+    return [
+        {"content_type": image.content_type}
+        | ({"width": image.width, "height": image.height} if image.width and image.height else {})
+        for image in result.images
+    ]
 
 
 def _store_output(

@@ -270,7 +270,7 @@ class Runner:
                 self.limiter.on_rate_limited(call.spec.id)
         attempt = call.attempt(
             outcome=FAILED if final else RETRYABLE,
-            usage=exc.usage if isinstance(exc, InvalidOutput) else Usage(),  # billed all the same
+            usage=exc.usage or Usage(),  # billed when the provider did the work (InvalidOutput, …)
             http_status=exc.status_code,
             error_type=exc.kind,
             error=exc.detail,

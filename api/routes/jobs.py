@@ -16,8 +16,8 @@ from models.schemas import JobBatch, JobBatchCreate, JobCreate, JobList, JobPubl
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-#: what a generated image may be served as (the bytes decide, not the request)
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/svg+xml")
+#: what a generated image may be served as: sniffed from its bytes (worker/image_formats.py)
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/svg+xml")
 ACCEPTED = {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}
 SUBMIT_PROBLEMS = problem_responses(
     *KEYED, *BODY, 402, 409, notes={409: "The Idempotency-Key was used with a different request."}
@@ -79,6 +79,10 @@ def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
     return job
 
 
+#: an SVG may carry scripts: opened directly, it runs in a sandbox that can load nothing
+SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+
+
 @router.get(
     "/{job_id}/images/{index}",
     response_class=Response,
@@ -91,13 +95,12 @@ def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
     },
 )
 def image(job_id: str, index: int, key: KeyDep, session: SessionDep) -> Response:
-    """The bytes of one generated image."""
+    """The bytes of one generated image, with the type sniffed from them."""
     get_job(session, job_id=job_id, key_id=key.id)
     stored = get_image(session, job_id=job_id, index=index)
     if stored is None:
         raise JobNotFound(f"job {job_id!r} has no image {index}")
-    return Response(
-        stored.data,
-        media_type=stored.content_type,
-        headers={"Cache-Control": "private, max-age=86400"},
-    )
+    headers = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
+    if stored.content_type == "image/svg+xml":
+        headers["Content-Security-Policy"] = SVG_POLICY
+    return Response(stored.data, media_type=stored.content_type, headers=headers)

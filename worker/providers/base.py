@@ -33,8 +33,9 @@ class TextResult:
 @dataclass(frozen=True, kw_only=True)
 class GeneratedImage:
     data: bytes
-    width: int
-    height: int
+    #: None when the format does not say (an SVG without width/height or viewBox)
+    width: int | None
+    height: int | None
     content_type: str = "image/png"
 
 

@@ -11,6 +11,7 @@ from worker.providers.simulator import Simulator
 
 def build_provider(settings: Settings) -> Provider:
     if settings.effective_provider == "openai":
+        from worker.image_fetch import ImageFetcher
         from worker.providers.openai_provider import OpenAIProvider  # the SDK is slow to import
 
         if settings.openai_api_key is None:
@@ -20,6 +21,7 @@ def build_provider(settings: Settings) -> Provider:
             base_url=settings.openai_base_url,
             timeout_s=settings.openai_timeout_s,
             catalogue=get_catalogue(settings.catalogue_path),
+            images=ImageFetcher.from_settings(settings),
         )
     simulator = Simulator.from_spec(
         latency_ms=settings.offline_latency_ms,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import os
 import threading
@@ -13,14 +11,15 @@ from email.utils import parsedate_to_datetime
 
 import openai
 from openai.types.chat import ChatCompletion
-from PIL import Image
 
 from models.catalogue import Catalogue
 from models.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from models.logging import redact
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
-from worker.providers.base import GeneratedImage, ImageResult, TextResult
+from models.settings import Settings
+from worker.image_fetch import ImageFetcher
+from worker.providers.base import ImageResult, TextResult
 from worker.retry import is_retryable_status
 
 #: DALL·E answers with URLs unless asked for base64; gpt-image-1 always returns base64
@@ -88,8 +87,11 @@ class OpenAIProvider:
         timeout_s: float,
         catalogue: Catalogue | None = None,
         environ: Mapping[str, str] | None = None,
+        images: ImageFetcher | None = None,
     ):
         self.timeout_s = timeout_s
+        #: turns each answer item (b64_json, a data: URL or a link to download) into stored bytes
+        self.images = images or ImageFetcher.from_settings(Settings.model_construct())  # defaults
         self.catalogue = catalogue
         #: where per-model keys are read: the catalogue names the variable, not the secret
         self.environ = os.environ if environ is None else environ
@@ -158,10 +160,18 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
-        images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
+        items = response.data or []
+        usage = _image_usage(response, len(items), params)
+        try:
+            images = [self.images.load(b64_json=i.b64_json, url=i.url) for i in items]
+        except ProviderError as exc:
+            exc.usage = usage  # the images were generated (and billed), just not deliverable
+            raise
         if len(images) != params.n:
-            raise PermanentProviderError(f"asked for {params.n} images, got {len(images)}")
-        return ImageResult(images=images, usage=_image_usage(response, len(images), params))
+            raise PermanentProviderError(
+                f"asked for {params.n} images, got {len(images)}", usage=usage
+            )
+        return ImageResult(images=images, usage=usage)
 
 
 def _tool_call(call) -> dict:
@@ -187,11 +197,3 @@ def _image_usage(response, count: int, params: ImageParams) -> Usage:
         size=params.size,
         quality=params.quality,
     )
-
-
-def _decode(b64: str) -> GeneratedImage:
-    data = base64.b64decode(b64)
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-        content_type = Image.MIME.get(img.format or "PNG", "image/png")
-    return GeneratedImage(data=data, width=width, height=height, content_type=content_type)
