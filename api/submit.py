@@ -8,6 +8,7 @@ the same with several jobs: planned, reserved and stored together, or not at all
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -38,8 +39,17 @@ class _Idempotency:
     fingerprint: str
 
 
+#: runs first in the transaction that stores the jobs (a conversation claims its turn there)
+BeforeStore = Callable[[Session, list[Job]], None]
+
+
 def submit_job(
-    services: Services, *, key: ApiKey, body: JobCreate, idempotency_key: str | None
+    services: Services,
+    *,
+    key: ApiKey,
+    body: JobCreate,
+    idempotency_key: str | None,
+    before_store: BeforeStore | None = None,
 ) -> Job:
     """One job, stored under the request's Idempotency-Key as it is."""
     idempotency = None
@@ -47,7 +57,9 @@ def submit_job(
         idempotency = _Idempotency(
             name=idempotency_key, keys=[idempotency_key], fingerprint=request_fingerprint(body)
         )
-    return _submit(services, key=key, bodies=[body], idempotency=idempotency)[0]
+    return _submit(
+        services, key=key, bodies=[body], idempotency=idempotency, before_store=before_store
+    )[0]
 
 
 def submit_batch(
@@ -72,6 +84,7 @@ def _submit(
     bodies: list[JobCreate],
     idempotency: _Idempotency | None,
     in_batch: bool = False,
+    before_store: BeforeStore | None = None,
 ) -> list[Job]:
     """Store the jobs (reserving their budget), then publish them; a failed publish leaves the
     rest stored and unpublished for the sweeper. A replayed Idempotency-Key returns the first
@@ -91,6 +104,8 @@ def _submit(
         with session_scope(services.engine) as session:
             if idempotency and (first := _replay(session, key, idempotency)):
                 return first
+            if before_store is not None:
+                before_store(session, jobs)
             session.add_all(jobs)
             reserve(session, key=key, amount=sum(job.reserved_usd for job in jobs))
     except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race

@@ -47,6 +47,12 @@ class JobNotFound(GenqError):
     type = "https://genq.dev/problems/not-found"
 
 
+class ConversationNotFound(GenqError):
+    status = 404
+    title = "Conversation not found"
+    type = "https://genq.dev/problems/not-found"
+
+
 class Conflict(GenqError):
     status = 409
     title = "Conflict"

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
+    text,
     update,
 )
 from sqlalchemy.engine import Row
@@ -50,6 +51,13 @@ class Job(SQLModel, table=True):
         UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),
         Index("ix_jobs_key_created", "key_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_until"),
+        # partial: plain jobs (no conversation) add no index entry on insert
+        Index(
+            "ix_jobs_conversation",
+            "conversation_id",
+            postgresql_where=text("conversation_id IS NOT NULL"),
+            sqlite_where=text("conversation_id IS NOT NULL"),
+        ),
     )
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, primary_key=True, max_length=32)
@@ -92,6 +100,9 @@ class Job(SQLModel, table=True):
     #: the job fails with error type `timeout` if it has not finished by then
     deadline_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     cancel_requested: bool = False
+    #: the conversation this job is a turn of (models/conversations.py), and what of it was sent
+    conversation_id: str | None = Field(default=None, max_length=32)
+    context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -275,6 +286,8 @@ def job_public(job: Job) -> JobPublic:
         error=error,
         metadata=job.meta or {},
         routing=job.routing,
+        conversation_id=job.conversation_id,
+        context=job.context,
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),

@@ -161,6 +161,26 @@ class ErrorPublic(BaseModel):
     message: str
 
 
+class DroppedTurn(BaseModel):
+    """A turn of the conversation left out of a job's prompt to fit the context budget."""
+
+    index: int
+    role: str
+    job_id: str
+    tokens: int
+
+
+class ContextPublic(BaseModel):
+    """What of its conversation a job sent: turns stored before it, turns sent, the ones left
+    out (oldest first) and the prompt's tokens as sent (tiktoken, per-message overhead included)."""
+
+    turns_total: int
+    turns_sent: int
+    dropped_turns: list[DroppedTurn]
+    prompt_tokens: int
+    budget_tokens: int
+
+
 class JobPublic(BaseModel):
     """The job object every route returns."""
 
@@ -180,6 +200,9 @@ class JobPublic(BaseModel):
     routing: dict[str, Any] | None = None
     #: every provider call (GET /v1/jobs/{id} only): model, outcome, status, tokens, cost
     attempt_log: list[dict[str, Any]] | None = None
+    #: set on a conversation's jobs: which conversation, and which of its turns were sent
+    conversation_id: str | None = None
+    context: ContextPublic | None = None
     created_at: str
     started_at: str | None
     finished_at: str | None

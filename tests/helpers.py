@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import socket
 import subprocess
@@ -117,3 +118,28 @@ class FakeProvider:
         return ImageResult(
             images=images, usage=Usage(images=params.n, size=params.size, quality=params.quality)
         )
+
+
+@dataclass
+class RecordingProvider:
+    """The offline simulator in-process, keeping a copy of every chat request it was sent."""
+
+    name: str = "offline"
+    sent: list[list[dict]] = field(default_factory=list)
+    outcomes: list[ProviderError | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from worker.providers.offline import OfflineProvider
+        from worker.providers.simulator import Simulator
+
+        self.inner = OfflineProvider(Simulator())
+
+    def generate_text(self, *, model: str, messages: list[dict], params: TextParams) -> TextResult:
+        self.sent.append(copy.deepcopy(messages))
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+        return self.inner.generate_text(model=model, messages=messages, params=params)
+
+    def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
+        return self.inner.generate_image(model=model, prompt=prompt, params=params)

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from models.attempts import Attempt, Image, add_attempt
 from models.budgets import settle
 from models.catalogue import ModelSpec
+from models.conversations import add_exchange
 from models.db import Money, session_scope, utcnow
 from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
 from models.pricing import Usage, cost_of
@@ -124,7 +125,14 @@ _SUCCEED = (
         image_count=bindparam("image_count"),
         image_meta=bindparam("image_meta"),
     )
-    .returning(_JOBS.key_id, _JOBS.status, _JOBS.kind, _JOBS.attempts, _JOBS.cost_usd)
+    .returning(
+        _JOBS.key_id,
+        _JOBS.status,
+        _JOBS.kind,
+        _JOBS.attempts,
+        _JOBS.cost_usd,
+        _JOBS.conversation_id,
+    )
 )
 _INSERT_ATTEMPT = insert(Attempt.__table__)
 _INSERT_IMAGE = insert(Image.__table__)
@@ -149,6 +157,7 @@ def record_output(
     status: str,
     *,
     reserved: Decimal,
+    said: dict | None = None,
 ) -> JobEnd:
     """The successful attempt, its output and the job's end: one transaction.
 
@@ -157,6 +166,8 @@ def record_output(
     when claimed: only the end of the job changes it. When the guard fails, the careful path
     below tells a lost claim from a cancel requested during the call; a cancel wins: the
     attempt (its usage was spent) is recorded as `cancelled` and the job ends without output.
+    A conversation's job (`said`: the message it sent) also stores that message and the reply as
+    the conversation's turns, in the same transaction; other jobs run no extra statement.
     """
     text = result if isinstance(result, TextResult) else None
     with session_scope(engine) as session:
@@ -183,6 +194,8 @@ def record_output(
             end = _cancelled_during_call(session, call, attempt)
         else:
             end = _store_output(session, call, attempt, result, ended, reserved)
+            if ended.conversation_id is not None and said is not None:
+                _store_turns(session, call, ended.conversation_id, said, result)
     metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
     return end
 
@@ -223,6 +236,22 @@ def _store_output(
         )
     settle(session, key_id=ended.key_id, reserved=reserved, cost=attempt.cost_usd)
     return JobEnd(ended.status, ended.kind, call.spec.id, ended.attempts, ended.cost_usd)
+
+
+def _store_turns(
+    session: Session, call: Call, conversation_id: str, said: dict, result: TextResult
+) -> None:
+    reply = {"role": "assistant", "content": result.text}
+    tool_calls = getattr(result, "tool_calls", None)
+    if tool_calls:
+        reply["tool_calls"] = tool_calls
+    add_exchange(
+        session,
+        conversation_id=conversation_id,
+        job_id=call.job_id,
+        messages=[said, reply],
+        encoding_name=call.spec.encoding,
+    )
 
 
 def _cancelled_during_call(session: Session, call: Call, attempt: Attempt) -> JobEnd:

@@ -84,6 +84,8 @@ class Run:
     tokens_estimate: int
     #: what the job holds against its key's budget (fixed from submit until the job ends)
     reserved_usd: Decimal
+    #: a conversation's job: its turns are stored when it succeeds
+    conversation_id: str | None = None
     failures_here: int = 0
     attempts_here: int = 0
 
@@ -164,6 +166,7 @@ class Runner:
             deadline_at=aware(job.deadline_at),
             tokens_estimate=tokens,
             reserved_usd=job.reserved_usd,
+            conversation_id=job.conversation_id,
         )
 
     def _loop(self, run: Run, bound) -> str:
@@ -301,8 +304,15 @@ class Runner:
         )
         attempt = call.attempt(outcome=SUCCEEDED, usage=result.usage)
         try:
+            said = run.request.chat_messages()[-1] if run.conversation_id else None
             end = record_output(
-                self.engine, call, attempt, result, JOB_SUCCEEDED, reserved=run.reserved_usd
+                self.engine,
+                call,
+                attempt,
+                result,
+                JOB_SUCCEEDED,
+                reserved=run.reserved_usd,
+                said=said,
             )
         except ClaimLost:
             record_orphan(self.engine, attempt)

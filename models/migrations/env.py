@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import models.attempts
+import models.conversations
 import models.jobs
 import models.keys  # noqa: F401
 from models.db import make_engine

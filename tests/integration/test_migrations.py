@@ -7,7 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import models.attempts  # noqa: F401  (registers every table)
+import models.attempts
+import models.conversations  # noqa: F401  (with attempts: registers every table)
 from models.db import get_engine
 from models.migrate import current_revision, head_revision, upgrade
 
@@ -20,7 +21,8 @@ def test_empty_database_migrates_to_head_and_matches_the_models(empty_database_u
     # Then it is at head, has every table, and autogenerate finds nothing left to do
     assert current_revision(empty_database_url) == head_revision(empty_database_url)
     engine = get_engine(empty_database_url)
-    assert {"api_keys", "jobs", "attempts", "images"} <= set(sa.inspect(engine).get_table_names())
+    tables = {"api_keys", "jobs", "attempts", "images", "conversations", "conversation_turns"}
+    assert tables <= set(sa.inspect(engine).get_table_names())
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []

@@ -1,0 +1,82 @@
+"""`/v1/conversations`: multi-turn chats whose every message is an ordinary text job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from api.conversations import post_message
+from api.deps import KeyDep, ServicesDep, SessionDep
+from models.conversation_jobs import check_settings
+from models.conversations import (
+    ConversationCreate,
+    ConversationList,
+    ConversationPublic,
+    MessageCreate,
+    conversation_public,
+    create_conversation,
+    delete_conversation,
+    get_conversation,
+    list_conversations,
+)
+from models.jobs import job_public
+from models.schemas import JobPublic
+
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+
+
+@router.post("", status_code=201, response_model=ConversationPublic)
+def create(
+    body: ConversationCreate,
+    key: KeyDep,
+    services: ServicesDep,
+    session: SessionDep,
+    response: Response,
+) -> ConversationPublic:
+    """Start a conversation; its model, policy and params are checked now (422)."""
+    check_settings(body, catalogue=services.catalogue, defaults=services.defaults)
+    conversation = create_conversation(session, key_id=key.id, body=body)
+    session.flush()
+    response.headers["Location"] = f"/v1/conversations/{conversation.id}"
+    return conversation_public(session, conversation)
+
+
+@router.post("/{conversation_id}/messages", status_code=202, response_model=JobPublic)
+def message(
+    conversation_id: str,
+    body: MessageCreate,
+    key: KeyDep,
+    services: ServicesDep,
+    response: Response,
+) -> JobPublic:
+    """Send the next message: 202 with its job (poll it); 409 while the previous one runs."""
+    job = post_message(services, key=key, conversation_id=conversation_id, body=body)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_public(job)
+
+
+@router.get("", response_model=ConversationList)
+def index(
+    key: KeyDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ConversationList:
+    """The key's conversations, newest first, without their turns; `next_cursor` pages on."""
+    page, next_cursor = list_conversations(session, key_id=key.id, limit=limit, cursor=cursor)
+    return ConversationList(data=page, next_cursor=next_cursor)
+
+
+@router.get("/{conversation_id}", response_model=ConversationPublic)
+def show(conversation_id: str, key: KeyDep, session: SessionDep) -> ConversationPublic:
+    """The conversation with its turns (oldest first), jobs count, cost and usage."""
+    conversation = get_conversation(session, conversation_id=conversation_id, key_id=key.id)
+    return conversation_public(session, conversation)
+
+
+@router.delete("/{conversation_id}", status_code=204, response_class=Response)
+def delete(conversation_id: str, key: KeyDep, session: SessionDep) -> Response:
+    """Delete it and its turns; its unfinished job is cancelled; its jobs stay."""
+    delete_conversation(session, conversation_id=conversation_id, key_id=key.id)
+    return Response(status_code=204)
