@@ -1,4 +1,4 @@
-"""A small HTTP client for the genq API, used by `genq submit`, `genq status` and `genq dev`."""
+"""A small HTTP client for the genq API, used by `genq submit`, `status`, `chat` and `dev`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ class GenqClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         answer = self._call("POST", "/v1/jobs/batch", json={"jobs": bodies}, headers=headers)
         return answer.json()["data"]
+
+    def create_conversation(self, body: dict[str, Any]) -> dict:
+        return self._call("POST", "/v1/conversations", json=body).json()
+
+    def send_message(self, conversation_id: str, content: str) -> dict:
+        """The queued job answering `content` in the conversation."""
+        path = f"/v1/conversations/{conversation_id}/messages"
+        return self._call("POST", path, json={"content": content}).json()
 
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}").json()

@@ -9,6 +9,7 @@ import typer
 
 from cli import ops
 from cli.accounts import bench_chaos, bench_savings, keys_app, usage
+from cli.chat import chat
 from cli.client import ClientError, GenqClient
 from cli.render import console, fail, job_summary, print_json
 from models.settings import get_settings
@@ -197,6 +198,7 @@ def status(
 
 
 app.command("stats")(ops.stats)
+app.command("chat")(chat)
 
 
 def _show(job: dict, json_out: bool) -> None:
