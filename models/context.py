@@ -80,10 +80,15 @@ def exchanges(turns: list[Turn]) -> list[list[Turn]]:
     return groups
 
 
-def _too_large(base: int, budget: int, source: str) -> InvalidRequest:
+def _too_large(base: int, budget: int, source: str, *, with_calls: bool) -> InvalidRequest:
+    what = (
+        "the system message, the tool calls and their results"
+        if with_calls
+        else ("the system message and the new message")
+    )
     reason = (
-        f"the system message and the new message are {base} prompt tokens; the conversation's "
-        f"context budget is {budget} tokens ({source}); shorten the message or raise the budget"
+        f"{what} are {base} prompt tokens; the conversation's context budget is {budget} "
+        f"tokens ({source}); shorten the message or raise the budget"
     )
     return InvalidRequest(reason, errors=[{"loc": ["body", "content"], "msg": reason}])
 
@@ -96,19 +101,21 @@ def trim(
     budget: int,
     count: Counter,
     source: str = "context_tokens",
+    keep_last: bool = False,
 ) -> Trimmed:
     """The messages to send: `system`, the newest exchanges that fit `budget`, then `new`.
 
-    `count` counts a whole request's prompt tokens; raises InvalidRequest (422, naming the
-    budget and `source`, what set it) when the system and new messages alone do not fit.
+    `count` counts a whole request's prompt tokens; `keep_last`: the newest exchange must be
+    sent (`new` answers its tool calls). Raises InvalidRequest (422, naming the budget and
+    `source`, what set it) when what must be sent does not fit.
     """
-    base = count([*system, *new])
-    if base > budget:
-        raise _too_large(base, budget, source)
     groups = exchanges(turns)
-    kept = len(groups)
-    used = base
-    for position in range(len(groups) - 1, -1, -1):
+    kept = len(groups) - 1 if keep_last and groups else len(groups)
+    base = count([*system, *(turn.message for group in groups[kept:] for turn in group), *new])
+    if base > budget:
+        raise _too_large(base, budget, source, with_calls=kept < len(groups))
+    floor, used = kept, base
+    for position in range(kept - 1, -1, -1):
         cost = sum(turn.tokens for turn in groups[position])
         if used + cost > budget:
             break
@@ -118,7 +125,7 @@ def trim(
         sent = [turn for group in groups[kept:] for turn in group]
         messages = [*system, *(turn.message for turn in sent), *new]
         total = count(messages)
-        if total <= budget or kept == len(groups):
+        if total <= budget or kept == floor:
             break
         kept += 1
     dropped = [turn for group in groups[:kept] for turn in group]

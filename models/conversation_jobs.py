@@ -21,10 +21,12 @@ from models.conversations import (
     ConversationTurn,
     MessageCreate,
     as_context_turns,
+    turn_message,
 )
+from models.errors import InvalidRequest
 from models.planning import Defaults, plan_job
 from models.schemas import JobCreate
-from models.tokens import count_messages
+from models.tokens import count_request
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +81,24 @@ def check_settings(body: ConversationCreate, *, catalogue: Catalogue, defaults: 
     )
 
 
+def check_answers(rows: list[ConversationTurn], new: list[dict[str, Any]]) -> None:
+    """Tool results answer exactly the calls of the last reply; a user message may not leave
+    calls unanswered (OpenAI refuses both): else 422."""
+    last = rows[-1] if rows else None
+    pending = [call["id"] for call in (last.tool_calls or [])] if last else []
+    answered = [m["tool_call_id"] for m in new if m["role"] == "tool"]
+    if sorted(answered) == sorted(pending):
+        return
+    if not answered:
+        reason = f"the last reply called tools ({', '.join(pending)}): send their tool_results"
+        field = "content"
+    else:
+        expected = ", ".join(pending) or "none"
+        reason = f"tool_results must answer the last reply's tool calls ({expected})"
+        field = "tool_results"
+    raise InvalidRequest(reason, errors=[{"loc": ["body", field], "msg": reason}])
+
+
 def next_job(
     conversation: Conversation,
     rows: list[ConversationTurn],
@@ -91,8 +111,11 @@ def next_job(
     the message do not fit the budget, or the policy refuses the request."""
     params = {**conversation.params, **message.params}
     system = [{"role": "system", "content": conversation.system}] if conversation.system else []
-    new = [{"role": "user", "content": message.content}]
-    plan = plan_job(_request(conversation, [*system, *new], params), catalogue, defaults)
+    new = message.messages()
+    check_answers(rows, new)
+    # tool results travel with the reply that called the tools: planned with it, never trimmed
+    calls = [turn_message(rows[-1])] if new[0]["role"] == "tool" else []
+    plan = plan_job(_request(conversation, [*system, *calls, *new], params), catalogue, defaults)
     spec = plan.spec
     budget, source = budget_for(conversation, spec, plan.params)
     trimmed = trim(
@@ -100,7 +123,8 @@ def next_job(
         turns=as_context_turns(rows, spec.encoding),
         new=new,
         budget=budget,
-        count=lambda messages: count_messages(messages, spec.encoding),
+        count=lambda messages: count_request(messages, plan.params, spec.encoding),
         source=source,
+        keep_last=bool(calls),
     )
     return NextJob(body=_request(conversation, trimmed.messages, params), context=trimmed.record())

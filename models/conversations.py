@@ -105,13 +105,39 @@ class ConversationCreate(BaseModel):
         return self
 
 
-class MessageCreate(BaseModel):
-    """Body of `POST /v1/conversations/{id}/messages`; `params` override the conversation's."""
+class ToolResult(BaseModel):
+    """The answer to one tool call of the conversation's last reply."""
 
     model_config = ConfigDict(extra="forbid")
 
+    tool_call_id: str = Field(min_length=1, max_length=200)
     content: str = Field(min_length=1)
+
+
+class MessageCreate(BaseModel):
+    """Body of `POST /v1/conversations/{id}/messages`: a user message (`content`), or the
+    results of the tool calls the last reply made; `params` override the conversation's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str | None = Field(default=None, min_length=1)
+    tool_results: list[ToolResult] | None = Field(default=None, min_length=1, max_length=128)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MessageCreate:
+        if (self.content is None) == (self.tool_results is None):
+            raise ValueError("give exactly one of `content` or `tool_results`")
+        return self
+
+    def messages(self) -> list[dict[str, Any]]:
+        """What this message adds to the conversation, as chat messages."""
+        if self.tool_results is None:
+            return [{"role": "user", "content": self.content}]
+        return [
+            {"role": "tool", "tool_call_id": r.tool_call_id, "content": r.content}
+            for r in self.tool_results
+        ]
 
 
 class TurnPublic(BaseModel):

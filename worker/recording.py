@@ -157,7 +157,7 @@ def record_output(
     status: str,
     *,
     reserved: Decimal,
-    said: dict | None = None,
+    said: list[dict] | None = None,
 ) -> JobEnd:
     """The successful attempt, its output and the job's end: one transaction.
 
@@ -166,8 +166,9 @@ def record_output(
     when claimed: only the end of the job changes it. When the guard fails, the careful path
     below tells a lost claim from a cancel requested during the call; a cancel wins: the
     attempt (its usage was spent) is recorded as `cancelled` and the job ends without output.
-    A conversation's job (`said`: the message it sent) also stores that message and the reply as
-    the conversation's turns, in the same transaction; other jobs run no extra statement.
+    A conversation's job (`said`: the messages it added, a user message or tool results) also
+    stores them and the reply as the conversation's turns, in the same transaction; other jobs
+    run no extra statement.
     """
     text = result if isinstance(result, TextResult) else None
     with session_scope(engine) as session:
@@ -239,17 +240,19 @@ def _store_output(
 
 
 def _store_turns(
-    session: Session, call: Call, conversation_id: str, said: dict, result: TextResult
+    session: Session, call: Call, conversation_id: str, said: list[dict], result: TextResult
 ) -> None:
-    reply = {"role": "assistant", "content": result.text}
-    tool_calls = getattr(result, "tool_calls", None)
-    if tool_calls:
-        reply["tool_calls"] = tool_calls
+    reply: dict = {"role": "assistant"}
+    if result.text:
+        reply["content"] = result.text
+    if result.tool_calls:
+        reply["tool_calls"] = result.tool_calls
     add_exchange(
         session,
         conversation_id=conversation_id,
         job_id=call.job_id,
-        messages=[said, reply],
+        # an empty answer (no text, no calls) is not a message that could be sent again
+        messages=[*said, reply] if len(reply) > 1 else said,
         encoding_name=call.spec.encoding,
     )
 

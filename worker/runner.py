@@ -54,6 +54,14 @@ SHUTTING_DOWN = threading.Event()
 Publish = Callable[[str, str, float], None]  # (job id, kind, countdown seconds)
 
 
+def _said(run: Run) -> list[dict]:
+    """What a conversation's job adds besides the reply: its messages after the system message
+    and the stored turns it sent (the user message, or tool results)."""
+    messages = run.request.chat_messages()
+    first = (messages[0]["role"] == "system") + (run.context or {}).get("turns_sent", 0)
+    return messages[first:]
+
+
 class Cancelled(Exception):
     pass
 
@@ -86,6 +94,8 @@ class Run:
     reserved_usd: Decimal
     #: a conversation's job: its turns are stored when it succeeds
     conversation_id: str | None = None
+    #: its `context` (how many stored turns it sent)
+    context: dict | None = None
     failures_here: int = 0
     attempts_here: int = 0
 
@@ -167,6 +177,7 @@ class Runner:
             tokens_estimate=tokens,
             reserved_usd=job.reserved_usd,
             conversation_id=job.conversation_id,
+            context=job.context,
         )
 
     def _loop(self, run: Run, bound) -> str:
@@ -304,7 +315,7 @@ class Runner:
         )
         attempt = call.attempt(outcome=SUCCEEDED, usage=result.usage)
         try:
-            said = run.request.chat_messages()[-1] if run.conversation_id else None
+            said = _said(run) if run.conversation_id else None
             end = record_output(
                 self.engine,
                 call,

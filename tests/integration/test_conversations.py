@@ -261,3 +261,84 @@ def test_the_list_pages_newest_first_without_turns(client, key, runner):
 def test_a_plain_job_has_no_conversation(client, key):
     job = client.post("/v1/jobs", json={"kind": "text", "prompt": "Hi"}, headers=key).json()
     assert job["conversation_id"] is None and job["context"] is None
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def tool_round(client, key, runner, conversation_id: str) -> dict:
+    """A question the model answers with a tool call, then the tool's result: the second job."""
+    first = say(client, key, conversation_id, "What is the weather in Oslo?")
+    assert runner.run(first["id"]) == "succeeded"
+    turns = client.get(f"/v1/conversations/{conversation_id}", headers=key).json()["turns"]
+    call_id = turns[1]["tool_calls"][0]["id"]
+    answer = client.post(
+        f"/v1/conversations/{conversation_id}/messages",
+        json={"tool_results": [{"tool_call_id": call_id, "content": '{"temp_c": 21}'}]},
+        headers=key,
+    )
+    assert answer.status_code == 202, answer.text
+    assert runner.run(answer.json()["id"]) == "succeeded"
+    return answer.json()
+
+
+def test_tool_calls_are_answered_by_tool_results_and_kept_as_one_exchange(
+    client, key, runner, provider
+):
+    # Given a conversation with a tool, whose first reply calls it
+    params = {"max_tokens": 40, "tools": [WEATHER]}
+    conversation_id = start(client, key, params=params)
+    first = say(client, key, conversation_id, "What is the weather in Oslo?")
+    assert runner.run(first["id"]) == "succeeded"
+    turns = client.get(f"/v1/conversations/{conversation_id}", headers=key).json()["turns"]
+    assert turns[1]["role"] == "assistant" and turns[1]["content"] is None
+    call_id = turns[1]["tool_calls"][0]["id"]
+    assert turns[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    # Then a user message may not leave the call unanswered, nor may results answer another
+    refused = say(client, key, conversation_id, "Hello?", status=422)
+    assert f"the last reply called tools ({call_id})" in refused["detail"]
+    wrong = client.post(
+        f"/v1/conversations/{conversation_id}/messages",
+        json={"tool_results": [{"tool_call_id": "call_x", "content": "?"}]},
+        headers=key,
+    )
+    assert wrong.status_code == 422 and call_id in wrong.json()["detail"]
+    # When the result is sent, Then the job sends the call with it and the round is stored
+    answer = client.post(
+        f"/v1/conversations/{conversation_id}/messages",
+        json={"tool_results": [{"tool_call_id": call_id, "content": '{"temp_c": 21}'}]},
+        headers=key,
+    )
+    assert answer.status_code == 202, answer.text
+    assert runner.run(answer.json()["id"]) == "succeeded"
+    assert [m["role"] for m in provider.sent[-1]] == ["system", "user", "assistant", "tool"]
+    assert count_messages(provider.sent[-1]) < answer.json()["context"]["prompt_tokens"]  # + tools
+    turns = client.get(f"/v1/conversations/{conversation_id}", headers=key).json()["turns"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]
+    assert turns[2]["tool_call_id"] == call_id and turns[3]["content"]
+
+
+def test_a_tool_round_is_dropped_whole_when_the_budget_is_tight(client, key, runner, provider):
+    # Given the prompt a tool round's result needs (learnt from the same, deterministic, round)
+    params = {"max_tokens": 40, "tools": [WEATHER]}
+    needed = tool_round(client, key, runner, start(client, key, params=params))
+    budget = needed["context"]["prompt_tokens"] + 5
+    # When a conversation with just that budget runs the round and then a new question
+    conversation_id = start(client, key, params=params, context_tokens=budget)
+    assert tool_round(client, key, runner, conversation_id)["context"]["dropped_turns"] == []
+    job = say(client, key, conversation_id, "Thanks!")
+    # Then the four turns of the round are left out together
+    assert [d["index"] for d in job["context"]["dropped_turns"]] == [0, 1, 2, 3]
+    assert runner.run(job["id"]) == "succeeded"
+    assert [m["role"] for m in provider.sent[-1]] == ["system", "user"]
