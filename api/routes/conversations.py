@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.conversations import post_message
 from api.deps import KeyDep, ServicesDep, SessionDep
+from api.openapi import BODY, KEYED, problem_responses
 from models.conversation_jobs import check_settings
 from models.conversations import (
     ConversationCreate,
@@ -24,9 +25,30 @@ from models.jobs import job_public
 from models.schemas import JobPublic
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+CREATED = {
+    "headers": {"Location": {"description": "the conversation's URL", "schema": {"type": "string"}}}
+}
+ACCEPTED = {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}
+MESSAGE_PROBLEMS = problem_responses(
+    *KEYED,
+    *BODY,
+    402,
+    404,
+    409,
+    notes={
+        409: "The conversation's previous message has not finished, or another message was "
+        "accepted at the same time.",
+        422: "Invalid input, or the system message and this message exceed the context budget.",
+    },
+)
 
 
-@router.post("", status_code=201, response_model=ConversationPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=ConversationPublic,
+    responses={201: CREATED, **problem_responses(*KEYED, *BODY)},
+)
 def create(
     body: ConversationCreate,
     key: KeyDep,
@@ -42,7 +64,12 @@ def create(
     return conversation_public(session, conversation)
 
 
-@router.post("/{conversation_id}/messages", status_code=202, response_model=JobPublic)
+@router.post(
+    "/{conversation_id}/messages",
+    status_code=202,
+    response_model=JobPublic,
+    responses={202: ACCEPTED, **MESSAGE_PROBLEMS},
+)
 def message(
     conversation_id: str,
     body: MessageCreate,
@@ -56,7 +83,7 @@ def message(
     return job_public(job)
 
 
-@router.get("", response_model=ConversationList)
+@router.get("", response_model=ConversationList, responses=problem_responses(*KEYED, 422))
 def index(
     key: KeyDep,
     session: SessionDep,
@@ -68,14 +95,23 @@ def index(
     return ConversationList(data=page, next_cursor=next_cursor)
 
 
-@router.get("/{conversation_id}", response_model=ConversationPublic)
+@router.get(
+    "/{conversation_id}",
+    response_model=ConversationPublic,
+    responses=problem_responses(*KEYED, 404),
+)
 def show(conversation_id: str, key: KeyDep, session: SessionDep) -> ConversationPublic:
     """The conversation with its turns (oldest first), jobs count, cost and usage."""
     conversation = get_conversation(session, conversation_id=conversation_id, key_id=key.id)
     return conversation_public(session, conversation)
 
 
-@router.delete("/{conversation_id}", status_code=204, response_class=Response)
+@router.delete(
+    "/{conversation_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted."}, **problem_responses(*KEYED, 404)},
+)
 def delete(conversation_id: str, key: KeyDep, session: SessionDep) -> Response:
     """Delete it and its turns; its unfinished job is cancelled; its jobs stay."""
     delete_conversation(session, conversation_id=conversation_id, key_id=key.id)
