@@ -50,12 +50,16 @@ def submit_job(
     body: JobCreate,
     idempotency_key: str | None,
     before_store: BeforeStore | None = None,
+    fingerprint: str | None = None,
 ) -> Job:
-    """One job, stored under the request's Idempotency-Key as it is."""
+    """One job, stored under the request's Idempotency-Key as it is (with `fingerprint`, the
+    caller's fingerprint of what the client sent, else the body's)."""
     idempotency = None
     if idempotency_key:
         idempotency = _Idempotency(
-            name=idempotency_key, keys=[idempotency_key], fingerprint=request_fingerprint(body)
+            name=idempotency_key,
+            keys=[idempotency_key],
+            fingerprint=fingerprint or request_fingerprint(body),
         )
     return _submit(
         services, key=key, bodies=[body], idempotency=idempotency, before_store=before_store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 
 from api.conversations import post_message
 from api.deps import KeyDep, ServicesDep, SessionDep
@@ -36,8 +36,8 @@ MESSAGE_PROBLEMS = problem_responses(
     404,
     409,
     notes={
-        409: "The conversation's previous message has not finished, or another message was "
-        "accepted at the same time.",
+        409: "The conversation's previous message has not finished, another message was "
+        "accepted at the same time, or the Idempotency-Key was used with a different request.",
         422: "Invalid input, or the system message and this message exceed the context budget.",
     },
 )
@@ -76,9 +76,16 @@ def message(
     key: KeyDep,
     services: ServicesDep,
     response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Send the next message: 202 with its job (poll it); 409 while the previous one runs."""
-    job = post_message(services, key=key, conversation_id=conversation_id, body=body)
+    job = post_message(
+        services,
+        key=key,
+        conversation_id=conversation_id,
+        body=body,
+        idempotency_key=idempotency_key,
+    )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_public(job)
 

@@ -342,3 +342,32 @@ def test_a_tool_round_is_dropped_whole_when_the_budget_is_tight(client, key, run
     assert [d["index"] for d in job["context"]["dropped_turns"]] == [0, 1, 2, 3]
     assert runner.run(job["id"]) == "succeeded"
     assert [m["role"] for m in provider.sent[-1]] == ["system", "user"]
+
+
+def test_an_idempotency_key_replays_the_first_message_job(client, key, runner):
+    conversation_id = start(client, key)
+    url = f"/v1/conversations/{conversation_id}/messages"
+
+    def send(body: dict, idempotency_key: str = "m-1"):
+        return client.post(url, json=body, headers={**key, "Idempotency-Key": idempotency_key})
+
+    first = send({"content": "Hello"})
+    assert first.status_code == 202
+    # a retry while the job runs gets the job, not the 409 of an unfinished turn
+    assert send({"content": "Hello"}).json()["id"] == first.json()["id"]
+    assert runner.run(first.json()["id"]) == "succeeded"
+    # and after it finished, the job again: no second turn
+    replayed = send({"content": "Hello"})
+    assert replayed.status_code == 202 and replayed.json()["id"] == first.json()["id"]
+    shown = client.get(f"/v1/conversations/{conversation_id}", headers=key).json()
+    assert shown["jobs"] == 1 and shown["turn_count"] == 2
+    # the same key with another message, or in another conversation, is a conflict
+    assert send({"content": "Hello again"}).status_code == 409
+    other = start(client, key)
+    reused = client.post(
+        f"/v1/conversations/{other}/messages",
+        json={"content": "Hello"},
+        headers={**key, "Idempotency-Key": "m-1"},
+    )
+    assert reused.status_code == 409 and "m-1" in reused.json()["detail"]
+    assert send({"content": "Hello again"}, "m-2").status_code == 202
