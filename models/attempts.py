@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Column, DateTime, LargeBinary, Text
+from sqlalchemy import Column, DateTime, LargeBinary, Text, bindparam
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.db import Money, utcnow
@@ -60,6 +60,19 @@ def add_attempt(session: Session, *, job: Job, attempt: Attempt) -> None:
     job.completion_tokens += attempt.completion_tokens
     job.cost_usd += attempt.cost_usd
     session.add(job)
+
+
+_FAILED_ATTEMPTS = (
+    select(Attempt.__table__.c.http_status, Attempt.__table__.c.error_type)
+    .where(Attempt.__table__.c.job_id == bindparam("job_id"))
+    .where(Attempt.__table__.c.outcome.in_([RETRYABLE, FAILED]))
+)
+
+
+def failed_attempts(session: Session, *, job_id: str) -> list[tuple[int | None, str | None]]:
+    """(http_status, error_type) of each failed call of the job: what its retries have used
+    (read only when a job given back to the queue runs again)."""
+    return [tuple(row) for row in session.execute(_FAILED_ATTEMPTS, {"job_id": job_id})]
 
 
 def get_image(session: Session, *, job_id: str, index: int) -> Image | None:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     offline_faults: str = ""
     #: probability that the simulator answers a JSON-format request with invalid JSON
     offline_invalid_output: float = Field(default=0.0, ge=0, le=1)
+    #: the Retry-After the simulator sends with its 429s
+    offline_retry_after_s: float = Field(default=1.0, ge=0, le=3600)
 
     default_tier: Literal["economy", "balanced", "premium"] = "balanced"
     catalogue_path: Path | None = None

@@ -1,9 +1,11 @@
 """Running one job, as a plain function of its id: claim, call the model with retries, finish.
 
-Celery only wraps this (worker/tasks.py), so it is tested without a broker. Between attempts
-the Runner decides, in this order: stop for a cancel request; give the job back to the queue
-when the worker is shutting down or the wait is long; fail with `timeout` past the deadline;
-move to the next fallback model when the current one keeps failing or is cooled down.
+Celery only wraps this (worker/tasks.py), so it is tested without a broker. After a failed
+attempt the retry policy decides (worker/retry.py: fail, retry after a wait, or `timeout` when
+the wait would pass the deadline; 429s are bounded by the deadline, other failures by the
+attempt count). Between attempts the Runner then, in this order: stops for a cancel request;
+gives the job back to the queue when the worker is shutting down or the wait is long; moves to
+the next fallback model when the current one keeps failing or is cooled down.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import structlog
 from sqlalchemy.engine import Engine, Row
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from models.attempts import FAILED, RETRYABLE, SUCCEEDED
+from models.attempts import FAILED, RETRYABLE, SUCCEEDED, failed_attempts
 from models.catalogue import Catalogue, ModelSpec
 from models.db import session_scope, utcnow
 from models.errors import PermanentProviderError, ProviderError
@@ -45,7 +47,7 @@ from worker.recording import (
     record_orphan,
     record_output,
 )
-from worker.retry import RetryPolicy
+from worker.retry import Decision, RetryCounts, RetryPolicy, Verdict
 
 log = structlog.get_logger("genq.worker")
 #: set when the worker process starts its warm shutdown: jobs waiting to retry go back to the queue
@@ -96,6 +98,10 @@ class Run:
     conversation_id: str | None = None
     #: its `context` (how many stored turns it sent)
     context: dict | None = None
+    #: the job's failed attempts over all its runs, as the retry policy counts them
+    counts: RetryCounts = field(default_factory=RetryCounts)
+    #: the retry policy's decision on the last failure, and which attempt of this run failed
+    decided: tuple[int, Decision] | None = None
     failures_here: int = 0
     attempts_here: int = 0
 
@@ -165,7 +171,12 @@ class Runner:
             if counted
             else 0
         )
+        counts = RetryCounts()
+        if job.attempts:  # a job given back to the queue: its earlier failures still count
+            with session_scope(self.engine) as session:
+                counts = RetryCounts.from_attempts(failed_attempts(session, job_id=job.id))
         return Run(
+            counts=counts,
             job_id=job.id,
             token=token,
             kind=job.kind,
@@ -182,14 +193,17 @@ class Runner:
 
     def _loop(self, run: Run, bound) -> str:
         retrying = Retrying(
-            stop=lambda _state: run.number > self.retry.max_attempts,
             wait=lambda state: self._wait(run, state),
-            retry=retry_if_exception(lambda exc: isinstance(exc, ProviderError) and exc.retryable),
+            retry=retry_if_exception(
+                lambda exc: (
+                    isinstance(exc, ProviderError)
+                    and self._decide(run, exc).verdict is not Verdict.FAIL
+                )
+            ),
             reraise=True,
             sleep=self.sleep,
         )
         try:
-            self._check_deadline(run)
             for attempt in retrying:
                 with attempt:
                     self._attempt(run, bound.bind(attempt=run.number))
@@ -209,18 +223,28 @@ class Runner:
             return self._reschedule(run, again.delay_s, bound)
         return "succeeded"
 
+    def _decide(self, run: Run, exc: ProviderError) -> Decision:
+        """The retry policy's decision on this attempt's failure, made (and counted) once."""
+        if run.decided is None or run.decided[0] != run.attempts_here:
+            run.counts.note(exc)
+            left = (run.deadline_at - utcnow()).total_seconds() if run.deadline_at else None
+            run.decided = (run.attempts_here, self.retry.decide(exc, run.counts, seconds_left=left))
+        return run.decided[1]
+
     def _wait(self, run: Run, state: RetryCallState) -> float:
         """Seconds until the next attempt, or a decision that ends this run."""
-        delay = self.retry.wait_s(state)
+        decision = self._decide(run, state.outcome.exception())
+        if decision.verdict is Verdict.TIMEOUT:
+            raise JobTimeout
+        delay = decision.wait_s
         if SHUTTING_DOWN.is_set():
-            raise Reschedule(0)
-        self._check_deadline(run, delay)
+            raise Reschedule(delay)  # another worker retries it, and not before its Retry-After
         if delay > self.retry_inline_max_s and self.publish is not None:
             raise Reschedule(delay)  # do not hold a worker thread through a long wait
         return delay
 
-    def _check_deadline(self, run: Run, delay: float = 0) -> None:
-        if run.deadline_at and (utcnow() - run.deadline_at).total_seconds() + delay >= 0:
+    def _check_deadline(self, run: Run) -> None:
+        if run.deadline_at and utcnow() >= run.deadline_at:
             raise JobTimeout
 
     def _choose_model(self, run: Run) -> ModelSpec:
@@ -234,6 +258,7 @@ class Runner:
         return run.spec
 
     def _attempt(self, run: Run, bound) -> None:
+        self._check_deadline(run)  # no call starts after the deadline (a wait may overshoot)
         if run.attempts_here and self._cancel_requested(run):  # the claim just checked the first
             raise Cancelled
         spec = self._choose_model(run)
@@ -275,7 +300,8 @@ class Runner:
             ) from exc
 
     def _failed(self, run: Run, call: Call, exc: ProviderError, bound) -> None:
-        final = not exc.retryable or run.number > self.retry.max_attempts
+        decision = self._decide(run, exc)
+        final = decision.verdict is Verdict.FAIL
         if exc.retryable:
             run.failures_here += 1
             if not isinstance(exc, InvalidOutput):  # a bad answer says nothing of health
@@ -305,6 +331,8 @@ class Runner:
             error_type=exc.kind,
             final=final,
             retry_after_s=exc.retry_after_s,
+            decision=decision.verdict.value,
+            wait_s=round(decision.wait_s, 3),
         )
 
     def _succeeded(self, run: Run, call: Call, result, bound) -> None:

@@ -169,3 +169,16 @@ def test_secrets_are_redacted(exc):
         assert SECRET not in text
         assert "123456789" not in text
         assert "sk-ab***" in text
+
+
+def test_a_429_for_an_exhausted_quota_is_permanent_not_rate_limited():
+    # Given OpenAI's 429 that means "no quota left" (retrying until the deadline cannot help)
+    response = httpx2.Response(429, request=request())
+    body = {"message": "You exceeded your current quota", "type": "insufficient_quota"}
+    exc = openai.RateLimitError(
+        "Error code: 429", response=response, body={**body, "code": "insufficient_quota"}
+    )
+    # When translated, then the job fails at once with a kind that says why
+    error = translate_error(exc)
+    assert type(error) is PermanentProviderError
+    assert (error.status_code, error.kind) == (429, "insufficient_quota")

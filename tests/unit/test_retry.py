@@ -9,7 +9,13 @@ from tenacity import RetryCallState, Retrying
 
 from models.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from models.settings import Settings
-from worker.retry import RETRYABLE_STATUSES, RetryPolicy, is_retryable_status
+from worker.retry import (
+    RETRYABLE_STATUSES,
+    RetryCounts,
+    RetryPolicy,
+    Verdict,
+    is_retryable_status,
+)
 
 
 def state_after(exc: BaseException | None, attempt: int) -> RetryCallState:
@@ -177,3 +183,104 @@ def test_permanent_after_retryable_stops():
     with pytest.raises(PermanentProviderError):
         retrying(RetryPolicy(max_attempts=5), [])(call)
     assert len(calls) == 2
+
+
+# -- decide: the whole policy as a table ------------------------------------------------------
+
+TABLE_POLICY = RetryPolicy(max_attempts=4, initial_s=0.5, max_s=20.0, retry_after_cap_s=60.0)
+
+
+def limited(retry_after: float | None = 2.0) -> RetryableProviderError:
+    return RetryableProviderError(
+        "slow down", status_code=429, retry_after_s=retry_after, kind="rate_limited"
+    )
+
+
+UNAVAILABLE = RetryableProviderError("unavailable", status_code=503)
+RETRY, FAIL, TIMEOUT = Verdict.RETRY, Verdict.FAIL, Verdict.TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("error", "transient", "rate_limited", "seconds_left", "verdict", "wait"),
+    [
+        # rate-limited: the deadline bounds it, not the attempt count
+        (limited(2.0), 0, 1, 100.0, RETRY, 2.0),
+        (limited(2.0), 3, 40, 100.0, RETRY, 2.0),
+        (limited(2.0), 0, 7, 2.0, TIMEOUT, 2.0),  # the wait would reach the deadline
+        (limited(2.0), 0, 7, 1.5, TIMEOUT, 2.0),
+        (limited(120.0), 0, 1, 1000.0, RETRY, 60.0),  # Retry-After capped
+        (limited(120.0), 0, 1, 30.0, TIMEOUT, 60.0),
+        (limited(None), 0, 3, 100.0, RETRY, 2.0),  # backoff on the 429 count: 0.5 * 2^2
+        (limited(None), 0, 9, 100.0, RETRY, 20.0),  # …up to max_s
+        (limited(None), 0, 5000, 100.0, RETRY, 20.0),  # …without overflowing
+        (RetryableProviderError("busy", kind="rate_limited"), 0, 9, 100.0, RETRY, 20.0),
+        # no deadline: every retryable failure counts against max_attempts
+        (limited(2.0), 0, 3, None, RETRY, 2.0),
+        (limited(2.0), 1, 3, None, FAIL, 0.0),
+        (limited(2.0), 0, 4, None, FAIL, 0.0),
+        # other transient failures: bounded by max_attempts (this failure counted), and the deadline
+        (UNAVAILABLE, 1, 0, 100.0, RETRY, 0.5),
+        (UNAVAILABLE, 3, 50, 100.0, RETRY, 2.0),  # 429s before do not use up attempts
+        (UNAVAILABLE, 4, 0, 100.0, FAIL, 0.0),
+        (UNAVAILABLE, 4, 0, None, FAIL, 0.0),
+        (UNAVAILABLE, 2, 0, 0.5, TIMEOUT, 1.0),
+        (RetryableProviderError("x", status_code=503, retry_after_s=7), 1, 0, 100.0, RETRY, 7.0),
+        (RetryableProviderError("timed out", kind="timeout"), 2, 0, 100.0, RETRY, 1.0),
+        # not retryable: fails at once, whatever is left
+        (PermanentProviderError("bad request", status_code=400), 0, 0, 100.0, FAIL, 0.0),
+        (
+            PermanentProviderError("quota", status_code=429, kind="insufficient_quota"),
+            0,
+            0,
+            100.0,
+            FAIL,
+            0.0,
+        ),
+        (ProviderError("unknown"), 0, 0, 100.0, FAIL, 0.0),
+        (ValueError("a bug"), 0, 0, 100.0, FAIL, 0.0),
+    ],
+)
+def test_decide(error, transient, rate_limited, seconds_left, verdict, wait):
+    counts = RetryCounts(transient=transient, rate_limited=rate_limited)
+    decision = TABLE_POLICY.decide(
+        error, counts, seconds_left=seconds_left, jitter=lambda _low, high: high
+    )
+    assert (decision.verdict, decision.wait_s) == (verdict, wait), decision.reason
+
+
+def test_backoff_jitter_is_drawn_over_the_whole_window():
+    windows: list[tuple[float, float]] = []
+
+    def jitter(low: float, high: float) -> float:
+        windows.append((low, high))
+        return low
+
+    decision = TABLE_POLICY.decide(
+        UNAVAILABLE, RetryCounts(transient=3), seconds_left=100.0, jitter=jitter
+    )
+    assert windows == [(0.0, 2.0)] and decision.wait_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("errors", "transient", "rate_limited"),
+    [
+        ([limited(), limited(None), RetryableProviderError("b", kind="rate_limited")], 0, 3),
+        ([UNAVAILABLE, RetryableProviderError("t", kind="timeout"), limited()], 2, 1),
+        ([PermanentProviderError("no", status_code=400), ValueError("bug")], 0, 0),
+    ],
+)
+def test_counts_note_rate_limits_apart_from_other_failures(errors, transient, rate_limited):
+    counts = RetryCounts()
+    for error in errors:
+        counts.note(error)
+    assert (counts.transient, counts.rate_limited) == (transient, rate_limited)
+
+
+def test_counts_from_stored_attempts():
+    stored = [
+        (429, "rate_limited"),
+        (503, "provider_error"),
+        (None, "timeout"),
+        (None, "rate_limited"),
+    ]
+    assert RetryCounts.from_attempts(stored) == RetryCounts(transient=2, rate_limited=2)

@@ -27,5 +27,6 @@ def build_provider(settings: Settings) -> Provider:
         latency_ms=settings.offline_latency_ms,
         faults=settings.offline_faults,
         invalid_output=settings.offline_invalid_output,
+        retry_after_s=settings.offline_retry_after_s,
     )
     return OfflineProvider(simulator, get_catalogue(settings.catalogue_path))

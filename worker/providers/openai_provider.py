@@ -59,6 +59,9 @@ def translate_error(exc: openai.OpenAIError) -> ProviderError:
         )
     if isinstance(exc, openai.APIStatusError):
         message = redact(getattr(exc, "message", "") or str(exc))
+        if exc.status_code == 429 and getattr(exc, "code", None) == "insufficient_quota":
+            # OpenAI's 429 for an exhausted quota or billing: no wait makes it pass
+            return PermanentProviderError(message, status_code=429, kind="insufficient_quota")
         cls = (
             RetryableProviderError
             if is_retryable_status(exc.status_code)
