@@ -171,12 +171,8 @@ class Runner:
             if counted
             else 0
         )
-        counts = RetryCounts()
-        if job.attempts:  # a job given back to the queue: its earlier failures still count
-            with session_scope(self.engine) as session:
-                counts = RetryCounts.from_attempts(failed_attempts(session, job_id=job.id))
         return Run(
-            counts=counts,
+            counts=self._counts(job),
             job_id=job.id,
             token=token,
             kind=job.kind,
@@ -190,6 +186,14 @@ class Runner:
             conversation_id=job.conversation_id,
             context=job.context,
         )
+
+    def _counts(self, job: Row) -> RetryCounts:
+        """What the job's retries used so far: nothing for a new job (no query), its failed
+        attempts for a job given back to the queue."""
+        if not job.attempts:
+            return RetryCounts()
+        with session_scope(self.engine) as session:
+            return RetryCounts.from_attempts(failed_attempts(session, job_id=job.id))
 
     def _loop(self, run: Run, bound) -> str:
         retrying = Retrying(
