@@ -13,9 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic.json_schema import models_json_schema
+
+from models.schemas import ImageParams, TextParams
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+REF_TEMPLATE = "#/components/schemas/{model}"
+PROBLEM_REF = {"$ref": REF_TEMPLATE.format(model="Problem")}
 
 #: RFC 9457 problem details as genq sends them (api/errors.py, api/limits.py)
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -101,7 +105,9 @@ def install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         document = generate()
         _drop_default_validation_errors(document)
-        document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = PROBLEM_SCHEMA
+        _params_by_kind(schemas)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -118,3 +124,20 @@ def _drop_default_validation_errors(document: dict[str, Any]) -> None:
     schemas = document.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+
+
+def _params_by_kind(schemas: dict[str, Any]) -> None:
+    """A job's `params` are checked at submit as `TextParams` or `ImageParams` by its `kind`
+    (models/planning.py); the document says which, with the models' own schemas."""
+    _, definitions = models_json_schema(
+        [(TextParams, "validation"), (ImageParams, "validation")], ref_template=REF_TEMPLATE
+    )
+    for name, schema in definitions.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    job = schemas["JobCreate"]
+    job["properties"]["params"]["description"] = (
+        "`TextParams` for text jobs, `ImageParams` for images"
+    )
+    job["if"] = {"properties": {"kind": {"const": "image"}}, "required": ["kind"]}
+    job["then"] = {"properties": {"params": {"$ref": REF_TEMPLATE.format(model="ImageParams")}}}
+    job["else"] = {"properties": {"params": {"$ref": REF_TEMPLATE.format(model="TextParams")}}}

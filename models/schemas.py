@@ -98,10 +98,28 @@ class Policy(BaseModel):
     max_cost_usd: Decimal | None = Field(default=None, gt=0)
 
 
+def _one_input_schema(schema: dict[str, Any]) -> None:
+    """What `JobCreate._one_input` enforces, said in JSON Schema: exactly one of a non-null
+    `prompt` or `messages` (`messages` for text jobs only), and at most 32 metadata keys."""
+
+    def given(name: str, kind: str) -> dict[str, Any]:
+        return {"required": [name], "properties": {name: {"type": kind}}}
+
+    schema["oneOf"] = [
+        {**given("prompt", "string"), "not": given("messages", "array")},
+        {
+            **given("messages", "array"),
+            "not": given("prompt", "string"),
+            "properties": {"messages": {"type": "array"}, "kind": {"const": "text"}},
+        },
+    ]
+    schema["properties"]["metadata"]["maxProperties"] = MAX_METADATA_KEYS
+
+
 class JobCreate(BaseModel):
     """Body of `POST /v1/jobs`; `prompt` is shorthand for one user message."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_input_schema)
 
     kind: Literal["text", "image"]
     prompt: str | None = Field(default=None, min_length=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 
 from api.deps import KeyDep, ServicesDep, SessionDep
 from api.openapi import BODY, KEYED, problem_responses
@@ -19,6 +19,8 @@ StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 #: what a generated image may be served as: sniffed from its bytes (worker/image_formats.py)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/svg+xml")
 ACCEPTED = {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}
+#: an image index the database column holds (a larger one overflowed it: a 500, not a 404)
+MAX_INDEX = 2**31 - 1
 SUBMIT_PROBLEMS = problem_responses(
     *KEYED, *BODY, 402, 409, notes={409: "The Idempotency-Key was used with a different request."}
 )
@@ -94,7 +96,9 @@ SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
         **problem_responses(*KEYED, 404, 422),
     },
 )
-def image(job_id: str, index: int, key: KeyDep, session: SessionDep) -> Response:
+def image(
+    job_id: str, index: Annotated[int, Path(ge=0, le=MAX_INDEX)], key: KeyDep, session: SessionDep
+) -> Response:
     """The bytes of one generated image, with the type sniffed from them."""
     get_job(session, job_id=job_id, key_id=key.id)
     stored = get_image(session, job_id=job_id, index=index)

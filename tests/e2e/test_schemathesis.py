@@ -9,6 +9,7 @@ every status, content type and body is one the document declares.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -28,9 +29,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.main import create_app
+from models.catalogue import get_catalogue
+from models.db import get_engine
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.helpers import free_port, new_key, wait_until
+from tests.helpers import FakeProvider, free_port, new_key, wait_until
+from worker.retry import RetryPolicy
+from worker.runner import Runner
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +46,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 #: bounded and deterministic: the same requests on every run
-CONFIG = {"seed": 12, "generation": {"max-examples": 25}}
+CONFIG = {"seed": 12, "generation": {"max-examples": 25}, "cache": {"enabled": False}}
 BOUNDED = settings(
     max_examples=25,
     derandomize=True,
@@ -55,6 +60,7 @@ BOUNDED = settings(
 class LiveApi:
     url: str
     headers: dict[str, str]
+    database_url: str
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +89,7 @@ def live_api(tmp_path_factory, redis_url, tiktoken_dir) -> Iterator[LiveApi]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _ready(url, proc, workdir), what="the API")
-        yield LiveApi(url=url, headers={"Authorization": f"Bearer {secret}"})
+        yield LiveApi(url, {"Authorization": f"Bearer {secret}"}, database_url)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -107,7 +113,10 @@ def _document() -> dict:
 
 
 DOCUMENT = _document()
-schema = schemathesis.openapi.from_dict(DOCUMENT, config=schemathesis.Config.from_dict(CONFIG))
+#: a copy: schemathesis works on the dict it is given
+schema = schemathesis.openapi.from_dict(
+    copy.deepcopy(DOCUMENT), config=schemathesis.Config.from_dict(CONFIG)
+)
 
 
 def test_the_live_api_serves_the_document_under_test(live_api):
@@ -144,3 +153,29 @@ def _is_json(raw: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+@pytest.fixture(scope="module")
+def image_job(live_api) -> str:
+    """A succeeded image job of the key with two stored images (run in-process by the real
+    Runner, the model faked), so its routes answer 200s, not only 404s."""
+    body = {"kind": "image", "prompt": "a red fox", "params": {"size": "512x512", "n": 2}}
+    answer = httpx.post(f"{live_api.url}/v1/jobs", json=body, headers=live_api.headers, timeout=10)
+    assert answer.status_code == 202, answer.text
+    runner = Runner(
+        engine=get_engine(live_api.database_url),
+        provider=FakeProvider(),
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    assert runner.run(answer.json()["id"]) == "succeeded"
+    return answer.json()["id"]
+
+
+@schema.include(path_regex="{job_id}").parametrize()
+@BOUNDED
+def test_a_real_jobs_routes_answer_as_documented(case, live_api, image_job):
+    # Given the id of a real, finished image job, when its routes are called with any other
+    # parameters the document allows (any image index, …), then every answer is documented
+    case.path_parameters["job_id"] = image_job
+    case.call_and_validate(base_url=live_api.url, headers=live_api.headers, checks=CHECKS)

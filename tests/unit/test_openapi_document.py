@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 from fastapi.routing import APIRoute
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from api.main import create_app
 from api.openapi import PROBLEM_MEDIA_TYPE, PROBLEM_REF
+from models.schemas import JobCreate
 from models.settings import Settings
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -109,6 +111,62 @@ def test_the_problem_schema_describes_what_genq_sends(document):
     assert validator.is_valid({"type": "about:blank", "title": "Bad", "status": 400, "detail": "x"})
     assert not validator.is_valid({"title": "Bad", "status": 400, "detail": "x"})
     assert not validator.is_valid({**sent, "status": 200})
+
+
+USER = {"role": "user", "content": "hi"}
+BODIES = [
+    {"kind": "text", "prompt": "hi"},
+    {"kind": "text", "messages": [USER]},
+    {"kind": "image", "prompt": "a red fox", "params": {"size": "1024x1024", "n": 2}},
+    {"kind": "text", "prompt": "hi", "messages": None},
+    {"kind": "text", "prompt": None, "messages": [USER]},
+    {"kind": "text"},
+    {"kind": "text", "prompt": None},
+    {"kind": "text", "prompt": "hi", "messages": [USER]},
+    {"kind": "image", "messages": [USER]},
+    {"kind": "image", "prompt": "fox", "messages": [USER]},
+    {"kind": "text", "prompt": ""},
+    {"kind": "text", "messages": []},
+    {"kind": "video", "prompt": "hi"},
+    {"kind": "text", "prompt": "hi", "colour": "red"},
+    {"kind": "text", "prompt": "hi", "metadata": {str(i): i for i in range(32)}},
+    {"kind": "text", "prompt": "hi", "metadata": {str(i): i for i in range(33)}},
+    {"kind": "text", "prompt": "hi", "deadline_s": 0},
+    {"kind": "text", "prompt": "hi", "policy": {"tier": "cheap"}},
+    {"kind": "text", "prompt": "hi", "policy": {"max_cost_usd": 0}},
+    {"kind": "text", "prompt": "hi", "params": {"temperature": 2.5}},
+    {"kind": "text", "prompt": "hi", "params": {"max_tokens": 0}},
+    {"kind": "text", "prompt": "hi", "params": {"size": "1024x1024"}},
+    {"kind": "text", "prompt": "hi", "params": {"max_tokens": 50, "top_p": 0.5}},
+    {"kind": "image", "prompt": "fox", "params": {"max_tokens": 50}},
+    {"kind": "image", "prompt": "fox", "params": {"n": 0}},
+]
+
+
+def server_accepts(body: dict) -> bool:
+    """The validators a submit runs before planning: the body, then its params by kind."""
+    try:
+        job = JobCreate.model_validate(body)
+        job.text_params() if job.kind == "text" else job.image_params()
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("body", BODIES, ids=[str(i) for i in range(len(BODIES))])
+def test_the_job_request_schema_says_what_the_validators_enforce(document, body):
+    # Given the JobCreate schema of the document (with its references)
+    validator = validator_for(document, "JobCreate")
+    # Then it accepts a body exactly when genq's validators do
+    assert validator.is_valid(body) == server_accepts(body), body
+
+
+def test_a_batch_is_one_to_100_jobs_each_a_job_request(document):
+    validator = validator_for(document, "JobBatchCreate")
+    assert validator.is_valid({"jobs": [{"kind": "text", "prompt": "hi"}] * 100})
+    assert not validator.is_valid({"jobs": []})
+    assert not validator.is_valid({"jobs": [{"kind": "text", "prompt": "hi"}] * 101})
+    assert not validator.is_valid({"jobs": [{"kind": "text", "prompt": "a", "messages": [USER]}]})
 
 
 def _can_be_invalid(parameter: dict) -> bool:
