@@ -8,7 +8,8 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import GenqError
@@ -65,12 +66,38 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     return problem(exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
-    """The database did not answer: nothing was stored, the client may retry."""
+def _not_ready(detail: str) -> JSONResponse:
+    return problem(
+        503,
+        "Service not ready",
+        detail,
+        type_="https://genq.dev/problems/not-ready",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _schema_problem(request: Request) -> str | None:
+    """After a database error only: is the schema behind (`genq migrate` not run)?"""
+    try:
+        return await run_in_threadpool(request.app.state.services.schema.problem)
+    except Exception:  # the database is down as well: the caller says so
+        return None
+
+
+async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+    """The database did not answer (or lacks a table): nothing was stored, the client may retry."""
+    if reason := await _schema_problem(request):
+        return _not_ready(reason)
     log.warning("database.unavailable", error=type(exc.orig).__name__ if exc.orig else "unknown")
-    return problem(503, "Service not ready",
-                   "the database is unavailable; nothing was stored, retry the request",
-                   type_="https://genq.dev/problems/not-ready", headers={"Retry-After": "5"})
+    return _not_ready("the database is unavailable; nothing was stored, retry the request")
+
+
+async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+    """A statement failed: on a database behind the code (PostgreSQL's undefined table or
+    column) that is `genq migrate` not run, else a bug."""
+    if reason := await _schema_problem(request):
+        return _not_ready(reason)
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -81,6 +108,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(GenqError, _genq_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)

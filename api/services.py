@@ -1,4 +1,4 @@
-"""What a running API holds: settings, engine, catalogue and publisher, built once per app."""
+"""What a running API holds: settings, engine, catalogue, publisher, schema check; built once."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from api.enqueue import Publisher
 from models.catalogue import Catalogue, get_catalogue
 from models.db import get_engine
+from models.migrate import SchemaCheck
 from models.planning import Defaults
 from models.settings import Settings
 from models.tokens import install_encodings
@@ -20,6 +21,8 @@ class Services:
     engine: Engine
     catalogue: Catalogue
     publisher: Publisher
+    #: is the database migrated? /readyz and the database error handlers ask
+    schema: SchemaCheck
 
     @property
     def defaults(self) -> Defaults:
@@ -32,9 +35,11 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         install_encodings(settings.tiktoken_cache_dir)
+        engine = get_engine(settings.database_url)
         return cls(
             settings=settings,
-            engine=get_engine(settings.database_url),
+            engine=engine,
             catalogue=get_catalogue(settings.catalogue_path),
             publisher=Publisher(settings.redis_url),
+            schema=SchemaCheck(engine),
         )

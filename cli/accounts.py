@@ -21,7 +21,21 @@ keys_app = typer.Typer(help="Manage API keys and their budgets.", no_args_is_hel
 
 
 def _engine():
-    return get_engine(get_settings().database_url)
+    """The database, once it answers at this genq's schema; else one line and exit 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from models.migrate import SchemaCheck
+
+    engine = get_engine(get_settings().database_url)
+    try:
+        reason = SchemaCheck(engine).problem()
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        first_line = (str(cause).splitlines() or [""])[0]
+        reason = f"cannot reach the database ({type(cause).__name__}: {first_line})"
+    if reason:
+        raise fail(reason)
+    return engine
 
 
 def _budget(value: str | None) -> Decimal | None:
@@ -50,8 +64,9 @@ def keys_create(
     if period not in ("monthly", "total"):
         raise fail("--period must be monthly or total")
     budget = _budget(budget_usd)
+    engine = _engine()
     try:
-        with session_scope(_engine()) as session:
+        with session_scope(engine) as session:
             key, secret = create_key(session, name=name.strip(), budget_usd=budget, period=period)
     except Exception as exc:
         reason = f"cannot store the key ({type(exc).__name__}); run `genq migrate` first?"

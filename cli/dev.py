@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import redis
 
+from cli.children import describe_exit, spawn, stop_all
 from cli.client import ClientError, GenqClient
+from cli.ports import bind_error
 from cli.render import console, job_summary
 from models.db import get_engine, session_scope
 from models.keys import create_key
@@ -24,6 +26,10 @@ from models.settings import Settings, get_settings
 
 #: where a private redis-server listens when none answers on GENQ_REDIS_URL
 PRIVATE_REDIS_PORT = 6390
+#: where the demo's API and Flower listen
+DEV_HOST = "127.0.0.1"
+#: signals that stop `genq dev` as Ctrl-C does (a closing terminal, `timeout`, a process manager)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 LOG_DIR = Path(".genq/logs")
 #: the demo's Flower login: this user and a random password made for each run
 FLOWER_USER = "genq"
@@ -37,8 +43,21 @@ DEMO_JOBS = (
 )
 
 
+class StopRequested(BaseException):
+    """SIGTERM or SIGHUP reached `genq dev`: stop like Ctrl-C (a BaseException, so no
+    `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+
+
+def _stop_requested(signum: int, _frame) -> None:
+    raise StopRequested(signum)
+
+
 class Children:
-    """Child processes started by the demo, stopped (SIGTERM, then SIGKILL) on exit."""
+    """Child processes started by the demo: each leads its own process group and gets SIGTERM
+    if `genq dev` dies; on exit each is stopped (SIGTERM, then SIGKILL of its group)."""
 
     def __init__(self, env: dict[str, str]):
         self.env = env
@@ -46,10 +65,7 @@ class Children:
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
-        log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(
-            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = spawn(argv, env=self.env, log=LOG_DIR / f"{name}.log")
         self.procs.append((name, proc))
         return proc
 
@@ -60,19 +76,34 @@ class Children:
         for name, proc in self.procs:
             if proc.poll() is not None:
                 raise ClientError(
-                    f"{name} exited with code {proc.returncode}; see {LOG_DIR / (name + '.log')}"
+                    f"{name} (pid {proc.pid}) {describe_exit(proc.returncode)}; stopping the "
+                    f"others (log: {LOG_DIR / (name + '.log')})"
                 )
 
+    def describe(self) -> str:
+        return ", ".join(f"{name} (pid {proc.pid})" for name, proc in self.procs)
+
     def stop(self) -> None:
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Stop every child; further signals wait until that is done."""
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_IGN)
+        stop_all([proc for _name, proc in reversed(self.procs)])
+
+
+def check_ports(api_port: int, flower_port: int) -> None:
+    """Refuse a taken port before anything starts: whatever holds it (often an earlier genq
+    dev) would answer in place of ours, with keys and a Flower login that do not work there."""
+    if api_port == flower_port:
+        raise ClientError(f"--api-port and --flower-port are both {api_port}; pick two ports")
+    for what, port, option in (
+        ("API", api_port, "--api-port"),
+        ("Flower", flower_port, "--flower-port"),
+    ):
+        if reason := bind_error(DEV_HOST, port):
+            raise ClientError(
+                f"port {port} ({what}) on {DEV_HOST}: {reason}; another genq may still be "
+                f"running there: stop it, or pass {option}"
+            )
 
 
 def _redis_answers(url: str) -> bool:
@@ -93,6 +124,11 @@ def ensure_redis(settings: Settings, children: Children) -> str:
         raise ClientError(
             f"no Redis answers at {settings.redis_url} and redis-server is not "
             "installed; install it (apt install redis-server) or set GENQ_REDIS_URL"
+        )
+    if reason := bind_error(DEV_HOST, PRIVATE_REDIS_PORT):
+        raise ClientError(
+            f"no Redis answers at {settings.redis_url} and port {PRIVATE_REDIS_PORT} for a "
+            f"private one: {reason}; set GENQ_REDIS_URL"
         )
     url = f"redis://127.0.0.1:{PRIVATE_REDIS_PORT}/0"
     children.start(
@@ -147,18 +183,25 @@ def _describe_provider(settings: Settings) -> str:
 
 
 def run_demo(*, api_port: int, flower_port: int, once: bool) -> int:
+    """0 when the demo ends (--once) or is stopped (Ctrl-C, SIGTERM, SIGHUP); 1 on a problem."""
     settings = get_settings()
     with ExitStack() as stack:
         env = {**os.environ, "GENQ_LOG_FORMAT": "console"}
         children = Children(env)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _stop_requested)
         stack.callback(children.stop)
         try:
+            check_ports(api_port, flower_port)
             return _demo(settings, children, api_port=api_port, flower_port=flower_port, once=once)
         except ClientError as exc:
             console.print(f"[red]genq dev: {exc}[/]")
             return 1
         except KeyboardInterrupt:
             console.print("stopping…")
+            return 0
+        except StopRequested as stop:
+            console.print(f"stopping ({stop})…")
             return 0
 
 
@@ -179,7 +222,7 @@ def _demo(
     children.genq("flower", "flower", f"--port={flower_port}", "--address=127.0.0.1")
     _wait_for(lambda: _ready(f"{api_url}/readyz"), "the API", children)
     _wait_for(lambda: _ready(f"{flower_url}/healthcheck"), "Flower", children)
-    console.print(f"processes: api, worker, flower (logs in {LOG_DIR}/)")
+    console.print(f"processes: {children.describe()} (logs in {LOG_DIR}/)")
 
     with session_scope(get_engine(settings.database_url)) as session:
         _key, secret = create_key(session, name="genq-dev demo")
@@ -189,8 +232,7 @@ def _demo(
     for job in jobs:
         console.print(f"submitted {job['kind']} job {job['id']}")
     for job in jobs:
-        finished = client.wait(job["id"], timeout_s=120)
-        children.check_alive()
+        finished = client.wait(job["id"], timeout_s=120, on_poll=lambda _j: children.check_alive())
         console.print(job_summary(finished, api_url=api_url))
     total = client.usage()["total"]
     console.print(f"usage for this key: {total['total_tokens']} tokens, ${total['cost_usd']:.7f}")
@@ -200,7 +242,7 @@ def _demo(
     )
     if once:
         return 0
-    console.print("running; press Ctrl-C to stop")
+    console.print("running; press Ctrl-C (or send SIGTERM / SIGHUP) to stop")
     while True:
         children.check_alive()
         time.sleep(1)

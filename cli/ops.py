@@ -58,8 +58,10 @@ def flower_argv(settings: Settings, args: list[str], *, unauthenticated: bool) -
 def run_api(*, host: str, port: int, workers: int) -> None:
     """uvicorn with `workers` processes on one port; with several, metrics are summed over all.
 
-    prometheus_client's multiprocess mode keeps each process's counters in files of a directory
-    named by PROMETHEUS_MULTIPROC_DIR; it must be empty at start, so every run gets a fresh one.
+    Settings and the port are checked here, before any process starts, so a bad setting or a
+    taken port is one line. prometheus_client's multiprocess mode keeps each process's counters
+    in files of a directory named by PROMETHEUS_MULTIPROC_DIR; it must be empty at start, so
+    every run gets a fresh one.
     """
     import os
     import tempfile
@@ -67,7 +69,15 @@ def run_api(*, host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from api.routes.health import MULTIPROC_ENV
+    from cli.ports import bind_error
 
+    get_settings()
+    with one_line_errors():
+        if reason := bind_error(host, port):
+            raise OpsError(
+                f"cannot serve the API on {host}:{port}: {reason} (another genq api may "
+                "still be running there; stop it or pass --port)"
+            )
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
@@ -76,11 +86,24 @@ def run_api(*, host: str, port: int, workers: int) -> None:
         "access_log": False,  # api/request_id.py writes the access line, with the request id
     }
     if workers == 1:
-        uvicorn.run("api.main:app_factory", **options)
+        uvicorn.run("cli.ops:api_process_app", **options)
         return
     with tempfile.TemporaryDirectory(prefix="genq-api-metrics-") as directory:
         os.environ[MULTIPROC_ENV] = directory
-        uvicorn.run("api.main:app_factory", workers=workers, **options)
+        uvicorn.run("cli.ops:api_process_app", workers=workers, **options)
+
+
+def api_process_app():
+    """uvicorn's factory: an API process started by `--workers N` dies with its supervisor
+    (were the supervisor SIGKILLed, it would otherwise go on serving the shared port)."""
+    import multiprocessing
+
+    from api.main import app_factory
+    from cli.children import die_with_parent
+
+    if (parent := multiprocessing.parent_process()) is not None:
+        die_with_parent(parent.pid)
+    return app_factory()
 
 
 def run_flower(args: list[str], *, unauthenticated: bool) -> None:

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
 
 from models.db import get_engine
 
@@ -31,3 +32,28 @@ def current_revision(database_url: str) -> str | None:
 
 def head_revision(database_url: str) -> str | None:
     return ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+
+
+#: what every part of genq says when the database is behind the code (or empty)
+NOT_MIGRATED = "database not migrated: run `genq migrate`"
+
+
+class SchemaCheck:
+    """Is the database at this genq's newest revision? Asked until it is, then never again
+    (a database does not fall behind while genq runs), so it costs nothing once at head."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+        self._at_head = False
+
+    def problem(self) -> str | None:
+        """NOT_MIGRATED, or None when the schema is current; raises when the database is down."""
+        if self._at_head:
+            return None
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current != self.head:
+            return NOT_MIGRATED
+        self._at_head = True
+        return None

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.catalogue import get_catalogue
+from models.errors import CatalogueError
 from models.ratelimits import parse_rate_limits
 
 
@@ -118,6 +120,33 @@ class Settings(BaseSettings):
         parse_schemes(value)
         return value
 
+    @field_validator("catalogue_path")
+    @classmethod
+    def _catalogue_loads(cls, value: Path | None) -> Path | None:
+        """A broken catalogue stops every process at start-up, not each job that needs it."""
+        if value is not None:
+            try:
+                get_catalogue(value)
+            except CatalogueError as exc:
+                raise ValueError(exc.detail) from None
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_root(cls, value: str) -> str:
+        """The API's root: `http://host:8000/v1` (the SDKs' base URL) means `http://host:8000`."""
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/").removesuffix("/v1")
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty GENQ_API_KEY counts as unset (the commands then say how to get one)."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("flower_basic_auth")
     @classmethod
     def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
@@ -167,7 +196,7 @@ def describe_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "settings"
     name = field.upper() if field.startswith(("OPENAI_", "GENQ_")) else f"GENQ_{field.upper()}"
-    return f"invalid setting {name}: {err['msg']}"
+    return f"invalid setting {name}: {err['msg'].removeprefix('Value error, ')}"
 
 
 @lru_cache

@@ -35,12 +35,15 @@ def healthz() -> dict:
     },
 )
 def readyz(services: ServicesDep) -> dict:
-    """Ready when both the database and Redis answer."""
+    """Ready when the database answers at this genq's schema revision and Redis answers."""
     try:
         with services.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+        schema_problem = services.schema.problem()
     except Exception as exc:
         raise NotReady(f"database unavailable ({type(exc).__name__})") from exc
+    if schema_problem:
+        raise NotReady(schema_problem)
     try:
         client = redis.Redis.from_url(
             services.settings.redis_url, socket_timeout=1, socket_connect_timeout=1

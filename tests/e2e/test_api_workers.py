@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import auth, new_key, wait_until
+from tests.helpers import auth, new_key, process_start_time, wait_until
 
 pytestmark = pytest.mark.e2e
 JOB = {"kind": "text", "prompt": "Write a haiku about ports", "params": {"max_tokens": 16}}
@@ -66,3 +68,17 @@ def test_api_processes_share_the_port_and_one_scrape_counts_all_of_them(stack, s
     assert submits_counted(scrape.text) == served
     jobs = httpx.get(f"{api}/v1/jobs", params={"limit": 100}, headers=key, timeout=10).json()
     assert len(jobs["data"]) == served
+    # And when the supervisor is SIGKILLed (it can stop nothing), its API processes stop by
+    # themselves (PR_SET_PDEATHSIG) instead of serving the port on as orphans
+    children = {pid: process_start_time(pid) for pid in children_of(parent)}
+    stack.procs["api"].kill()
+    stack.procs["api"].wait()
+
+    def survivors() -> list[int]:
+        return [pid for pid, start in children.items() if process_start_time(pid) == start]
+
+    try:
+        wait_until(lambda: not survivors(), what=f"API processes {sorted(children)} to stop")
+    finally:
+        for pid in survivors():  # only processes this test started, by PID
+            os.kill(pid, signal.SIGKILL)

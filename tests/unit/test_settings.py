@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -60,12 +59,6 @@ def test_defaults_match_the_design():
         ("GENQ_OFFLINE_FAULTS", "429:0.3,500:0.1", "offline_faults", None),
         ("GENQ_MAX_ATTEMPTS", "7", "max_attempts", 7),
         ("GENQ_RETRY_AFTER_CAP_S", "5.5", "retry_after_cap_s", 5.5),
-        (
-            "GENQ_CATALOGUE_PATH",
-            "/etc/genq/extra.toml",
-            "catalogue_path",
-            Path("/etc/genq/extra.toml"),
-        ),
         ("GENQ_LOG_LEVEL", "DEBUG", "log_level", None),
         ("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1", "openai_base_url", None),
     ],
@@ -139,6 +132,67 @@ def test_bad_value_is_a_validation_error_naming_the_variable(kwargs, field):
     line = describe_error(info.value)
     assert f"GENQ_{field.upper()}" in line
     assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "No such file or directory"),
+        ("[models\n", "Expected ']'"),
+        ('[models."gpt-x"]\nkind = "text"\n', "line 1: model 'gpt-x': tier: Field required"),
+    ],
+    ids=["missing file", "bad TOML", "invalid entry"],
+)
+def test_a_broken_catalogue_is_an_invalid_setting(tmp_path, content, reason):
+    # Given GENQ_CATALOGUE_PATH naming a file that is missing, not TOML, or has a bad entry
+    path = tmp_path / "catalogue.toml"
+    if content is not None:
+        path.write_text(content)
+    # When settings are built, Then it is refused like any other bad value: one line
+    with pytest.raises(ValidationError) as info:
+        Settings(catalogue_path=path)
+    line = describe_error(info.value)
+    assert line.startswith(f"invalid setting GENQ_CATALOGUE_PATH: {path}")
+    assert reason in line and "\n" not in line
+
+
+def test_a_valid_catalogue_file_is_read_from_the_environment(monkeypatch, tmp_path):
+    path = tmp_path / "extra.toml"
+    path.write_text(
+        '[models."my-model"]\nkind = "text"\ntier = "economy"\n'
+        "context_window = 8000\nmax_output_tokens = 1000\n"
+    )
+    monkeypatch.setenv("GENQ_CATALOGUE_PATH", str(path))
+    assert Settings().catalogue_path == path
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000"),
+        ("https://genq.example.com/v1/", "https://genq.example.com"),
+        ("https://example.com/genq/v1", "https://example.com/genq"),
+    ],
+)
+def test_the_api_url_is_the_api_root_with_or_without_v1(value, expected):
+    assert Settings(api_url=value).api_url == expected
+
+
+def test_an_api_url_without_a_scheme_is_refused():
+    with pytest.raises(ValidationError) as info:
+        Settings(api_url="127.0.0.1:8000")
+    assert describe_error(info.value) == (
+        "invalid setting GENQ_API_URL: must be an http:// or https:// URL"
+    )
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", None), ("  ", None), (" genq_k\n", "genq_k")])
+def test_a_blank_api_key_counts_as_unset(monkeypatch, value, expected):
+    monkeypatch.setenv("GENQ_API_KEY", value)
+    key = Settings().api_key
+    assert (key.get_secret_value() if key else None) == expected
 
 
 # -- parse_faults -----------------------------------------------------------------------------
