@@ -6,7 +6,6 @@ name, because other people's workers may run on the same machine.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -20,10 +19,10 @@ from pathlib import Path
 import httpx
 from celery import Celery
 
+from cli.children import die_with_parent
+
 #: how long a process may take to answer after it was started (a busy 2-core box is slow)
 START_TIMEOUT_S = 90.0
-#: Linux prctl option: the signal a child receives when its parent dies
-PR_SET_PDEATHSIG = 1
 
 
 class BenchError(RuntimeError):
@@ -57,13 +56,15 @@ class Fleet:
         """A child logging to `<log_dir>/<name>.log`, with this run's environment."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"{name}.log"
+        parent = os.getpid()
         with open(path, "ab") as log:
             popen = subprocess.Popen(
                 argv,
                 env={**self.env, **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                # SIGTERM when the harness dies, so no worker outlives its run (Linux)
+                preexec_fn=lambda: die_with_parent(parent),
             )
         child = Child(name, popen, path)
         self.children.append(child)
@@ -118,15 +119,6 @@ class Fleet:
 
     def stop_all(self) -> None:
         self.stop_many(list(reversed(self.children)))
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the harness dies, so no worker outlives its run (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def free_port() -> int:

@@ -39,21 +39,28 @@ NOT_MIGRATED = "database not migrated: run `genq migrate`"
 
 
 class SchemaCheck:
-    """Is the database at this genq's newest revision? Asked until it is, then never again
-    (a database does not fall behind while genq runs), so it costs nothing once at head."""
+    """Is the database behind this genq's schema? Asked until it is not, then never again (a
+    database does not fall behind while genq runs), so it costs nothing once migrated.
+
+    A revision this genq does not know is newer: migrations are additive, so code still running
+    the previous release stays ready against it during an upgrade (docs/operations.md).
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-        self._at_head = False
+        script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+        head = script.get_current_head()
+        #: revisions older than head; None is an empty database
+        self.behind = ({r.revision for r in script.walk_revisions()} - {head}) | {None}
+        self._current = False
 
     def problem(self) -> str | None:
         """NOT_MIGRATED, or None when the schema is current; raises when the database is down."""
-        if self._at_head:
+        if self._current:
             return None
         with self.engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-        if current != self.head:
+            revision = MigrationContext.configure(conn).get_current_revision()
+        if revision in self.behind:
             return NOT_MIGRATED
-        self._at_head = True
+        self._current = True
         return None

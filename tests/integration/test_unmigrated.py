@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from api.main import create_app
 from models.db import get_engine
@@ -59,6 +59,16 @@ def test_a_database_behind_the_code_is_not_ready_until_migrated(unmigrated):
         assert_not_migrated(client.get("/readyz"))
         upgrade(unmigrated.database_url)
         assert client.get("/readyz").status_code == 200
+
+
+def test_a_database_migrated_by_a_newer_release_keeps_this_api_ready(unmigrated):
+    # Given a schema one revision ahead of this code (a rolling upgrade migrates first)
+    upgrade(unmigrated.database_url)
+    with get_engine(unmigrated.database_url).begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_next_release'"))
+    # Then the API still running this release stays ready (migrations are additive)
+    with TestClient(create_app(unmigrated)) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
 
 
 def test_readiness_asks_the_schema_revision_only_until_it_is_current(unmigrated):

@@ -192,7 +192,7 @@ def test_an_api_url_without_a_scheme_is_refused():
 def test_a_blank_api_key_counts_as_unset(monkeypatch, value, expected):
     monkeypatch.setenv("GENQ_API_KEY", value)
     key = Settings().api_key
-    assert (key.get_secret_value() if key else None) == expected
+    assert (None if key is None else key.get_secret_value()) == expected
 
 
 # -- parse_faults -----------------------------------------------------------------------------
