@@ -179,3 +179,24 @@ def test_a_real_jobs_routes_answer_as_documented(case, live_api, image_job):
     # parameters the document allows (any image index, …), then every answer is documented
     case.path_parameters["job_id"] = image_job
     case.call_and_validate(base_url=live_api.url, headers=live_api.headers, checks=CHECKS)
+
+
+@pytest.fixture(scope="module")
+def conversation(live_api) -> str:
+    answer = httpx.post(
+        f"{live_api.url}/v1/conversations",
+        json={"system": "Be brief"},
+        headers=live_api.headers,
+        timeout=10,
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
+@schema.include(path_regex="{conversation_id}").parametrize()
+@BOUNDED
+def test_a_real_conversations_routes_answer_as_documented(case, live_api, conversation):
+    # Given the id of a real conversation of the key (messages, then maybe its deletion), when
+    # its routes are called, then every answer is documented
+    case.path_parameters["conversation_id"] = conversation
+    case.call_and_validate(base_url=live_api.url, headers=live_api.headers, checks=CHECKS)
