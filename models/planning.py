@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -52,9 +53,22 @@ def _params(request: JobCreate) -> TextParams | ImageParams:
         return request.text_params() if request.kind == "text" else request.image_params()
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(["params", *(str(p) for p in err["loc"])])
+        field = ".".join(["params", *_plain_loc(err["loc"])])
         message = err["msg"].removeprefix("Value error, ")
         raise _invalid(field, f"{field}: {message}") from None
+
+
+#: pydantic names union members in an error's loc (`literal['none','auto']`, `NamedToolChoice`)
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|str|int|list\[.*\]|dict\[.*\]|[A-Z]\w*)$")
+
+
+def _plain_loc(loc: tuple) -> list[str]:
+    """The loc a client wrote: no union member names, no repeated discriminator tag."""
+    parts: list[str] = []
+    for part in map(str, loc):
+        if not _UNION_MEMBER.match(part) and (not parts or parts[-1] != part):
+            parts.append(part)
+    return parts
 
 
 def _needs(request: JobCreate, params: TextParams | ImageParams) -> frozenset[str]:

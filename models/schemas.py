@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.structured import ResponseFormat, Tool, ToolCall, ToolChoice, tool_choice_problem
 
@@ -63,9 +63,16 @@ class TextParams(BaseModel):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     seed: int | None = None
-    stop: str | Annotated[list[str], Field(min_length=1, max_length=MAX_STOP)] | None = None
+    stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_STOP:
+            raise ValueError(f"stop holds 1 to {MAX_STOP} strings")
+        return value
 
     @model_validator(mode="after")
     def _tools_agree(self) -> TextParams:
