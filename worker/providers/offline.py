@@ -33,9 +33,7 @@ class OfflineProvider:
             kind="rate_limited" if fault.status == 429 else "provider_error",
         )
 
-    def generate_text(
-        self, *, model: str, messages: list[dict], params: TextParams
-    ) -> TextResult:
+    def generate_text(self, *, model: str, messages: list[dict], params: TextParams) -> TextResult:
         self._maybe_fail()
         spec = self.catalogue.get(model) if self.catalogue else None
         answer = self.simulator.answer(

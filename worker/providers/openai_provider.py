@@ -124,9 +124,7 @@ class OpenAIProvider:
                 self._clients[route] = self._new_client(key or self.default.api_key, spec.base_url)
             return self._clients[route]
 
-    def generate_text(
-        self, *, model: str, messages: list[dict], params: TextParams
-    ) -> TextResult:
+    def generate_text(self, *, model: str, messages: list[dict], params: TextParams) -> TextResult:
         body = {"model": model, "messages": messages, **params.model_dump(exclude_none=True)}
         try:
             # The SDK's own request path (auth, headers, timeouts, errors, typed response)
