@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from cli.accounts import bench_chaos, bench_savings, keys_app, usage
 from cli.chat import chat
 from cli.client import ClientError, GenqClient
 from cli.render import console, fail, job_summary, print_json
+from cli.schema_file import response_format
 from models.settings import get_settings
 
 app = typer.Typer(
@@ -136,11 +138,19 @@ def submit(
     tier: Annotated[str | None, typer.Option(help="economy, balanced or premium")] = None,
     max_cost_usd: Annotated[str | None, typer.Option(help="Hard cost ceiling for the job")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Makes a retried submit safe")] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="Text: a JSON Schema file the answer must match (strict)")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Poll until the job finishes")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the job as JSON")] = False,
 ) -> None:
     """Submit a text or image job to the API at GENQ_API_URL."""
     params = {k: v for k, v in {"max_tokens": max_tokens, "size": size, "n": n}.items() if v}
+    if schema is not None:
+        try:
+            params["response_format"] = response_format(schema)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
     policy = {k: v for k, v in {"tier": tier, "max_cost_usd": max_cost_usd}.items() if v}
     body = {"kind": kind, "prompt": prompt, "params": params, "model": model, "policy": policy}
     client = _client()
@@ -206,6 +216,8 @@ def _show(job: dict, json_out: bool) -> None:
         print_json(job)
     else:
         console.print(job_summary(job, api_url=get_settings().api_url))
+        if "json" in (job.get("output") or {}):  # the structured answer, pretty, on stdout
+            print_json(job["output"]["json"])
 
 
 @app.command()

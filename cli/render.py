@@ -26,6 +26,11 @@ def job_summary(job: dict, *, api_url: str = "") -> str:
     output = job.get("output") or {}
     if "text" in output:
         lines.append(f"  text: {escape(output['text'])}")
+    for call in output.get("tool_calls", []):
+        function = call["function"]
+        lines.append(
+            f"  tool call {call['id']}: {function['name']}({escape(function['arguments'])})"
+        )
     for image in output.get("images", []):
         lines.append(f"  image: {api_url}{image['url']} ({image['content_type']})")
     if job.get("error"):

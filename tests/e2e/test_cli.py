@@ -74,6 +74,29 @@ def test_submit_wait_and_status_through_the_api(stack, env):
     assert image.returncode == 0 and "/images/1" in image.stdout
 
 
+def test_submit_with_a_schema_file_prints_the_parsed_json(stack, env, tmp_path):
+    api = stack.api()
+    stack.worker()
+    secret = genq("keys", "create", "cli", env=env).stdout.strip()
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "tags": {"type": "array", "minItems": 2}},
+        "required": ["title", "tags"],
+        "additionalProperties": False,
+    }
+    path = tmp_path / "product page.json"
+    path.write_text(json.dumps(schema))
+    client_env = {**env, "GENQ_API_URL": api, "GENQ_API_KEY": secret}
+    done = genq("submit", "A kettle page", "--schema", str(path), "--wait", env=client_env)
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded"
+    assert (
+        set(job["output"]["json"]) == {"title", "tags"} and len(job["output"]["json"]["tags"]) >= 2
+    )
+    assert json.loads(job["output"]["text"]) == job["output"]["json"]
+
+
 def test_submit_batch_sends_a_file_in_chunks_and_names_the_refused_line(stack, env, tmp_path):
     api = stack.api()
     secret = genq("keys", "create", "cli", env=env).stdout.strip()
@@ -120,6 +143,8 @@ def test_submit_batch_sends_a_file_in_chunks_and_names_the_refused_line(stack, e
         (("keys", "create", " "), {}, "NAME"),
         (("submit-batch", "/nonexistent/jobs.jsonl"), {}, "cannot read"),
         (("submit-batch", "/dev/null"), {}, "holds no jobs"),
+        (("submit", "x", "--schema", "/nonexistent/page.json"), {}, "--schema"),
+        (("submit", "x", "--schema", "/etc/hostname"), {}, "not JSON"),
     ],
 )
 def test_errors_are_one_clear_line_and_a_nonzero_exit(env, args, extra_env, needle):
