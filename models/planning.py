@@ -82,11 +82,11 @@ def _needs(request: JobCreate, params: TextParams | ImageParams) -> frozenset[st
     return frozenset(needs)
 
 
-def _text_assessor(request: JobCreate, params: TextParams) -> Assessor:
-    sent = _dump(params)  # the tools and schema are sent, and billed, as prompt tokens
+def _text_assessor(messages: list[dict], params: TextParams, sent: dict) -> Assessor:
+    """`sent` is the params as sent: their tools and schema are billed as prompt tokens."""
 
     def assess(spec: ModelSpec) -> Assessment:
-        prompt = count_request(request.chat_messages(), sent, spec.encoding)
+        prompt = count_request(messages, sent, spec.encoding)
         estimate = estimate_text(spec, prompt_tokens=prompt, max_tokens=params.max_tokens)
         typical = estimate_text(
             spec, prompt_tokens=prompt, max_tokens=params.max_tokens or TYPICAL_COMPLETION_TOKENS
@@ -155,8 +155,9 @@ def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Pl
     if request.deadline_s and request.deadline_s > defaults.max_deadline_s:
         raise _invalid("deadline_s", f"deadline_s may be at most {defaults.max_deadline_s}")
     if isinstance(params, TextParams):
-        assess = _text_assessor(request, params)
-        prompt_tokens = count_request(request.chat_messages(), _dump(params))
+        sent, messages = _dump(params), request.chat_messages()
+        assess = _text_assessor(messages, params, sent)
+        prompt_tokens = count_request(messages, sent)
         simple = is_simple(kind="text", prompt_tokens=prompt_tokens, max_tokens=params.max_tokens)
     else:
         assess, prompt_tokens, simple = _image_assessor(request, params), 0, False

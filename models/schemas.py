@@ -76,6 +76,8 @@ class TextParams(BaseModel):
 
     @model_validator(mode="after")
     def _tools_agree(self) -> TextParams:
+        if self.tools is None and self.tool_choice is None:  # plain jobs: nothing to compare
+            return self
         problem = tool_choice_problem(self.tools, self.tool_choice)
         if problem:
             raise ValueError(problem)
