@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.responses import PlainJSONResponse
 from models.errors import GenqError
 
 log = structlog.get_logger("genq.api")
@@ -31,7 +32,7 @@ def problem(
     body: dict = {"type": type_, "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    return PlainJSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict]:

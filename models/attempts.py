@@ -10,6 +10,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from models.db import Money, utcnow
 from models.jobs import Job
+from models.schemas import AttemptPublic
 
 SUCCEEDED, RETRYABLE, FAILED = "succeeded", "retryable_error", "failed"
 
@@ -84,19 +85,19 @@ def list_attempts(session: Session, *, job_id: str) -> list[Attempt]:
     return list(session.exec(query))
 
 
-def attempt_public(attempt: Attempt) -> dict:
+def attempt_public(attempt: Attempt) -> AttemptPublic:
     """One provider call as the job's `attempt_log` shows it."""
-    return {
-        "number": attempt.number,
-        "model": attempt.model,
-        "provider": attempt.provider,
-        "worker": attempt.worker,
-        "outcome": attempt.outcome,
-        "http_status": attempt.http_status,
-        "error_type": attempt.error_type,
-        "latency_ms": attempt.latency_ms,
-        "prompt_tokens": attempt.prompt_tokens,
-        "completion_tokens": attempt.completion_tokens,
-        "cost_usd": float(attempt.cost_usd),
-        "started_at": attempt.started_at.isoformat() if attempt.started_at else None,
-    }
+    return AttemptPublic(
+        number=attempt.number,
+        model=attempt.model,
+        provider=attempt.provider,
+        worker=attempt.worker,
+        outcome=attempt.outcome,
+        http_status=attempt.http_status,
+        error_type=attempt.error_type,
+        latency_ms=attempt.latency_ms,
+        prompt_tokens=attempt.prompt_tokens,
+        completion_tokens=attempt.completion_tokens,
+        cost_usd=attempt.cost_usd,
+        started_at=attempt.started_at.isoformat() if attempt.started_at else None,
+    )

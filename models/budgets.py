@@ -19,6 +19,7 @@ from sqlmodel import Session
 from models.db import Money, utcnow
 from models.errors import BudgetExceeded
 from models.keys import ApiKey
+from models.money import money
 
 
 def month_start(moment: datetime) -> datetime:
@@ -61,9 +62,10 @@ def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | N
         key = session.get(ApiKey, key.id, populate_existing=True)
         left = (key.budget_usd or Decimal(0)) - key.spent_usd - key.reserved_usd
         raise BudgetExceeded(
-            f"this job may cost up to {amount} USD but the key's {key.budget_period} budget has "
-            f"{max(left, Decimal(0))} USD left (budget {key.budget_usd}, spent {key.spent_usd}, "
-            f"reserved {key.reserved_usd})"
+            f"this job may cost up to {money(amount)} USD but the key's {key.budget_period} "
+            f"budget has {money(max(left, Decimal(0)))} USD left (budget "
+            f"{money(key.budget_usd or 0)}, spent {money(key.spent_usd)}, "
+            f"reserved {money(key.reserved_usd)})"
         )
 
 

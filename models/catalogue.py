@@ -95,17 +95,11 @@ class ModelSpec(BaseModel):
         return self.image_prices.get(self.quality_or_default(quality), {}).get(size)
 
     def public(self) -> dict:
-        """The catalogue entry as `GET /v1/models` shows it: prices as JSON numbers."""
-        data = _numbers(self.model_dump(exclude_none=True, exclude={"api_key_env", "base_url"}))
+        """The catalogue entry as `GET /v1/models` shows it: prices stay Decimal, written as
+        plain JSON numbers by models/jsontext.py."""
+        data = self.model_dump(exclude_none=True, exclude={"api_key_env", "base_url"})
         data["capabilities"] = sorted(self.capabilities)
         return data
-
-
-def _numbers(value):
-    """Decimals become floats for JSON display only; arithmetic stays in Decimal."""
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    return float(value) if isinstance(value, Decimal) else value
 
 
 class Catalogue:

@@ -279,10 +279,8 @@ def job_public(job: Job) -> JobPublic:
             completion_tokens=job.completion_tokens,
             total_tokens=job.prompt_tokens + job.completion_tokens,
         ),
-        cost_usd=float(job.cost_usd),
-        estimated_cost_usd=None
-        if job.estimated_cost_usd is None
-        else float(job.estimated_cost_usd),
+        cost_usd=job.cost_usd,
+        estimated_cost_usd=job.estimated_cost_usd,
         error=error,
         metadata=job.meta or {},
         routing=job.routing,

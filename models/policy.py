@@ -28,6 +28,7 @@ from decimal import Decimal
 
 from models.catalogue import TIERS, Catalogue, ModelSpec, Tier
 from models.errors import InvalidRequest
+from models.money import money
 
 #: a text request at most this long…
 SIMPLE_PROMPT_TOKENS = 300
@@ -77,7 +78,7 @@ class Candidate:
         return {
             "model": self.model,
             "tier": self.tier,
-            "estimate_usd": None if a.estimate is None else str(a.estimate),
+            "estimate_usd": None if a.estimate is None else money(a.estimate),
             **({"rejected": reason} if reason else {}),
         }
 
@@ -96,14 +97,14 @@ class Routing:
     fallbacks: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
-        """JSON-ready; money as strings so the record keeps its exact decimals."""
+        """JSON-ready; money as plain decimal strings so the record keeps its exact digits."""
         return {
             "mode": self.mode,
             "tier": self.tier,
             "simple": self.simple,
-            "max_cost_usd": None if self.max_cost_usd is None else str(self.max_cost_usd),
+            "max_cost_usd": None if self.max_cost_usd is None else money(self.max_cost_usd),
             "chosen": self.chosen,
-            "estimate_usd": str(self.estimate_usd),
+            "estimate_usd": money(self.estimate_usd),
             "candidates": self.candidates,
             "fallbacks": self.fallbacks,
         }
@@ -122,7 +123,7 @@ def is_simple(*, kind: str, prompt_tokens: int, max_tokens: int | None) -> bool:
 def _with_ceiling(assessment: Assessment, ceiling: Decimal | None) -> Assessment:
     if assessment.rejection or ceiling is None or assessment.estimate <= ceiling:
         return assessment
-    reason = f"worst case {assessment.estimate} USD is over max_cost_usd {ceiling}"
+    reason = f"worst case {money(assessment.estimate)} USD is over max_cost_usd {money(ceiling)}"
     return Assessment(
         estimate=assessment.estimate,
         typical=assessment.typical,
@@ -214,8 +215,8 @@ def _nothing_fits(assessed: list[Candidate], tier: Tier, ceiling: Decimal | None
     if over:
         cheapest = min(over, key=lambda c: c.assessment.estimate)
         detail = (
-            f"no {tier} model fits max_cost_usd {ceiling}: the cheapest candidate, "
-            f"{cheapest.model}, would cost up to {cheapest.assessment.estimate} USD"
+            f"no {tier} model fits max_cost_usd {money(ceiling)}: the cheapest candidate, "
+            f"{cheapest.model}, would cost up to {money(cheapest.assessment.estimate)} USD"
         )
         return Rejection("policy.max_cost_usd", detail).error()
     fields = {r.field for _, r in rejections}
@@ -243,8 +244,8 @@ def explicit(
         if rejection.field == "policy.max_cost_usd":
             rejection = Rejection(
                 rejection.field,
-                f"worst-case cost {candidate.assessment.estimate}"
-                f" USD on {spec.id} exceeds max_cost_usd {ceiling}",
+                f"worst-case cost {money(candidate.assessment.estimate)}"
+                f" USD on {spec.id} exceeds max_cost_usd {money(ceiling)}",
             )
         raise rejection.error()
     return Routing(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.jsontext import MoneyNumber
 from models.structured import ResponseFormat, Tool, ToolCall, ToolChoice, tool_choice_problem
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -208,6 +209,23 @@ class ContextPublic(BaseModel):
     budget_tokens: int
 
 
+class AttemptPublic(BaseModel):
+    """One provider call in a job's `attempt_log`."""
+
+    number: int
+    model: str
+    provider: str | None
+    worker: str | None
+    outcome: str
+    http_status: int | None
+    error_type: str | None
+    latency_ms: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: MoneyNumber
+    started_at: str | None
+
+
 class JobPublic(BaseModel):
     """The job object every route returns."""
 
@@ -219,14 +237,14 @@ class JobPublic(BaseModel):
     attempts: int
     output: dict[str, Any] | None
     usage: UsagePublic
-    cost_usd: float
-    estimated_cost_usd: float | None
+    cost_usd: MoneyNumber
+    estimated_cost_usd: MoneyNumber | None
     error: ErrorPublic | None
     metadata: dict[str, Any]
     #: why this model: candidates considered, each rejection's reason, the choice, fallbacks
     routing: dict[str, Any] | None = None
     #: every provider call (GET /v1/jobs/{id} only): model, outcome, status, tokens, cost
-    attempt_log: list[dict[str, Any]] | None = None
+    attempt_log: list[AttemptPublic] | None = None
     #: set on a conversation's jobs: which conversation, and which of its turns were sent
     conversation_id: str | None = None
     context: ContextPublic | None = None

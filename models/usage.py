@@ -125,16 +125,3 @@ def usage_report(
 
 def _key_names(session: Session) -> dict[str, str]:
     return {k.id: k.name for k in session.exec(select(ApiKey))}
-
-
-def as_json(report: dict) -> dict:
-    """Money as JSON numbers for the API; the arithmetic above stayed in Decimal."""
-
-    def convert(row: dict) -> dict:
-        return {k: float(v) if isinstance(v, Decimal) else v for k, v in row.items()}
-
-    return {
-        **report,
-        "data": [convert(r) for r in report["data"]],
-        "total": convert(report["total"]),
-    }

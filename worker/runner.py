@@ -30,6 +30,7 @@ from models.jobs import FAILED as JOB_FAILED
 from models.jobs import SUCCEEDED as JOB_SUCCEEDED
 from models.lifecycle import release
 from models.logging import redact
+from models.money import money
 from models.pricing import Usage
 from models.schemas import JobCreate
 from models.tokens import count_request
@@ -365,7 +366,7 @@ class Runner:
         bound.info(
             "job.cancelled" if cancelled else "job.succeeded",
             model=call.spec.id,
-            cost_usd=str(end.cost_usd),
+            cost_usd=money(end.cost_usd),
             attempts=end.attempts,
         )
         if cancelled:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.deps import KeyDep, ServicesDep
 from api.openapi import KEYED, problem_responses
+from api.responses import model_response
 from models.db import session_scope
 from models.jobs import job_public
 from models.lifecycle import cancel_job
@@ -24,8 +25,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
         notes={409: "The job already finished; only queued or running jobs cancel."},
     ),
 )
-def cancel(job_id: str, key: KeyDep, services: ServicesDep) -> JobPublic:
+def cancel(job_id: str, key: KeyDep, services: ServicesDep) -> Response:
     """200 with the job (`cancelled`, or still `running` with the stop requested); 409 if done."""
     with session_scope(services.engine) as session:
         job = cancel_job(session, job_id=job_id, key_id=key.id)
-        return job_public(job)
+        return model_response(job_public(job))

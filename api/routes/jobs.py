@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Response
 
 from api.deps import KeyDep, ServicesDep, SessionDep
 from api.openapi import BODY, KEYED, problem_responses
+from api.responses import model_response
 from api.submit import submit_batch, submit_job
 from models.attempts import attempt_public, get_image, list_attempts
 from models.errors import JobNotFound
@@ -33,13 +34,12 @@ def create(
     body: JobCreate,
     key: KeyDep,
     services: ServicesDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobPublic:
+) -> Response:
     """Accept a job; poll the URL in `Location` for its result."""
     job = submit_job(services, key=key, body=body, idempotency_key=idempotency_key)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_public(job)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    return model_response(job_public(job), status_code=202, headers=headers)
 
 
 @router.post(
@@ -54,10 +54,10 @@ def create_batch(
     services: ServicesDep,
     # job i of the batch is stored under `K#i`, so a key leaves room for the suffix
     idempotency_key: Annotated[str | None, Header(max_length=190)] = None,
-) -> JobBatch:
+) -> Response:
     """Accept up to 100 jobs at once, all or none; poll each job as usual."""
     jobs = submit_batch(services, key=key, bodies=body.jobs, idempotency_key=idempotency_key)
-    return JobBatch(data=[job_public(job) for job in jobs])
+    return model_response(JobBatch(data=[job_public(job) for job in jobs]), status_code=202)
 
 
 @router.get("", response_model=JobList, responses=problem_responses(*KEYED, 422))
@@ -67,18 +67,18 @@ def index(
     status: StatusFilter | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> JobList:
+) -> Response:
     """The key's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     jobs, next_cursor = list_jobs(session, key_id=key.id, status=status, limit=limit, cursor=cursor)
-    return JobList(data=[job_public(j) for j in jobs], next_cursor=next_cursor)
+    return model_response(JobList(data=[job_public(j) for j in jobs], next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(*KEYED, 404))
-def show(job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
+def show(job_id: str, key: KeyDep, session: SessionDep) -> Response:
     """The job, with every provider call it made (which model, outcome, status, cost)."""
     job = job_public(get_job(session, job_id=job_id, key_id=key.id))
     job.attempt_log = [attempt_public(a) for a in list_attempts(session, job_id=job_id)]
-    return job
+    return model_response(job)
 
 
 #: an SVG may carry scripts: opened directly, it runs in a sandbox that can load nothing

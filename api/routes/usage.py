@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query
 from api.deps import KeyDep, SessionDep
 from api.openapi import KEYED, problem_responses
 from api.openapi_schemas import UsageReport
-from models.usage import GroupBy, as_json, parse_bound, usage_report
+from api.responses import PlainJSONResponse
+from models.usage import GroupBy, parse_bound, usage_report
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -25,8 +26,9 @@ def usage(
     group_by: GroupBy = "model",
     start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
     end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
-) -> dict:
-    """Spending per model, day, key or job status; `from`/`to` are ISO dates or datetimes."""
+) -> PlainJSONResponse:
+    """Spending per model, day, key or job status; `from`/`to` are ISO dates or datetimes.
+    Money as plain JSON numbers (`0.0000258`), summed exactly in Decimal."""
     report = usage_report(
         session,
         key_id=key.id,
@@ -34,4 +36,4 @@ def usage(
         start=parse_bound(start),
         end=parse_bound(end, end=True),
     )
-    return as_json(report)
+    return PlainJSONResponse(report)

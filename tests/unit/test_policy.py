@@ -122,7 +122,7 @@ def test_routing_record_and_fallbacks():
     result = plan({"kind": "text", "prompt": LONG}, "premium")
     record = result.routing.record()
     assert record["mode"] == "policy" and record["chosen"] == "gpt-4.1"
-    assert record["estimate_usd"] == str(result.estimated_cost_usd)
+    assert Decimal(record["estimate_usd"]) == result.estimated_cost_usd
     assert {c["model"] for c in record["candidates"]} == {
         "gpt-4o-mini",
         "gpt-4o",
