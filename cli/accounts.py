@@ -6,15 +6,16 @@ operator sees every key; the API's `/v1/usage` shows a key only its own spending
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cli.render import console, fail
+from cli.render import console, fail, out, print_json
+from cli.tables import Column, show_table
 from models.db import get_engine, session_scope
+from models.money import money
 from models.settings import get_settings
 
 keys_app = typer.Typer(help="Manage API keys and their budgets.", no_args_is_help=True)
@@ -55,6 +56,9 @@ def keys_create(
     name: Annotated[str, typer.Argument(help="A label for the key")],
     budget_usd: Annotated[str | None, typer.Option(help="Spending limit in USD")] = None,
     period: Annotated[str, typer.Option(help="monthly or total (never resets)")] = "total",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the key's id, name, budget and secret as JSON")
+    ] = False,
 ) -> None:
     """Create an API key and print its secret alone on stdout (it is shown only once)."""
     from models.keys import create_key
@@ -71,9 +75,40 @@ def keys_create(
     except Exception as exc:
         reason = f"cannot store the key ({type(exc).__name__}); run `genq migrate` first?"
         raise fail(reason) from None
-    limit = f"budget {budget} USD ({period})" if budget else "no budget"
+    limit = f"budget {money(budget)} USD ({period})" if budget else "no budget"
     console.print(f"created key {key.id} ({key.name}, {limit}); the secret below is not stored")
-    print(secret)
+    if json_out:
+        print_json({**_key_row(key), "secret": secret})
+    else:
+        print(secret)
+
+
+def _key_row(key) -> dict:
+    """A key as `keys list --json` shows it: money as exact decimal strings (`"0.0000001"`)."""
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "revoked": key.revoked_at is not None,
+        "budget_usd": None if key.budget_usd is None else money(key.budget_usd),
+        "period": key.budget_period,
+        "spent_usd": money(key.spent_usd),
+        "reserved_usd": money(key.reserved_usd),
+    }
+
+
+#: `keys list` as a table: ids and money whole, the name wraps
+KEY_COLUMNS = (
+    Column("id", "id", keep=True),
+    Column("name", "name"),
+    Column("prefix", "prefix", keep=True),
+    Column("budget_usd", "budget $", keep=True, justify="right"),
+    Column("period", "period"),
+    Column("spent_usd", "spent $", keep=True, justify="right"),
+    Column("reserved_usd", "reserved $", keep=True, justify="right"),
+    Column("revoked", "revoked"),
+)
 
 
 @keys_app.command("list")
@@ -82,40 +117,22 @@ def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
     from models.keys import list_keys
 
     with session_scope(_engine()) as session:
-        rows = [
-            {
-                "id": k.id,
-                "name": k.name,
-                "prefix": k.prefix,
-                "created_at": k.created_at.isoformat(),
-                "revoked": k.revoked_at is not None,
-                "budget_usd": None if k.budget_usd is None else str(k.budget_usd),
-                "period": k.budget_period,
-                "spent_usd": str(k.spent_usd),
-                "reserved_usd": str(k.reserved_usd),
-            }
-            for k in list_keys(session)
-        ]
+        rows = [_key_row(k) for k in list_keys(session)]
     if json_out:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
-    table = Table("id", "name", "prefix", "budget", "period", "spent", "reserved", "revoked")
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["name"],
-            r["prefix"],
-            r["budget_usd"] or "-",
-            r["period"],
-            r["spent_usd"],
-            r["reserved_usd"],
-            "yes" if r["revoked"] else "",
-        )
-    console.print(table)
+    cells = [
+        {**r, "budget_usd": r["budget_usd"] or "-", "revoked": "yes" if r["revoked"] else "no"}
+        for r in rows
+    ]
+    show_table(KEY_COLUMNS, cells)
 
 
 @keys_app.command("revoke")
-def keys_revoke(ref: Annotated[str, typer.Argument(help="Key id or prefix from `keys list`")]):
+def keys_revoke(
+    ref: Annotated[str, typer.Argument(help="Key id, a unique start of it, or the prefix")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the revoked key as JSON")] = False,
+):
     """Revoke a key: it answers 401 from now on; its jobs and usage stay."""
     from models.errors import GenqError
     from models.keys import revoke_key
@@ -123,9 +140,13 @@ def keys_revoke(ref: Annotated[str, typer.Argument(help="Key id or prefix from `
     try:
         with session_scope(_engine()) as session:
             key = revoke_key(session, ref=ref)
+            row = _key_row(key)
     except GenqError as exc:
         raise fail(exc.detail) from None
-    console.print(f"revoked key {key.id} ({key.name})")
+    if json_out:
+        print_json(row)
+    else:
+        out.print(f"revoked key {row['id']} ({row['name']})", markup=False)
 
 
 def usage(
@@ -134,13 +155,15 @@ def usage(
     end: Annotated[
         str | None, typer.Option("--to", help="ISO date (inclusive) or datetime")
     ] = None,
-    key: Annotated[str | None, typer.Option(help="Only this key (id or prefix)")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Only this key: its id, a unique start of it, or prefix")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Spending across all keys (or one), as a table or JSON."""
     from models.errors import GenqError
     from models.keys import find_key
-    from models.usage import as_json, parse_bound, usage_report
+    from models.usage import parse_bound, usage_report
 
     if group_by not in ("model", "day", "key", "status"):
         raise fail("--group-by must be model, day, key or status")
@@ -157,36 +180,40 @@ def usage(
     except GenqError as exc:
         raise fail(exc.detail) from None
     if json_out:
-        print(json.dumps(as_json(report), indent=2))
+        print_json(report)
         return
-    console.print(_usage_table(report))
+    _show_usage(report)
 
 
-#: report field -> short column header, so the table fits 80 columns
-USAGE_COLUMNS = {
-    "jobs": "jobs",
-    "attempts": "attempts",
-    "prompt_tokens": "prompt tok",
-    "completion_tokens": "output tok",
-    "cost_usd": "cost $",
-    "reserved_usd": "reserved $",
-}
+#: the usage table after its group column: short headers, so it fits 80 columns when it can
+USAGE_COLUMNS = (
+    Column("jobs", "jobs", justify="right"),
+    Column("attempts", "attempts", justify="right"),
+    Column("prompt_tokens", "prompt tok", justify="right"),
+    Column("completion_tokens", "output tok", justify="right"),
+    Column("cost_usd", "cost $", keep=True, justify="right"),
+    Column("reserved_usd", "reserved $", keep=True, justify="right"),
+)
+
+
+def _show_usage(report: dict) -> None:
+    group_by = report["group_by"]
+    columns = [Column(group_by, group_by, keep=True)]
+    if group_by == "key":
+        columns.append(Column("name", "name"))
+    rows = [
+        {
+            group_by: str(row[group_by]),
+            "name": str(row.get("name") or ""),
+            **{c.field: _cell(row[c.field]) for c in USAGE_COLUMNS},
+        }
+        for row in [*report["data"], {group_by: "total", **report["total"]}]
+    ]
+    show_table([*columns, *USAGE_COLUMNS], rows, title=f"usage by {group_by}")
 
 
 def _cell(value) -> str:
-    return format(value.normalize(), "f") if isinstance(value, Decimal) else str(value)
-
-
-def _usage_table(report: dict) -> Table:
-    group_by = report["group_by"]
-    table = Table(title=f"usage by {group_by}")
-    table.add_column(group_by, no_wrap=True)
-    for header in USAGE_COLUMNS.values():
-        table.add_column(header, justify="right")
-    for row in [*report["data"], {group_by: "total", **report["total"]}]:
-        label = str(row[group_by]) + (f" ({row['name']})" if row.get("name") else "")
-        table.add_row(label, *(_cell(row[c]) for c in USAGE_COLUMNS))
-    return table
+    return money(value) if isinstance(value, Decimal) else str(value)
 
 
 def bench_savings(
@@ -204,7 +231,10 @@ def bench_savings(
     install_encodings(settings.tiktoken_cache_dir)
     with console.status("running the savings workload under 4 scenarios"):
         summary, table = run_savings(limit=limit)
-    print(json.dumps(summary, indent=2) if json_out else table)
+    if json_out:
+        print_json(summary)
+    else:
+        print(table)
     console.print(f"results: {summary['file']}")
     if not (summary["target_met"] and summary["no_job_over_ceiling"]):
         raise typer.Exit(1)
@@ -213,6 +243,7 @@ def bench_savings(
 def bench_chaos(
     jobs: Annotated[int, typer.Option(help="Jobs to run", min=10)] = 1000,
     workers: Annotated[int, typer.Option(help="Worker processes", min=2)] = 3,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fault run: provider 429/503s and a worker SIGKILLed mid-run; prints the invariant counts."""
     from bench.chaos import run_chaos, save
@@ -224,10 +255,13 @@ def bench_chaos(
     directory = install_encodings(settings.tiktoken_cache_dir)
     with console.status(f"chaos run: {jobs} jobs, {workers} workers, one killed"):
         summary = run_chaos(jobs=jobs, workers=workers, tiktoken_dir=directory)
-    table = Table("count", "value", title="genq chaos run")
-    for name, value in summary.items():
-        table.add_row(name, str(value))
-    console.print(table)
+    if json_out:
+        print_json(summary)
+    else:
+        table = Table("count", "value", title="genq chaos run")
+        for name, value in summary.items():
+            table.add_row(name, str(value))
+        out.print(table)
     console.print(f"results: {save(summary)}")
     broken = [k for k, v in summary.items() if "must be 0" in k and v]
     if broken or summary["succeeded"] != jobs:

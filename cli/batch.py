@@ -3,7 +3,8 @@
 Every line is checked before anything is sent, so a typo on line 900 does not leave 800 jobs
 submitted; each chunk is one `POST /v1/jobs/batch` (all or nothing), with its own
 Idempotency-Key `K-<chunk>` when a key is given, so re-running the command after a failure
-submits only what was not accepted before.
+submits only what was not accepted before. Jobs of chunks accepted before a refusal are
+real jobs: the refusal carries them, so the command can still print their ids.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def read_jobs(source: str) -> list[tuple[int, dict[str, Any]]]:
     return jobs
 
 
+class BatchRefused(Exception):
+    """A chunk was refused: the reason in one line, and the jobs accepted before it."""
+
+    def __init__(self, reason: str, accepted: list[dict]):
+        super().__init__(reason)
+        self.accepted = accepted
+
+
 def submit_all(
     client: GenqClient, jobs: list[tuple[int, dict[str, Any]]], *, idempotency_key: str | None
 ) -> list[dict]:
@@ -56,7 +65,8 @@ def submit_all(
         try:
             accepted += client.submit_batch([job for _, job in chunk], idempotency_key=key)
         except ClientError as exc:
-            raise fail(_refused(str(exc), chunk, accepted=len(accepted))) from None
+            reason = _refused(str(exc), chunk, accepted=len(accepted))
+            raise BatchRefused(reason, accepted) from None
         console.print(f"submitted {len(accepted)}/{len(jobs)} jobs")
     return accepted
 
@@ -67,4 +77,7 @@ def _refused(reason: str, chunk: list[tuple[int, dict[str, Any]]], *, accepted: 
     reason = BATCH_INDEX.sub(lambda m: f"line {lines[int(m.group(1))]}", reason)
     if not accepted:
         return f"{reason}; no job was accepted"
-    return f"{reason}; the {accepted} jobs before line {lines[0]} were accepted, none from there on"
+    return (
+        f"{reason}; the {accepted} jobs before line {lines[0]} were accepted (their ids are on "
+        "stdout), none from there on"
+    )

@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from models.jsontext import loads
+
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -16,6 +18,8 @@ class ClientError(Exception):
 
 
 class GenqClient:
+    """Answers are read with money as Decimal, so amounts print exactly as the API sent them."""
+
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 30):
         self.http = httpx.Client(
             base_url=base_url, timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"}
@@ -34,14 +38,14 @@ class GenqClient:
 
     def submit(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._call("POST", "/v1/jobs", json=body, headers=headers).json()
+        return loads(self._call("POST", "/v1/jobs", json=body, headers=headers).content)
 
     def submit_batch(
         self, bodies: list[dict[str, Any]], *, idempotency_key: str | None = None
     ) -> list[dict]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         answer = self._call("POST", "/v1/jobs/batch", json={"jobs": bodies}, headers=headers)
-        return answer.json()["data"]
+        return loads(answer.content)["data"]
 
     def create_conversation(self, body: dict[str, Any]) -> dict:
         return self._call("POST", "/v1/conversations", json=body).json()
@@ -52,13 +56,13 @@ class GenqClient:
         return self._call("POST", path, json={"content": content}).json()
 
     def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/v1/jobs/{job_id}").json()
+        return loads(self._call("GET", f"/v1/jobs/{job_id}").content)
 
     def usage(self, group_by: str = "model") -> dict:
-        return self._call("GET", "/v1/usage", params={"group_by": group_by}).json()
+        return loads(self._call("GET", "/v1/usage", params={"group_by": group_by}).content)
 
     def stats(self) -> dict:
-        return self._call("GET", "/v1/stats").json()
+        return loads(self._call("GET", "/v1/stats").content)
 
     def image(self, url: str) -> bytes:
         return self._call("GET", url).content

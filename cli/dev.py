@@ -18,10 +18,11 @@ import redis
 from cli.children import describe_exit, spawn, stop_all
 from cli.client import ClientError, GenqClient
 from cli.ports import bind_error
-from cli.render import console, job_summary
+from cli.render import console, job_summary, out
 from models.db import get_engine, session_scope
 from models.keys import create_key
 from models.migrate import current_revision, upgrade
+from models.money import money
 from models.settings import Settings, get_settings
 
 #: where a private redis-server listens when none answers on GENQ_REDIS_URL
@@ -226,17 +227,18 @@ def _demo(
 
     with session_scope(get_engine(settings.database_url)) as session:
         _key, secret = create_key(session, name="genq-dev demo")
-    console.print(f"API key for this demo (shown once): [bold]{secret}[/]")
+    # the results (key, jobs, usage, URLs) go to stdout; progress above went to stderr
+    out.print(f"API key for this demo (shown once): [bold]{secret}[/]")
     client = GenqClient(api_url, secret)
     jobs = [client.submit(body) for body in DEMO_JOBS]
     for job in jobs:
         console.print(f"submitted {job['kind']} job {job['id']}")
     for job in jobs:
         finished = client.wait(job["id"], timeout_s=120, on_poll=lambda _j: children.check_alive())
-        console.print(job_summary(finished, api_url=api_url))
+        out.print(job_summary(finished, api_url=api_url))
     total = client.usage()["total"]
-    console.print(f"usage for this key: {total['total_tokens']} tokens, ${total['cost_usd']:.7f}")
-    console.print(
+    out.print(f"usage for this key: {total['total_tokens']} tokens, ${money(total['cost_usd'])}")
+    out.print(
         f"API docs: {api_url}/docs   Flower: {flower_url} ({login})   "
         f"try: curl -H 'Authorization: Bearer {secret}' {api_url}/v1/jobs"
     )

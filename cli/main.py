@@ -12,7 +12,7 @@ from cli import ops
 from cli.accounts import bench_chaos, bench_savings, keys_app, usage
 from cli.chat import chat
 from cli.client import ClientError, GenqClient
-from cli.render import console, fail, job_summary, print_json
+from cli.render import console, fail, job_summary, out, print_json
 from cli.schema_file import response_format
 from models.settings import get_settings
 
@@ -38,7 +38,7 @@ def migrate() -> None:
         upgrade(url)
     except Exception as exc:
         raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    console.print(f"database migrated to revision {current_revision(url)}")
+    out.print(f"database migrated to revision {current_revision(url)}")
 
 
 @app.command()
@@ -180,15 +180,24 @@ def submit_batch(
     json_out: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON")] = False,
 ) -> None:
     """Submit many jobs from a file, 100 per request (`POST /v1/jobs/batch`)."""
-    from cli.batch import read_jobs, submit_all
+    from cli.batch import BatchRefused, read_jobs, submit_all
 
     jobs = read_jobs(file)
     client = _client()
-    accepted = submit_all(client, jobs, idempotency_key=idempotency_key)
+    try:
+        accepted = submit_all(client, jobs, idempotency_key=idempotency_key)
+    except BatchRefused as refused:
+        if refused.accepted:  # real jobs: a script must learn their ids
+            _show_batch(refused.accepted, json_out)
+        raise fail(str(refused)) from None
+    _show_batch(accepted, json_out)
+
+
+def _show_batch(jobs: list[dict], json_out: bool) -> None:
     if json_out or not sys.stdout.isatty():
-        print_json(accepted)
+        print_json(jobs)
     else:
-        for job in accepted:
+        for job in jobs:
             print(job["id"], job["status"], job["model"])
 
 
@@ -215,7 +224,7 @@ def _show(job: dict, json_out: bool) -> None:
     if json_out or not sys.stdout.isatty():
         print_json(job)
     else:
-        console.print(job_summary(job, api_url=get_settings().api_url))
+        out.print(job_summary(job, api_url=get_settings().api_url))
         if "json" in (job.get("output") or {}):  # the structured answer, pretty, on stdout
             print_json(job["output"]["json"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -10,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.client import ClientError, GenqClient
-from cli.render import console
+from cli.render import console, print_json
 from models.settings import Settings, get_settings
 
 #: Flower options that already put a login in front of it
@@ -108,10 +107,15 @@ def api_process_app():
 
 def run_flower(args: list[str], *, unauthenticated: bool) -> None:
     """Start Flower on genq's broker, refusing to run without a login unless told explicitly."""
+    from cli.flower_options import FlowerOptionError, normalise
     from worker.celery_app import celery_app
 
     settings = get_settings()
     with one_line_errors():
+        try:
+            args = normalise(args)
+        except FlowerOptionError as exc:
+            raise OpsError(str(exc)) from None
         argv = flower_argv(settings, args, unauthenticated=unauthenticated)
     if argv == args and not auth_option_given(args):
         console.print(
@@ -211,7 +215,7 @@ def show_workers(*, json_out: bool, timeout_s: float = 1.0) -> None:
         if not workers:
             raise OpsError(f"no live worker answered within {timeout_s:g}s")
     if json_out:
-        print(json.dumps(workers, indent=2))
+        print_json(workers)
     for worker in [] if json_out else workers:
         jobs = ", ".join(worker["active_jobs"]) or "-"
         print(
@@ -235,7 +239,7 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] =
             raise OpsError("set GENQ_API_KEY to a key from `genq keys create NAME`")
         body = GenqClient(settings.api_url, settings.api_key.get_secret_value()).stats()
     if json_out:
-        print(json.dumps(body, indent=2))
+        print_json(body)
         return
     counts = "  ".join(f"{status}={count}" for status, count in body["jobs"].items())
     age, queues = body["oldest_queued_age_s"], body["queues"]

@@ -1,27 +1,35 @@
-"""How the CLI shows jobs: a short Rich summary for people, JSON for scripts."""
+"""Where the CLI writes: results on stdout (`out`), diagnostics on stderr (`console`); how it
+shows jobs: a short summary for people, JSON for scripts; money always through `money()`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-#: soft_wrap: a message is one line however long (scripts grep them); tables still fit the width
+from models.jsontext import dumps
+from models.money import money
+
+#: diagnostics: progress, warnings, errors. soft_wrap: a message is one line however long
+#: (scripts grep them)
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: results: what a command was run for (`genq usage > report.txt` holds the report)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def job_summary(job: dict, *, api_url: str = "") -> str:
     """A few lines: status, model, output, usage and cost."""
     usage = job.get("usage") or {}
+    estimate = job.get("estimated_cost_usd")
     lines = [
         f"job {job['id']}  {job['kind']}  [bold]{job['status']}[/]  model={job['model']} "
         f"provider={job.get('provider')} attempts={job['attempts']}",
         f"  usage: {usage.get('prompt_tokens', 0)} prompt + "
         f"{usage.get('completion_tokens', 0)} completion tokens; "
-        f"cost ${job['cost_usd']:.7f} (estimated ≤ ${job.get('estimated_cost_usd') or 0:.7f})",
+        f"cost ${money(job['cost_usd'])}"
+        + ("" if estimate is None else f" (estimated ≤ ${money(estimate)})"),
     ]
     output = job.get("output") or {}
     if "text" in output:
@@ -39,10 +47,11 @@ def job_summary(job: dict, *, api_url: str = "") -> str:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+    """Indented JSON on stdout; Decimal amounts as plain numbers (`0.0000258`)."""
+    print(dumps(data, indent=True))
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear line on stderr and return the exit to raise."""
-    console.print(f"[red]genq: {message}[/]")
+    console.print(f"[red]genq: {escape(message)}[/]")
     return typer.Exit(code)

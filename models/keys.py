@@ -69,13 +69,31 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.exec(select(ApiKey).order_by(col(ApiKey.created_at))))
 
 
+#: a start of a key id shorter than this is refused: it would too often match keys by chance
+MIN_ID_START = 4
+#: ids an ambiguous reference names in its error
+SHOWN_MATCHES = 5
+
+
 def find_key(session: Session, *, ref: str) -> ApiKey:
-    """A key by id or by the displayed prefix of its secret."""
+    """A key by id, by a unique start of its id, or by the displayed prefix of its secret."""
     query = select(ApiKey).where((col(ApiKey.id) == ref) | (col(ApiKey.prefix) == ref))
     matches = list(session.exec(query))
-    if len(matches) != 1:
-        raise GenqError(f"no single key matches {ref!r} (give the id or prefix from `keys list`)")
-    return matches[0]
+    if not matches and len(ref) >= MIN_ID_START:
+        starts = col(ApiKey.id).startswith(ref, autoescape=True)
+        matches = list(session.exec(select(ApiKey).where(starts).limit(SHOWN_MATCHES + 1)))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        ids = ", ".join(k.id for k in matches[:SHOWN_MATCHES])
+        more = ", …" if len(matches) > SHOWN_MATCHES else ""
+        raise GenqError(
+            f"no single key matches {ref!r}: it starts {ids}{more}; give more of the id"
+        )
+    raise GenqError(
+        f"no single key matches {ref!r} (give the id, a unique start of it of at least "
+        f"{MIN_ID_START} characters, or the prefix from `keys list`)"
+    )
 
 
 def revoke_key(session: Session, *, ref: str) -> ApiKey:
