@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -181,8 +182,11 @@ def test_dev_runs_the_whole_demo(env, tmp_path, settings):
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stderr
-    assert "OFFLINE SIMULATOR" in out and out.count("succeeded") == 2
+    # progress on stderr; the results (key, jobs, usage, URLs) on stdout
+    assert "OFFLINE SIMULATOR" in result.stderr and "submitted text job" in result.stderr
+    out = result.stdout
+    assert out.count("succeeded") == 2 and "API key for this demo" in out
     assert f"http://127.0.0.1:{api_port}/docs" in out and f"http://127.0.0.1:{flower_port}" in out
     assert "[synthetic]" in out and "usage for this key" in out
     assert f"Flower: http://127.0.0.1:{flower_port} (user genq, password " in out
+    assert not re.search(r"\d[eE]-\d", out) and "cost $0." in out

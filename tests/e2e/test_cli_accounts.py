@@ -24,7 +24,7 @@ def test_keys_with_budgets_list_and_revoke(env, settings):
     )
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip()
-    assert "budget 12.50 USD (monthly)" in created.stderr
+    assert "budget 12.5 USD (monthly)" in created.stderr
     listed = json.loads(genq("keys", "list", "--json", env=env).stdout)
     assert [(k["name"], k["budget_usd"], k["period"], k["revoked"]) for k in listed] == [
         ("team-a", "12.5", "monthly", False)

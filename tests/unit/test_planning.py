@@ -174,7 +174,7 @@ PLAN_ERRORS = [
             "policy": {"max_cost_usd": "0.039"},
         },
         "policy.max_cost_usd",
-        "worst-case cost 0.040 USD on dall-e-3",
+        "worst-case cost 0.04 USD on dall-e-3",
     ),
 ]
 
