@@ -48,12 +48,12 @@ class GenqClient:
         return loads(answer.content)["data"]
 
     def create_conversation(self, body: dict[str, Any]) -> dict:
-        return self._call("POST", "/v1/conversations", json=body).json()
+        return loads(self._call("POST", "/v1/conversations", json=body).content)
 
     def send_message(self, conversation_id: str, content: str) -> dict:
         """The queued job answering `content` in the conversation."""
         path = f"/v1/conversations/{conversation_id}/messages"
-        return self._call("POST", path, json={"content": content}).json()
+        return loads(self._call("POST", path, json={"content": content}).content)
 
     def job(self, job_id: str) -> dict:
         return loads(self._call("GET", f"/v1/jobs/{job_id}").content)

@@ -37,6 +37,7 @@ from models.context import Turn, message_tokens
 from models.db import Money, db_moment, utcnow
 from models.errors import Conflict, ConversationNotFound, JobNotFound
 from models.jobs import FINISHED, Job, aware, decode_cursor
+from models.jsontext import MoneyNumber
 from models.keys import ApiKey  # noqa: F401  (the table conversations.key_id points at)
 from models.lifecycle import cancel_job
 from models.schemas import MAX_METADATA_KEYS, Policy, UsagePublic
@@ -163,7 +164,7 @@ class ConversationPublic(BaseModel):
     turn_count: int
     #: jobs its messages made (any status), and what they cost and used
     jobs: int
-    cost_usd: float
+    cost_usd: MoneyNumber
     usage: UsagePublic
     last_job_id: str | None
     created_at: str
@@ -360,7 +361,7 @@ def _public(
         metadata=conversation.meta or {},
         turn_count=turn_count,
         jobs=jobs,
-        cost_usd=float(cost or 0),
+        cost_usd=cost or Decimal(0),
         usage=UsagePublic(
             prompt_tokens=prompt or 0,
             completion_tokens=completion or 0,

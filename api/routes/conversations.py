@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 from api.conversations import post_message
 from api.deps import KeyDep, ServicesDep, SessionDep
 from api.openapi import BODY, KEYED, problem_responses
+from api.responses import model_response
 from models.conversation_jobs import check_settings
 from models.conversations import (
     ConversationCreate,
@@ -54,14 +55,15 @@ def create(
     key: KeyDep,
     services: ServicesDep,
     session: SessionDep,
-    response: Response,
-) -> ConversationPublic:
+) -> Response:
     """Start a conversation; its model, policy and params are checked now (422)."""
     check_settings(body, catalogue=services.catalogue, defaults=services.defaults)
     conversation = create_conversation(session, key_id=key.id, body=body)
     session.flush()
-    response.headers["Location"] = f"/v1/conversations/{conversation.id}"
-    return conversation_public(session, conversation)
+    headers = {"Location": f"/v1/conversations/{conversation.id}"}
+    return model_response(
+        conversation_public(session, conversation), status_code=201, headers=headers
+    )
 
 
 @router.post(
@@ -75,9 +77,8 @@ def message(
     body: MessageCreate,
     key: KeyDep,
     services: ServicesDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobPublic:
+) -> Response:
     """Send the next message: 202 with its job (poll it); 409 while the previous one runs."""
     job = post_message(
         services,
@@ -86,8 +87,8 @@ def message(
         body=body,
         idempotency_key=idempotency_key,
     )
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_public(job)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    return model_response(job_public(job), status_code=202, headers=headers)
 
 
 @router.get("", response_model=ConversationList, responses=problem_responses(*KEYED, 422))
@@ -96,10 +97,10 @@ def index(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> ConversationList:
+) -> Response:
     """The key's conversations, newest first, without their turns; `next_cursor` pages on."""
     page, next_cursor = list_conversations(session, key_id=key.id, limit=limit, cursor=cursor)
-    return ConversationList(data=page, next_cursor=next_cursor)
+    return model_response(ConversationList(data=page, next_cursor=next_cursor))
 
 
 @router.get(
@@ -107,10 +108,10 @@ def index(
     response_model=ConversationPublic,
     responses=problem_responses(*KEYED, 404),
 )
-def show(conversation_id: str, key: KeyDep, session: SessionDep) -> ConversationPublic:
+def show(conversation_id: str, key: KeyDep, session: SessionDep) -> Response:
     """The conversation with its turns (oldest first), jobs count, cost and usage."""
     conversation = get_conversation(session, conversation_id=conversation_id, key_id=key.id)
-    return conversation_public(session, conversation)
+    return model_response(conversation_public(session, conversation))
 
 
 @router.delete(
