@@ -123,6 +123,8 @@ def test_submit_batch_sends_a_file_in_chunks_and_names_the_refused_line(stack, e
     partly = genq("submit-batch", str(late), env=client_env)
     assert partly.returncode == 1 and "line 120" in partly.stderr, partly.stderr
     assert "the 100 jobs before line 101 were accepted" in partly.stderr
+    accepted = json.loads(partly.stdout)  # the accepted chunk's ids, for the script to keep
+    assert len({j["id"] for j in accepted}) == 100 and partly.stderr.count("genq:") == 1
     broken = tmp_path / "broken.jsonl"
     broken.write_text(lines[0] + "\n{oops\n")
     unsent = genq("submit-batch", str(broken), env=client_env)
