@@ -6,6 +6,7 @@ import copy
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,3 +155,15 @@ class RecordingProvider:
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
         return self.inner.generate_image(model=model, prompt=prompt, params=params)
+
+
+def genq(*args: str, env: dict[str, str], cwd=None, timeout: float = 120):
+    """Run the real `genq` CLI in a child process; its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, genq
 
 #: the CLI does not care which database it talks to; SQLite keeps these tests quick
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True),
 ]
-
-
-def genq(*args: str, env: dict[str, str], cwd=None, timeout: float = 120):
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_keys_create_prints_only_the_secret_on_stdout(env):

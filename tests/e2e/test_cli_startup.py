@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 
 import pytest
 
 from models.migrate import NOT_MIGRATED
-from tests.helpers import free_port
+from tests.helpers import free_port, genq
 
 #: these commands do not care which database they talk to; SQLite keeps the tests quick
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True),
 ]
-
-
-def genq(*args: str, env: dict[str, str], cwd=None, timeout: float = 120):
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def one_line(result: subprocess.CompletedProcess) -> str:
