@@ -3,6 +3,8 @@
 
 UV := python3 -m uv
 PYTEST_ARGS ?=
+#: pytest-xdist processes: the e2e tests mostly wait on the processes they start
+PYTEST_WORKERS ?= 3
 
 .PHONY: demo test install uv services lint bench
 
@@ -10,7 +12,7 @@ demo: install  ## install, then run API + worker + Flower and a text and an imag
 	$(UV) run genq dev
 
 test: install services  ## install, start Redis/PostgreSQL if needed, run the whole suite
-	$(UV) run pytest $(PYTEST_ARGS)
+	$(UV) run pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 install: uv
 	$(UV) sync --frozen --compile-bytecode
