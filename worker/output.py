@@ -27,8 +27,7 @@ class InvalidOutput(RetryableProviderError):
     """The model answered, but not in the asked format; carries the usage the call billed."""
 
     def __init__(self, detail: str, *, usage: Usage):
-        super().__init__(detail, kind=INVALID_OUTPUT)
-        self.usage = usage
+        super().__init__(detail, kind=INVALID_OUTPUT, usage=usage)
 
 
 def _parse(result: TextResult) -> Any:
