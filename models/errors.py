@@ -53,6 +53,18 @@ class ConversationNotFound(GenqError):
     type = "https://genq.dev/problems/not-found"
 
 
+class FileNotFound(GenqError):
+    status = 404
+    title = "File not found"
+    type = "https://genq.dev/problems/not-found"
+
+
+class BatchNotFound(GenqError):
+    status = 404
+    title = "Batch not found"
+    type = "https://genq.dev/problems/not-found"
+
+
 class Conflict(GenqError):
     status = 409
     title = "Conflict"

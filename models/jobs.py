@@ -58,6 +58,13 @@ class Job(SQLModel, table=True):
             postgresql_where=text("conversation_id IS NOT NULL"),
             sqlite_where=text("conversation_id IS NOT NULL"),
         ),
+        # partial: plain jobs (no batch) add no index entry on insert
+        Index(
+            "ix_jobs_batch",
+            "batch_id",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
     )
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, primary_key=True, max_length=32)
@@ -103,6 +110,11 @@ class Job(SQLModel, table=True):
     #: the conversation this job is a turn of (models/conversations.py), and what of it was sent
     conversation_id: str | None = Field(default=None, max_length=32)
     context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    #: the OpenAI-compatible batch this job is a line of (models/batches.py): its id, the line's
+    #: custom_id, and its 1-based line number (output files keep the input's order)
+    batch_id: str | None = Field(default=None, max_length=64)
+    custom_id: str | None = Field(default=None, max_length=512)
+    batch_line: int | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -167,12 +179,20 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(
-    session: Session, *, key_id: str, status: str | None, limit: int, cursor: str | None
+    session: Session,
+    *,
+    key_id: str,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    batch_id: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """Newest first, keyset-paginated so pages stay stable while jobs are added."""
     query = select(Job).where(Job.key_id == key_id)
     if status:
         query = query.where(Job.status == status)
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id)
     if cursor:
         stamp, last_id = decode_cursor(cursor)
         stamp = db_moment(session, stamp)
@@ -286,6 +306,8 @@ def job_public(job: Job) -> JobPublic:
         routing=job.routing,
         conversation_id=job.conversation_id,
         context=job.context,
+        batch_id=job.batch_id,
+        custom_id=job.custom_id,
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),

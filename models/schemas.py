@@ -248,6 +248,9 @@ class JobPublic(BaseModel):
     #: set on a conversation's jobs: which conversation, and which of its turns were sent
     conversation_id: str | None = None
     context: ContextPublic | None = None
+    #: set on the jobs of an OpenAI-compatible batch: which batch, and the line's custom_id
+    batch_id: str | None = None
+    custom_id: str | None = None
     created_at: str
     started_at: str | None
     finished_at: str | None

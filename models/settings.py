@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     #: a refused body is read and thrown away up to this much, so the 413 reaches the client
     body_drain_bytes: int = Field(default=134_217_728, ge=0)
     body_drain_timeout_s: float = Field(default=30.0, gt=0)
+    # OpenAI-compatible Files and Batches (README "Files and batches").
+    #: where uploaded and output files live (one file per id); created when missing
+    files_dir: Path = Path("./genq-files")
+    #: the largest file `POST /v1/files` takes (OpenAI's batch input limit: 200 MB)
+    max_file_bytes: int = Field(default=209_715_200, ge=1024)
+    #: requests one batch input file may hold (OpenAI's limit)
+    batch_max_lines: int = Field(default=50_000, ge=1)
     # Image answers given as links (README "Image answers"): the worker downloads them at once.
     image_download_max_bytes: int = Field(default=33_554_432, ge=1024)
     image_download_timeout_s: float = Field(default=30.0, gt=0)

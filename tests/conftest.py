@@ -97,6 +97,7 @@ def settings(database_url, clean_redis, tiktoken_dir, tmp_path) -> Settings:
         provider="offline",
         tiktoken_cache_dir=tiktoken_dir,
         max_body_bytes=16_384,
+        files_dir=tmp_path / "genq-files",
         retry_initial_s=0.01,
         retry_max_s=0.05,
     )

@@ -6,7 +6,9 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import models.attempts
+import models.batches
 import models.conversations
+import models.files
 import models.jobs
 import models.keys  # noqa: F401
 from models.db import make_engine

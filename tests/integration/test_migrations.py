@@ -10,7 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import models.attempts
-import models.conversations  # noqa: F401  (with attempts: registers every table)
+import models.batches
+import models.conversations
+import models.files  # noqa: F401  (with attempts: registers every table)
 from models.db import get_engine, utcnow
 from models.migrate import current_revision, head_revision, upgrade
 
@@ -24,6 +26,7 @@ def test_empty_database_migrates_to_head_and_matches_the_models(empty_database_u
     assert current_revision(empty_database_url) == head_revision(empty_database_url)
     engine = get_engine(empty_database_url)
     tables = {"api_keys", "jobs", "attempts", "images", "conversations", "conversation_turns"}
+    tables |= {"files", "batches"}
     assert tables <= set(sa.inspect(engine).get_table_names())
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
