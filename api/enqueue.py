@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import redis
 import structlog
 from celery import Celery
 
 from api.request_id import current_request_id
 from models import redis_transport
+from models.bulk_publish import push_batch_jobs
 from models.errors import NotReady
 from models.queue import QUEUE_BY_KIND, REQUEST_ID_HEADER, TASK_BY_KIND
 
@@ -32,6 +36,7 @@ class Publisher:
             broker_connection_timeout=2,
             broker_transport_options={"socket_timeout": 2, "socket_connect_timeout": 2},
         )
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
 
     def publish(self, *, job_id: str, kind: str) -> None:
         """Send the job's message; raises NotReady when the broker cannot take it."""
@@ -52,5 +57,18 @@ class Publisher:
             ) from exc
         log.info("job.enqueued", job_id=job_id, queue=QUEUE_BY_KIND[kind])
 
+    def publish_batch(self, jobs: Iterable[tuple[str, str]]) -> int:
+        """Queue a batch's (job id, kind) pairs on the batch lanes, in order, in pipelines;
+        raises NotReady when Redis cannot take them (the caller leaves them to the sweeper)."""
+        try:
+            count = push_batch_jobs(self.redis, jobs, request_id=current_request_id())
+        except redis.RedisError as exc:
+            raise NotReady(
+                f"the job queue is unavailable ({type(exc).__name__}); retry the request"
+            ) from exc
+        log.info("batch.enqueued", jobs=count)
+        return count
+
     def close(self) -> None:
         self.app.close()
+        self.redis.close()

@@ -10,6 +10,7 @@ import typer
 
 from cli.client import ClientError, GenqClient
 from cli.render import console, print_json
+from models.queue import ALL_QUEUES
 from models.settings import Settings, get_settings
 
 #: Flower options that already put a login in front of it
@@ -126,12 +127,13 @@ def run_flower(args: list[str], *, unauthenticated: bool) -> None:
 
 
 def run_worker(args: list[str], *, metrics_port: int | None) -> None:
-    """Start a Celery worker (default queues text,images) and, if asked, its metrics endpoint."""
+    """Start a Celery worker (default: every queue, interactive before the batch lanes) and, if
+    asked, its metrics endpoint."""
     from worker.celery_app import celery_app
 
     settings = get_settings()
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
-        args = ["-Q", "text,images", *args]
+        args = ["-Q", ",".join(ALL_QUEUES), *args]
     with one_line_errors():
         check_autoscale(args)
         start_worker_metrics(settings, metrics_port, args)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import redis
 
-from models.queue import IMAGE_QUEUE, TEXT_QUEUE
+from models.queue import ALL_QUEUES
 
-QUEUES = (TEXT_QUEUE, IMAGE_QUEUE)
+#: the interactive queues and the batch lanes
+QUEUES = ALL_QUEUES
 #: kombu keeps one Redis list per priority step; priority 0 is the bare queue name
 PRIORITY_STEPS = (0, 3, 6, 9)
 #: kombu's separator between a queue name and its priority step

@@ -6,7 +6,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from models import redis_transport
-from models.queue import IMAGE_QUEUE, TEXT_QUEUE
+from models.queue import ALL_QUEUES, TEXT_QUEUE
 from models.settings import Settings, get_settings
 
 
@@ -24,9 +24,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_pool="threads",
         worker_concurrency=settings.worker_concurrency,
-        task_queues=[
-            Queue(name, Exchange(name), routing_key=name) for name in (TEXT_QUEUE, IMAGE_QUEUE)
-        ],
+        # the batch lanes too: a plain `genq worker` runs both, interactive jobs first
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES],
         task_default_queue=TEXT_QUEUE,
         # Flower's task list and per-task pages are built from these events; worker heartbeats
         # (Flower's worker list, `genq status workers`) are sent either way.
@@ -36,7 +35,11 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # Redis redelivers an unacked message after this long; it must exceed any job's run time.
         # A redelivered message for a running job is ignored by the claim in worker/runner.py.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # Interactive queues are polled before the batch lanes (models/redis_transport.py).
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "queue_order_strategy": redis_transport.QUEUE_ORDER,
+        },
     )
     return app
 

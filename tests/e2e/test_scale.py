@@ -21,6 +21,7 @@ from sqlmodel import select
 
 from models.attempts import Attempt
 from models.db import get_engine, session_scope
+from models.queue import ALL_QUEUES
 from tests.e2e.conftest import Stack
 from tests.helpers import auth, free_port, new_key, wait_until
 
@@ -130,7 +131,7 @@ def assert_flower_lists_workers_and_tasks(cluster: Cluster, ids: list[str]) -> N
     workers = flower_get(cluster.flower, "/api/workers?refresh=1", cluster.login).json()
     assert {w.split("@")[0] for w in workers} == set(WORKERS)
     for hostname, info in workers.items():
-        assert {q["name"] for q in info["active_queues"]} == {"text", "images"}, hostname
+        assert {q["name"] for q in info["active_queues"]} == set(ALL_QUEUES), hostname
     tasks = wait_until(lambda: finished_tasks(cluster, len(ids)), what="Flower to record the tasks")
     assert {task["name"] for task in tasks.values()} == {"genq.generate_text"}
     assert sorted(task["args"] for task in tasks.values()) == sorted(f"['{i}']" for i in ids)
@@ -158,4 +159,4 @@ def assert_status_lists_the_workers(env: dict[str, str]) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert {row["worker"].split("@")[0] for row in rows} == set(WORKERS)
-    assert all(row["queues"] == ["images", "text"] and row["concurrency"] == 4 for row in rows)
+    assert all(row["queues"] == sorted(ALL_QUEUES) and row["concurrency"] == 4 for row in rows)

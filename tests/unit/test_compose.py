@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 import api.metrics  # noqa: F401  (registers the API's metrics)
 from cli.main import app
-from models.queue import QUEUE_BY_KIND
+from models.queue import ALL_QUEUES
 from models.settings import Settings
 from worker import metrics as worker_metrics
 from worker.shutdown import warm_shutdown_s
@@ -127,7 +127,7 @@ def test_every_genq_service_runs_a_real_genq_command_with_real_options(compose):
 
 
 def test_workers_consume_real_queues(compose):
-    queues = set(QUEUE_BY_KIND.values())
+    queues = set(ALL_QUEUES)
     for name in ("worker-text", "worker-images"):
         command = compose["services"][name]["command"]
         assert set(command[command.index("-Q") + 1].split(",")) <= queues
