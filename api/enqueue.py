@@ -12,7 +12,7 @@ from api.request_id import current_request_id
 from models import redis_transport
 from models.bulk_publish import push_batch_jobs
 from models.errors import NotReady
-from models.queue import QUEUE_BY_KIND, REQUEST_ID_HEADER, TASK_BY_KIND
+from models.queue import FINALIZE_TASK, QUEUE_BY_KIND, REQUEST_ID_HEADER, TASK_BY_KIND, TEXT_QUEUE
 
 #: a submit must answer quickly even when Redis is down: a few short tries, then 503
 PUBLISH_RETRY_POLICY = {
@@ -68,6 +68,20 @@ class Publisher:
             ) from exc
         log.info("batch.enqueued", jobs=count)
         return count
+
+    def queue_finalize(self, batch_id: str) -> None:
+        """Ask a worker to finalize the batch (a no-op until its jobs all ended); when the broker
+        is down the workers' sweeper finalizes it anyway, so a failure is only logged."""
+        try:
+            self.app.send_task(
+                FINALIZE_TASK,
+                args=[batch_id],
+                queue=TEXT_QUEUE,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception as exc:  # kombu raises many transport-specific types
+            log.warning("batch.finalize_not_queued", batch_id=batch_id, error=type(exc).__name__)
 
     def close(self) -> None:
         self.app.close()

@@ -58,10 +58,12 @@ class Job(SQLModel, table=True):
             postgresql_where=text("conversation_id IS NOT NULL"),
             sqlite_where=text("conversation_id IS NOT NULL"),
         ),
-        # partial: plain jobs (no batch) add no index entry on insert
+        # partial: plain jobs (no batch) add no index entry on insert; with the status, "has
+        # this batch an unfinished job" (checked as each of its jobs ends) is one seek
         Index(
-            "ix_jobs_batch",
+            "ix_jobs_batch_status",
             "batch_id",
+            "status",
             postgresql_where=text("batch_id IS NOT NULL"),
             sqlite_where=text("batch_id IS NOT NULL"),
         ),

@@ -43,21 +43,23 @@ def release(session: Session, *, job_id: str, token: str) -> bool:
     return result.rowcount == 1
 
 
-def reclaim_expired(session: Session, *, now: datetime | None = None) -> list[tuple[str, str]]:
-    """Running jobs whose lease ran out (their worker died) go back to queued; (id, kind) each,
-    for the caller to publish now."""
+#: what the sweeper publishes: job id, kind, and whether it goes to its kind's batch lane
+Due = tuple[str, str, bool]
+
+
+def reclaim_expired(session: Session, *, now: datetime | None = None) -> list[Due]:
+    """Running jobs whose lease ran out (their worker died) go back to queued; (id, kind,
+    batch) each, for the caller to publish now."""
     expired = (
         col(Job.status) == RUNNING,
         col(Job.lease_until) < db_moment(session, now or utcnow()),
     )
-    rows = [
-        (r[0], r[1])
-        for r in session.exec(select(Job.id, Job.kind).where(*expired).limit(SWEEP_BATCH))
-    ]
+    query = select(Job.id, Job.kind, Job.batch_id).where(*expired).limit(SWEEP_BATCH)
+    rows = [(r[0], r[1], r[2] is not None) for r in session.exec(query)]
     if rows:
         session.execute(
             update(Job)
-            .where(col(Job.id).in_([job_id for job_id, _ in rows]), *expired)
+            .where(col(Job.id).in_([row[0] for row in rows]), *expired)
             .values(status=QUEUED, claim_token=None, lease_until=None, published_at=None)
             .execution_options(synchronize_session=False)
         )
@@ -66,13 +68,13 @@ def reclaim_expired(session: Session, *, now: datetime | None = None) -> list[tu
 
 def due_for_publish(
     session: Session, *, redispatch_after_s: int, now: datetime | None = None
-) -> list[tuple[str, str]]:
+) -> list[Due]:
     """Queued jobs never published, or published so long ago that the message may be lost."""
     now = now or utcnow()
     unpublished_before = db_moment(session, now - timedelta(seconds=PUBLISH_GRACE_S))
     stale_before = db_moment(session, now - timedelta(seconds=redispatch_after_s))
     query = (
-        select(Job.id, Job.kind)
+        select(Job.id, Job.kind, Job.batch_id)
         .where(col(Job.status) == QUEUED)
         .where(
             or_(
@@ -82,7 +84,7 @@ def due_for_publish(
         )
         .limit(SWEEP_BATCH)
     )
-    return [(row[0], row[1]) for row in session.exec(query)]
+    return [(row[0], row[1], row[2] is not None) for row in session.exec(query)]
 
 
 def mark_published(session: Session, *, job_ids: list[str]) -> None:

@@ -16,6 +16,8 @@ BATCH_SUFFIX = ".batch"
 #: task names say what the task does; they are what Flower shows
 TASK_BY_KIND = {"text": "genq.generate_text", "image": "genq.generate_image"}
 QUEUE_BY_KIND = {"text": TEXT_QUEUE, "image": IMAGE_QUEUE}
+#: builds a finished batch's output and error files (worker/batches.py); the API queues it too
+FINALIZE_TASK = "genq.finalize_batch"
 BATCH_QUEUE_BY_KIND = {kind: queue + BATCH_SUFFIX for kind, queue in QUEUE_BY_KIND.items()}
 INTERACTIVE_QUEUES = (TEXT_QUEUE, IMAGE_QUEUE)
 BATCH_QUEUES = tuple(BATCH_QUEUE_BY_KIND.values())

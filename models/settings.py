@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=209_715_200, ge=1024)
     #: requests one batch input file may hold (OpenAI's limit)
     batch_max_lines: int = Field(default=50_000, ge=1)
+    #: a batch's completion window (`24h`): past it, its unfinished lines are cancelled and the
+    #: batch becomes `expired`; shorten it to test expiry, or to bound how long a batch may run
+    batch_completion_window_s: int = Field(default=86_400, ge=1)
     # Image answers given as links (README "Image answers"): the worker downloads them at once.
     image_download_max_bytes: int = Field(default=33_554_432, ge=1024)
     image_download_timeout_s: float = Field(default=30.0, gt=0)

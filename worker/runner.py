@@ -54,7 +54,9 @@ log = structlog.get_logger("genq.worker")
 #: set when the worker process starts its warm shutdown: jobs waiting to retry go back to the queue
 SHUTTING_DOWN = threading.Event()
 
-Publish = Callable[[str, str, float], None]  # (job id, kind, countdown seconds)
+#: what `Runner.run` returns when the job ended (not skipped, lost or given back to the queue)
+ENDED = frozenset({"succeeded", "failed", "cancelled"})
+Publish = Callable[[str, str, float, bool], None]  # (job id, kind, countdown s, batch lane)
 
 
 def _said(run: Run) -> list[dict]:
@@ -99,6 +101,8 @@ class Run:
     conversation_id: str | None = None
     #: its `context` (how many stored turns it sent)
     context: dict | None = None
+    #: a batch's job: republished to the batch lane, and its end may finish the batch
+    batch_id: str | None = None
     #: the job's failed attempts over all its runs, as the retry policy counts them
     counts: RetryCounts = field(default_factory=RetryCounts)
     #: the retry policy's decision on the last failure, and which attempt of this run failed
@@ -129,6 +133,8 @@ class Runner:
     retry_inline_max_s: float = 5.0
     fallback_after: int = 2
     leases: LeaseKeeper | None = None
+    #: told (batch id, kind) when a batch's job ended (worker/batches.py); plain jobs never call it
+    batch_job_ended: Callable[[str, str], None] | None = None
 
     def __post_init__(self) -> None:
         self.leases = self.leases or LeaseKeeper(self.engine, lease_s=self.lease_s)
@@ -153,9 +159,16 @@ class Runner:
                 error_type="unknown_model",
                 error=f"model {job.model!r} left the catalogue",
             )
-            return "failed"
+            return self._ended(job.batch_id, job.kind, "failed")
         with self.leases.hold(job_id, token):
-            return self._loop(run, bound)
+            outcome = self._loop(run, bound)
+        return self._ended(run.batch_id, run.kind, outcome)
+
+    def _ended(self, batch_id: str | None, kind: str, outcome: str) -> str:
+        """A batch's job that ended may be its last: say so (a plain job does nothing here)."""
+        if batch_id is not None and outcome in ENDED and self.batch_job_ended is not None:
+            self.batch_job_ended(batch_id, kind)
+        return outcome
 
     def _prepare(self, job: Row, token: str, worker: str) -> Run | None:
         request = JobCreate.model_validate(job.request)
@@ -186,6 +199,7 @@ class Runner:
             reserved_usd=job.reserved_usd,
             conversation_id=job.conversation_id,
             context=job.context,
+            batch_id=job.batch_id,
         )
 
     def _counts(self, job: Row) -> RetryCounts:
@@ -395,6 +409,6 @@ class Runner:
         with session_scope(self.engine) as session:
             released = release(session, job_id=run.job_id, token=run.token)
         if released and self.publish is not None:
-            self.publish(run.job_id, run.kind, delay_s)
+            self.publish(run.job_id, run.kind, delay_s, run.batch_id is not None)
         bound.info("job.rescheduled", delay_s=round(delay_s, 2), released=released)
         return "rescheduled"

@@ -1,9 +1,10 @@
 """The sweeper: puts back on the queue every accepted job that would otherwise be stuck.
 
 It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time.
-Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue and
+Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue,
 (2) publishes queued jobs that were never published (the broker was down at submit) or whose
-message is presumed lost (published long ago, still queued). A duplicate message is harmless:
+message is presumed lost (published long ago, still queued), and (3) expires, stops and
+finalizes batches (worker/batches.py). A duplicate message is harmless:
 the claim lets only one delivery run a job.
 """
 
@@ -34,8 +35,11 @@ class Sweeper:
         *,
         interval_s: float,
         redispatch_after_s: int,
+        batches: Callable[[], dict[str, int]] | None = None,
     ):
         self.engine, self.redis, self.publish = engine, client, publish
+        #: expires, stops and finalizes batches (worker/batches.py `sweep_batches`)
+        self.batches = batches
         self.interval_s, self.redispatch_after_s = interval_s, redispatch_after_s
         self.name = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
@@ -48,9 +52,9 @@ class Sweeper:
         with session_scope(self.engine) as session:
             due = reclaimed + due_for_publish(session, redispatch_after_s=self.redispatch_after_s)
         published = []
-        for job_id, kind in due:
+        for job_id, kind, batch in due:
             try:
-                self.publish(job_id, kind, 0)
+                self.publish(job_id, kind, 0, batch)
             except Exception as exc:  # the broker is still down: the next sweep tries again
                 log.warning("sweeper.publish_failed", job_id=job_id, error=type(exc).__name__)
                 break
@@ -60,7 +64,8 @@ class Sweeper:
                 mark_published(session, job_ids=published)
         if reclaimed or published:
             log.warning("sweeper.redispatched", reclaimed=len(reclaimed), published=len(published))
-        return {"reclaimed": len(reclaimed), "published": len(published)}
+        swept = self.batches() if self.batches is not None else {}
+        return {"reclaimed": len(reclaimed), "published": len(published), **swept}
 
     def _lead_once(self) -> None:
         lock = self.redis.lock(LOCK_KEY, timeout=max(self.interval_s * 4, 10), blocking=False)

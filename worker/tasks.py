@@ -11,9 +11,10 @@ from celery.signals import setup_logging, worker_ready, worker_shutting_down
 from models.catalogue import get_catalogue
 from models.db import get_engine
 from models.logging import configure_logging
-from models.queue import QUEUE_BY_KIND, TASK_BY_KIND
+from models.queue import FINALIZE_TASK, TASK_BY_KIND, queue_for
 from models.settings import get_settings
 from models.tokens import install_encodings
+from worker.batches import after_batch_job, finalize, sweep_batches
 from worker.celery_app import celery_app
 from worker.health import RedisHealth
 from worker.observe import message_headers, run_observed
@@ -26,12 +27,13 @@ from worker.sweeper import Sweeper
 log = structlog.get_logger("genq.worker")
 
 
-def dispatch(job_id: str, kind: str, countdown: float = 0) -> None:
-    """Publish a job's message again (sweeper, rescheduled retries): only the job id travels."""
+def dispatch(job_id: str, kind: str, countdown: float = 0, batch: bool = False) -> None:
+    """Publish a job's message again (sweeper, rescheduled retries): only the job id travels; a
+    batch job goes back to its kind's batch lane."""
     celery_app.send_task(
         TASK_BY_KIND[kind],
         args=[job_id],
-        queue=QUEUE_BY_KIND[kind],
+        queue=queue_for(kind, batch=batch),
         countdown=countdown or None,
         headers=message_headers(),  # a rescheduled retry keeps the API's request id
     )
@@ -62,7 +64,23 @@ def get_runner() -> Runner:
         retry_inline_max_s=settings.retry_inline_max_s,
         fallback_after=settings.fallback_after,
         limiter=RedisLimiter.from_settings(settings),
+        batch_job_ended=_batch_job_ended,
     )
+
+
+def _batch_job_ended(batch_id: str, kind: str) -> None:
+    after_batch_job(
+        get_engine(get_settings().database_url),
+        batch_id=batch_id,
+        kind=kind,
+        enqueue=queue_finalize,
+    )
+
+
+def queue_finalize(batch_id: str, kind: str) -> None:
+    """Queue the batch's finalize on its kind's interactive queue (short, and not behind other
+    batches' lines)."""
+    celery_app.send_task(FINALIZE_TASK, args=[batch_id], queue=queue_for(kind))
 
 
 @lru_cache
@@ -74,6 +92,7 @@ def get_sweeper() -> Sweeper:
         dispatch,
         interval_s=settings.sweep_interval_s,
         redispatch_after_s=settings.redispatch_after_s,
+        batches=lambda: sweep_batches(get_engine(settings.database_url)),
     )
 
 
@@ -114,3 +133,9 @@ def generate_text(self, job_id: str) -> str:
 def generate_image(self, job_id: str) -> str:
     """Generate the images for one queued job."""
     return run_observed(self, job_id, get_runner())
+
+
+@celery_app.task(name=FINALIZE_TASK)
+def finalize_batch(batch_id: str) -> str:
+    """Build a finished batch's output and error files (a no-op unless it is done and unclaimed)."""
+    return finalize(get_engine(get_settings().database_url), batch_id) or "nothing to do"

@@ -24,7 +24,7 @@ LONG = "Write a detailed product description for our spring collection. " * 40
 
 
 def make_runner(settings, provider, **kwargs) -> Runner:
-    published: list[tuple[str, str, float]] = []
+    published: list[tuple[str, str, float, bool]] = []
     runner = Runner(
         engine=get_engine(settings.database_url),
         provider=provider,
@@ -171,7 +171,7 @@ def test_a_long_retry_after_gives_the_job_back_to_the_queue(client, key, setting
     assert runner.run(job_id) == "rescheduled"
     job, attempts = load(settings, job_id)
     assert job.status == "queued" and job.claim_token is None and len(attempts) == 1
-    assert runner.published == [(job_id, "text", 30)]
+    assert runner.published == [(job_id, "text", 30, False)]  # not a batch job: its own queue
     # When the message comes back, the job runs on, counting its earlier attempt
     assert runner.run(job_id) == "succeeded"
     job, attempts = load(settings, job_id)
@@ -205,7 +205,7 @@ def test_the_sweeper_requeues_expired_leases_and_publishes_the_unpublished(clien
     sweeper = Sweeper(
         engine,
         redis.Redis.from_url(settings.redis_url),
-        lambda job_id, kind, _delay: published.append(job_id),
+        lambda job_id, kind, _delay, _batch: published.append(job_id),
         interval_s=1,
         redispatch_after_s=300,
     )

@@ -1,0 +1,222 @@
+"""A batch after create, on both databases: finalizing, its files, cancel, expiry, the sweeper."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlmodel import select
+
+from models.attempts import Attempt
+from models.batch_output import finalize_batch
+from models.batch_run import cancel_batch, claim_finalizing
+from models.batches import Batch
+from models.db import get_engine, session_scope, utcnow
+from models.errors import Conflict
+from models.files import StoredFile, iter_content
+from models.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, finish_job
+from models.keys import ApiKey, create_key
+from worker.batches import after_batch_job, sweep_batches
+
+RESERVED = Decimal("0.01")
+
+
+@pytest.fixture
+def engine(database_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # output files go to ./genq-files (GENQ_FILES_DIR's default)
+    return get_engine(database_url)
+
+
+def make_batch(engine, statuses: list[str], *, expires_in_s: int = 3600) -> tuple[str, str]:
+    """A running batch whose line i (1-based) is a job in statuses[i-1]; (batch id, key id)."""
+    with session_scope(engine) as session:
+        key, _ = create_key(session, name="batcher", budget_usd=Decimal(10))
+        key.reserved_usd = RESERVED * sum(s in (QUEUED, RUNNING) for s in statuses)
+        batch = Batch(
+            key_id=key.id,
+            status="in_progress",
+            endpoint="/v1/chat/completions",
+            input_file_id="file-input",
+            total=len(statuses),
+            expires_at=utcnow() + timedelta(seconds=expires_in_s),
+            in_progress_at=utcnow(),
+        )
+        session.add_all([key, batch])
+        session.flush()
+        for line, status in enumerate(statuses, 1):
+            session.add(job_of(batch, line, status))
+        return batch.id, key.id
+
+
+def job_of(batch: Batch, line: int, status: str) -> Job:
+    job = Job(
+        id=f"{batch.id[-8:]}{line:024d}",
+        key_id=batch.key_id,
+        kind="text",
+        model="gpt-4o-mini",
+        request={"kind": "text", "prompt": f"line {line}"},
+        status=status,
+        batch_id=batch.id,
+        custom_id=f"req-{line}",
+        batch_line=line,
+        reserved_usd=RESERVED,
+    )
+    if status == SUCCEEDED:
+        job.output_text, job.finish_reason = f"answer {line}", "stop"
+        job.prompt_tokens, job.completion_tokens, job.reserved_usd = 5, 7, Decimal(0)
+    elif status == FAILED:
+        job.error_type, job.error_message, job.reserved_usd = "provider_error", "boom", Decimal(0)
+    return job
+
+
+def end_job(engine, batch_id: str, line: int, status: str) -> None:
+    with session_scope(engine) as session:
+        job = session.get(Job, f"{batch_id[-8:]}{line:024d}")
+        if status == SUCCEEDED:
+            job.output_text, job.finish_reason = f"answer {line}", "stop"
+        finish_job(session, job=job, status=status, error_type=None if status == SUCCEEDED else "x")
+
+
+def file_lines(engine, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    with session_scope(engine) as session:
+        stored = session.get(StoredFile, file_id)
+        assert stored.purpose == "batch_output"
+        return [json.loads(line) for line in b"".join(iter_content(stored)).splitlines()]
+
+
+def batch_of(engine, batch_id: str) -> Batch:
+    with session_scope(engine) as session:
+        return session.get(Batch, batch_id)
+
+
+def test_finalize_waits_for_the_last_job_then_writes_both_files_in_line_order(engine):
+    # Given a batch with a succeeded, a failed (provider said 400), and a still-queued line
+    batch_id, _ = make_batch(engine, [SUCCEEDED, FAILED, SUCCEEDED, QUEUED])
+    with session_scope(engine) as session:
+        session.add(
+            Attempt(
+                job_id=f"{batch_id[-8:]}{2:024d}",
+                number=1,
+                model="gpt-4o-mini",
+                provider="offline",
+                outcome="failed",
+                http_status=400,
+            )
+        )
+    # When a worker ends a job while another is queued, nothing is finalized
+    queued: list[tuple[str, str]] = []
+    assert not after_batch_job(
+        engine, batch_id=batch_id, kind="text", enqueue=lambda *a: queued.append(a)
+    )
+    assert finalize_batch(engine, batch_id=batch_id) is None
+    # When the last job ends, the worker queues the finalize, and it completes the batch
+    end_job(engine, batch_id, 4, FAILED)
+    assert after_batch_job(
+        engine, batch_id=batch_id, kind="text", enqueue=lambda *a: queued.append(a)
+    )
+    assert queued == [(batch_id, "text")]
+    assert finalize_batch(engine, batch_id=batch_id) == "completed"
+    assert finalize_batch(engine, batch_id=batch_id) is None  # once
+    batch = batch_of(engine, batch_id)
+    assert batch.status == "completed" and batch.completed_at and batch.finalizing_at
+    # Then the output file answers the succeeded lines, in order, as ChatCompletions
+    output = file_lines(engine, batch.output_file_id)
+    assert [line["custom_id"] for line in output] == ["req-1", "req-3"]
+    first = output[0]
+    assert first["error"] is None and first["response"]["status_code"] == 200
+    body = first["response"]["body"]
+    assert body["object"] == "chat.completion" and body["model"] == "gpt-4o-mini"
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "answer 1",
+        "refusal": None,
+    }
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert first["id"] == f"batch_req_{first['response']['request_id']}"
+    # And the error file the failed ones, with the provider's status when there was one
+    errors = file_lines(engine, batch.error_file_id)
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [
+        ("req-2", 400),
+        ("req-4", 500),
+    ]
+    assert errors[0]["response"]["body"]["error"]["message"] == "boom"
+
+
+def test_only_one_caller_claims_a_done_batch(engine):
+    batch_id, _ = make_batch(engine, [SUCCEEDED])
+    with session_scope(engine) as session:
+        assert claim_finalizing(session, batch_id=batch_id)
+    with session_scope(engine) as session:
+        assert not claim_finalizing(session, batch_id=batch_id)
+
+
+def test_cancel_stops_queued_lines_now_and_ends_cancelled_once_none_runs(engine):
+    # Given a batch with one line done, one running and two queued (each holding budget)
+    batch_id, key_id = make_batch(engine, [SUCCEEDED, RUNNING, QUEUED, QUEUED])
+    # When it is cancelled
+    with session_scope(engine) as session:
+        assert cancel_batch(session, batch_id=batch_id, key_id=key_id).status == "cancelling"
+    with session_scope(engine) as session:
+        jobs = {j.batch_line: j for j in session.exec(select(Job).where(Job.batch_id == batch_id))}
+        key = session.get(ApiKey, key_id)
+    # Then its queued jobs are cancelled with their budget released, the running one asked to stop
+    assert [jobs[n].status for n in (3, 4)] == [CANCELLED, CANCELLED]
+    assert jobs[3].error_type == "batch_cancelled" and jobs[3].reserved_usd == 0
+    assert jobs[2].status == RUNNING and jobs[2].cancel_requested
+    assert key.reserved_usd == RESERVED  # the running one's only
+    # And cancelling again answers the same; it is not finalized while a job runs
+    with session_scope(engine) as session:
+        assert cancel_batch(session, batch_id=batch_id, key_id=key_id).status == "cancelling"
+    assert finalize_batch(engine, batch_id=batch_id) is None
+    # When the running job stops, the batch ends cancelled with the done line in its output
+    end_job(engine, batch_id, 2, CANCELLED)
+    assert finalize_batch(engine, batch_id=batch_id) == "cancelled"
+    batch = batch_of(engine, batch_id)
+    assert batch.status == "cancelled" and batch.cancelled_at
+    assert [line["custom_id"] for line in file_lines(engine, batch.output_file_id)] == ["req-1"]
+    errors = file_lines(engine, batch.error_file_id)
+    assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in errors] == [
+        ("req-2", "batch_cancelled", None),
+        ("req-3", "batch_cancelled", None),
+        ("req-4", "batch_cancelled", None),
+    ]
+    with session_scope(engine) as session, pytest.raises(Conflict):
+        cancel_batch(session, batch_id=batch_id, key_id=key_id)
+
+
+def test_the_sweeper_expires_a_batch_past_its_window(engine):
+    # Given a batch past its completion window with one line done and two not started
+    batch_id, key_id = make_batch(engine, [SUCCEEDED, QUEUED, QUEUED], expires_in_s=-1)
+    # When the sweeper runs
+    assert sweep_batches(engine) == {"expired": 1, "stopped": 0, "finalized": 1}
+    # Then the batch is expired, the unfinished lines in its error file as batch_expired
+    batch = batch_of(engine, batch_id)
+    assert batch.status == "expired" and batch.expired_at
+    assert [line["custom_id"] for line in file_lines(engine, batch.output_file_id)] == ["req-1"]
+    errors = file_lines(engine, batch.error_file_id)
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
+        ("req-2", "batch_expired"),
+        ("req-3", "batch_expired"),
+    ]
+    with session_scope(engine) as session:
+        assert session.get(ApiKey, key_id).reserved_usd == 0
+    assert sweep_batches(engine) == {"expired": 0, "stopped": 0, "finalized": 0}
+
+
+def test_the_sweeper_finalizes_a_done_batch_and_rebuilds_one_whose_builder_died(engine):
+    # Given a done batch nobody finalized (its last worker died), and one stuck in finalizing
+    done_id, _ = make_batch(engine, [SUCCEEDED, FAILED])
+    stuck_id, _ = make_batch(engine, [SUCCEEDED])
+    with session_scope(engine) as session:
+        stuck = session.get(Batch, stuck_id)
+        stuck.status, stuck.finalizing_at = "finalizing", utcnow() - timedelta(hours=1)
+    # When the sweeper runs, Then both are completed with their files
+    assert sweep_batches(engine)["finalized"] == 2
+    for batch_id in (done_id, stuck_id):
+        batch = batch_of(engine, batch_id)
+        assert batch.status == "completed" and file_lines(engine, batch.output_file_id)
+    assert batch_of(engine, stuck_id).error_file_id is None  # no failed line: no error file
