@@ -58,6 +58,8 @@ class UsageTotals(BaseModel):
     total_tokens: int
     cost_usd: Usd
     reserved_usd: Usd
+    #: jobs that failed with `moderation_blocked` (flagged input or output under `block`)
+    moderation_blocked: int
 
 
 class UsageRow(UsageTotals):

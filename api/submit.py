@@ -23,6 +23,7 @@ from models.idempotency import replay, request_fingerprint
 from models.jobs import Job, job_from_plan
 from models.keys import ApiKey
 from models.lifecycle import unpublish
+from models.moderation import resolve_mode, with_mode
 from models.planning import Plan, plan_job
 from models.schemas import JobCreate
 
@@ -93,10 +94,11 @@ def _submit(
     """Store the jobs (reserving their budget), then publish them; a failed publish leaves the
     rest stored and unpublished for the sweeper. A replayed Idempotency-Key returns the first
     jobs (nothing stored or published); one used for another request raises a conflict."""
+    default = services.settings.moderation
     jobs = [
         job_from_plan(
             key_id=key.id,
-            body=body,
+            body=with_mode(body, resolve_mode(body.policy.moderation, key.moderation, default)),
             plan=_plan(services, body, index if in_batch else None),
             idempotency_key=idempotency.keys[index] if idempotency else None,
             idempotency_fingerprint=idempotency.fingerprint if idempotency else None,

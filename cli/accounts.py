@@ -56,6 +56,10 @@ def keys_create(
     name: Annotated[str, typer.Argument(help="A label for the key")],
     budget_usd: Annotated[str | None, typer.Option(help="Spending limit in USD")] = None,
     period: Annotated[str, typer.Option(help="monthly or total (never resets)")] = "total",
+    moderation: Annotated[
+        str | None,
+        typer.Option(help="off, flag or block: the key's jobs' default (else GENQ_MODERATION)"),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the key's id, name, budget and secret as JSON")
     ] = False,
@@ -67,15 +71,21 @@ def keys_create(
         raise fail("NAME must be 1 to 200 characters")
     if period not in ("monthly", "total"):
         raise fail("--period must be monthly or total")
+    if moderation not in (None, "off", "flag", "block"):
+        raise fail("--moderation must be off, flag or block")
     budget = _budget(budget_usd)
     engine = _engine()
     try:
         with session_scope(engine) as session:
-            key, secret = create_key(session, name=name.strip(), budget_usd=budget, period=period)
+            key, secret = create_key(
+                session, name=name.strip(), budget_usd=budget, period=period, moderation=moderation
+            )
     except Exception as exc:
         reason = f"cannot store the key ({type(exc).__name__}); run `genq migrate` first?"
         raise fail(reason) from None
     limit = f"budget {money(budget)} USD ({period})" if budget else "no budget"
+    if moderation:
+        limit += f", moderation {moderation}"
     console.print(f"created key {key.id} ({key.name}, {limit}); the secret below is not stored")
     if json_out:
         print_json({**_key_row(key), "secret": secret})
@@ -95,6 +105,8 @@ def _key_row(key) -> dict:
         "period": key.budget_period,
         "spent_usd": money(key.spent_usd),
         "reserved_usd": money(key.reserved_usd),
+        #: None: the key's jobs get GENQ_MODERATION unless they set policy.moderation
+        "moderation": key.moderation,
     }
 
 
@@ -107,6 +119,7 @@ KEY_COLUMNS = (
     Column("period", "period"),
     Column("spent_usd", "spent $", keep=True, justify="right"),
     Column("reserved_usd", "reserved $", keep=True, justify="right"),
+    Column("moderation", "moderation"),
     Column("revoked", "revoked"),
 )
 
@@ -122,7 +135,12 @@ def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
         print_json(rows)
         return
     cells = [
-        {**r, "budget_usd": r["budget_usd"] or "-", "revoked": "yes" if r["revoked"] else "no"}
+        {
+            **r,
+            "budget_usd": r["budget_usd"] or "-",
+            "moderation": r["moderation"] or "default",
+            "revoked": "yes" if r["revoked"] else "no",
+        }
         for r in rows
     ]
     show_table(KEY_COLUMNS, cells)
@@ -193,6 +211,7 @@ USAGE_COLUMNS = (
     Column("completion_tokens", "output tok", justify="right"),
     Column("cost_usd", "cost $", keep=True, justify="right"),
     Column("reserved_usd", "reserved $", keep=True, justify="right"),
+    Column("moderation_blocked", "blocked", justify="right"),
 )
 
 

@@ -110,6 +110,7 @@ def simulator(
         invalid_output=(
             settings.offline_invalid_output if invalid_output is None else invalid_output
         ),
+        flagged_words=settings.offline_flagged_words,
     )
     console.print(f"genq simulator on http://{host}:{port}/v1 (synthetic outputs)")
     uvicorn.run(

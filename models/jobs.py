@@ -117,6 +117,8 @@ class Job(SQLModel, table=True):
     batch_id: str | None = Field(default=None, max_length=64)
     custom_id: str | None = Field(default=None, max_length=512)
     batch_line: int | None = None
+    #: moderation verdicts, `{"input": …, "output": …}` (models/moderation.py); None when off
+    moderation: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -310,6 +312,7 @@ def job_public(job: Job) -> JobPublic:
         context=job.context,
         batch_id=job.batch_id,
         custom_id=job.custom_id,
+        moderation=job.moderation,
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),

@@ -37,6 +37,8 @@ class ApiKey(SQLModel, table=True):
     period_start: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     spent_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
     reserved_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
+    #: the moderation mode of this key's jobs that do not set one (None: GENQ_MODERATION)
+    moderation: str | None = Field(default=None, max_length=8)
 
 
 def hash_secret(secret: str) -> str:
@@ -50,6 +52,7 @@ def create_key(
     name: str,
     budget_usd: Decimal | None = None,
     period: BudgetPeriod = "total",
+    moderation: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key and return it with its secret, which is never stored."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
@@ -59,6 +62,7 @@ def create_key(
         secret_hash=hash_secret(secret),
         budget_usd=budget_usd,
         budget_period=period,
+        moderation=moderation,
     )
     session.add(key)
     session.flush()

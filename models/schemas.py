@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.jsontext import MoneyNumber
+from models.moderation import Mode, ModerationPublic
 from models.structured import ResponseFormat, Tool, ToolCall, ToolChoice, tool_choice_problem
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -106,6 +107,9 @@ class Policy(BaseModel):
 
     tier: Literal["economy", "balanced", "premium"] | None = None
     max_cost_usd: Decimal | None = Field(default=None, gt=0)
+    #: check input and text output with the moderation model (default: the key's, else
+    #: GENQ_MODERATION); resolved at submit and stored with the job
+    moderation: Mode | None = None
 
 
 def _one_input_schema(schema: dict[str, Any]) -> None:
@@ -251,6 +255,8 @@ class JobPublic(BaseModel):
     #: set on the jobs of an OpenAI-compatible batch: which batch, and the line's custom_id
     batch_id: str | None = None
     custom_id: str | None = None
+    #: the moderation verdicts (jobs whose `policy.moderation` is flag or block)
+    moderation: ModerationPublic | None = None
     created_at: str
     started_at: str | None
     finished_at: str | None

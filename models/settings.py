@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalogue import get_catalogue
 from models.errors import CatalogueError
+from models.moderation import parse_flagged_words
 from models.ratelimits import parse_rate_limits
 
 
@@ -43,7 +44,16 @@ class Settings(BaseSettings):
     #: the Retry-After the simulator sends with its 429s
     offline_retry_after_s: float = Field(default=1.0, ge=0, le=3600)
 
+    #: stand-in moderation: text containing one of these words (`WORD` or `WORD:CATEGORY`,
+    #: comma-separated, case-insensitive whole words) is flagged, and the verdict says synthetic
+    offline_flagged_words: str = ""
+
     default_tier: Literal["economy", "balanced", "premium"] = "balanced"
+    # Moderation (README "Moderation"): the default mode of jobs and keys that set none.
+    moderation: Literal["off", "flag", "block"] = "off"
+    moderation_model: str = Field(default="omni-moderation-latest", min_length=1)
+    #: a moderation outage: fail the job or go on; unset = fail for block, allow for flag
+    moderation_on_error: Literal["fail", "allow"] | None = None
     catalogue_path: Path | None = None
 
     max_attempts: int = Field(default=4, ge=1, le=20)
@@ -117,6 +127,17 @@ class Settings(BaseSettings):
     def _faults_parse(cls, value: str) -> str:
         parse_faults(value)
         return value
+
+    @field_validator("offline_flagged_words")
+    @classmethod
+    def _flagged_words_parse(cls, value: str) -> str:
+        parse_flagged_words(value)
+        return value
+
+    @field_validator("moderation_on_error", mode="before")
+    @classmethod
+    def _blank_on_error_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("rate_limits")
     @classmethod

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import func, type_coerce
+from sqlalchemy import case, func, type_coerce
 from sqlmodel import Session, col, select
 
 from models.attempts import Attempt
@@ -19,6 +19,7 @@ from models.db import Money, db_moment
 from models.errors import InvalidRequest
 from models.jobs import Job
 from models.keys import ApiKey
+from models.moderation import BLOCKED
 
 GroupBy = Literal["model", "day", "key", "status"]
 
@@ -76,6 +77,7 @@ def _job_sums(session, group, where) -> dict:
         select(
             group.label("g"),
             func.count(col(Job.id)).label("jobs"),
+            func.count(case((col(Job.error_type) == BLOCKED, 1))).label("blocked"),
             type_coerce(func.coalesce(func.sum(col(Job.reserved_usd)), 0), Money).label("reserved"),
         )
         .where(*where)
@@ -95,6 +97,7 @@ def _row(attempts, jobs) -> dict:
         "total_tokens": prompt + completion,
         "cost_usd": Decimal(attempts.cost) if attempts else Decimal(0),
         "reserved_usd": Decimal(jobs.reserved) if jobs else Decimal(0),
+        "moderation_blocked": jobs.blocked if jobs else 0,
     }
 
 
@@ -106,7 +109,8 @@ def usage_report(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> dict:
-    """Per group and in total: jobs, attempts, tokens, cost and reserved; money in Decimal."""
+    """Per group and in total: jobs, attempts, tokens, cost, reserved and the jobs moderation
+    blocked; money in Decimal."""
     attempt_group, job_group = _groups(group_by)
     spent = _attempt_sums(
         session, attempt_group, _filters(session, col(Attempt.started_at), key_id, start, end)

@@ -18,6 +18,7 @@ import redis
 from models.db import get_engine, session_scope
 from models.errors import ProviderError
 from models.keys import create_key
+from models.moderation import Verdict
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
 from worker.providers.base import GeneratedImage, ImageResult, TextResult
@@ -97,6 +98,29 @@ def private_redis() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@contextmanager
+def serve_simulator(simulator) -> Iterator[str]:
+    """The simulator's OpenAI-compatible HTTP app on loopback (uvicorn in a thread): its URL."""
+    import threading
+
+    import uvicorn
+
+    from models.catalogue import get_catalogue
+    from worker.simulator_server import create_simulator_app
+
+    port = free_port()
+    app = create_simulator_app(simulator, get_catalogue())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=20, what="the simulator")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @dataclass
 class FakeProvider:
     """An in-process provider whose outcomes are scripted: a ProviderError to raise, or None."""
@@ -139,12 +163,27 @@ class RecordingProvider:
     name: str = "offline"
     sent: list[list[dict]] = field(default_factory=list)
     outcomes: list[ProviderError | None] = field(default_factory=list)
+    #: the stand-in moderation's words (as GENQ_OFFLINE_FLAGGED_WORDS), the texts of each
+    #: moderation call, its scripted failures, and the image prompts generated
+    flagged_words: str = ""
+    moderated: list[list[str]] = field(default_factory=list)
+    moderation_outcomes: list[ProviderError | None] = field(default_factory=list)
+    image_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from worker.providers.offline import OfflineProvider
         from worker.providers.simulator import Simulator
 
-        self.inner = OfflineProvider(Simulator())
+        self.inner = OfflineProvider(Simulator.from_spec(
+            latency_ms=0, faults="", flagged_words=self.flagged_words
+        ))  # fmt: skip
+
+    def moderate(self, *, model: str, texts: list[str]) -> Verdict:
+        self.moderated.append(list(texts))
+        outcome = self.moderation_outcomes.pop(0) if self.moderation_outcomes else None
+        if outcome is not None:
+            raise outcome
+        return self.inner.moderate(model=model, texts=texts)
 
     def generate_text(self, *, model: str, messages: list[dict], params: TextParams) -> TextResult:
         self.sent.append(copy.deepcopy(messages))
@@ -154,6 +193,7 @@ class RecordingProvider:
         return self.inner.generate_text(model=model, messages=messages, params=params)
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
+        self.image_prompts.append(prompt)
         return self.inner.generate_image(model=model, prompt=prompt, params=params)
 
 

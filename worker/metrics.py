@@ -54,6 +54,12 @@ DELIVERIES = Counter(
     "Task messages handled, by what the runner did (succeeded, failed, skipped, lost)",
     ["task", "outcome"],
 )
+MODERATION = Counter(
+    "genq_moderation_checks",
+    "Moderation checks, by stage (input, output) and result (passed, flagged, blocked, "
+    "error: allowed through an outage, unavailable: the job failed on the outage)",
+    ["stage", "result"],
+)
 IN_PROGRESS = Gauge("genq_worker_jobs_in_progress", "Jobs this worker process is running now")
 
 
@@ -76,6 +82,10 @@ def record_attempt(attempt: Attempt, *, kind: str) -> None:
 def record_job_end(*, kind: str, model: str, status: str) -> None:
     """Count a job that a worker finished (succeeded, failed, cancelled while running)."""
     JOBS.labels(kind, model, status).inc()
+
+
+def record_moderation(stage: str, result: str) -> None:
+    MODERATION.labels(stage=stage, result=result).inc()
 
 
 def observe_rate_limit_wait(model: str, seconds: float) -> None:

@@ -196,7 +196,8 @@ class RedisLimiter:
         """Limits from the catalogue, overridden by GENQ_RATE_LIMITS; state in GENQ_REDIS_URL."""
         catalogue = catalogue or get_catalogue(settings.catalogue_path)
         overrides = parse_rate_limits(settings.rate_limits)
-        unknown = sorted(set(overrides) - {spec.id for spec in catalogue})
+        known = {spec.id for spec in catalogue} | {settings.moderation_model}
+        unknown = sorted(set(overrides) - known)
         if unknown:
             log.warning("ratelimit.unknown_models", models=unknown)
         limits = resolve_limits(catalogue, overrides)

@@ -37,6 +37,7 @@ from models.tokens import count_request
 from worker import metrics
 from worker.health import LocalHealth, ModelHealth
 from worker.lease import LeaseKeeper
+from worker.moderation import ModerationConfig, ModerationEnded, Moderator, Screen, screen_of
 from worker.output import InvalidOutput, checked
 from worker.providers.base import ImageResult, Provider, TextResult
 from worker.ratelimit import Limiter, NoLimiter
@@ -103,6 +104,8 @@ class Run:
     context: dict | None = None
     #: a batch's job: republished to the batch lane, and its end may finish the batch
     batch_id: str | None = None
+    #: its moderation (worker/moderation.py), None when off
+    screen: Screen | None = None
     #: the job's failed attempts over all its runs, as the retry policy counts them
     counts: RetryCounts = field(default_factory=RetryCounts)
     #: the retry policy's decision on the last failure, and which attempt of this run failed
@@ -135,9 +138,11 @@ class Runner:
     leases: LeaseKeeper | None = None
     #: told (batch id, kind) when a batch's job ended (worker/batches.py); plain jobs never call it
     batch_job_ended: Callable[[str, str], None] | None = None
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
 
     def __post_init__(self) -> None:
         self.leases = self.leases or LeaseKeeper(self.engine, lease_s=self.lease_s)
+        self.moderator = Moderator.of(self)
 
     def run(self, job_id: str, *, worker: str = "local") -> str:
         """Run the job unless another delivery claimed it; returns what happened."""
@@ -200,6 +205,7 @@ class Runner:
             conversation_id=job.conversation_id,
             context=job.context,
             batch_id=job.batch_id,
+            screen=screen_of(request, job.moderation, self.moderation),
         )
 
     def _counts(self, job: Row) -> RetryCounts:
@@ -223,11 +229,15 @@ class Runner:
             sleep=self.sleep,
         )
         try:
+            if run.screen is not None:
+                self.moderator.check_input(run)
             for attempt in retrying:
                 with attempt:
                     self._attempt(run, bound.bind(attempt=run.number))
         except ProviderError:
             return "failed"
+        except ModerationEnded as ended:
+            return ended.result
         except ClaimLost:
             bound.warning("job.claim_lost")
             return "lost"
@@ -361,6 +371,8 @@ class Runner:
             call.spec.id, estimated=run.tokens_estimate, used=result.usage.total_tokens
         )
         attempt = call.attempt(outcome=SUCCEEDED, usage=result.usage)
+        if run.screen is not None:
+            self.moderator.check_output(run, call, attempt, result)
         try:
             said = _said(run) if run.conversation_id else None
             end = record_output(

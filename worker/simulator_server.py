@@ -2,8 +2,9 @@
 
 It lets the `openai` provider run through the real SDK over HTTP with no key and no network:
 `/v1/chat/completions` (with usage; `tools`, `tool_choice` and `response_format` honoured as the
-offline provider does), `/v1/images/generations` (`b64_json`), `/v1/models`, the
-same latency and fault knobs, and 429 answers carrying `Retry-After`. Two control routes under
+offline provider does), `/v1/images/generations` (`b64_json`), `/v1/moderations` (the
+stand-in check of GENQ_OFFLINE_FLAGGED_WORDS), `/v1/models`, the same latency and fault
+knobs, and 429 answers carrying `Retry-After`. Two control routes under
 `/_simulator/` script the next outcomes and count calls, for tests and benchmarks.
 """
 
@@ -51,6 +52,30 @@ class ImageRequest(BaseModel):
     size: str = "1024x1024"
     quality: str | None = None
     response_format: str | None = None
+
+
+class ModerationRequest(BaseModel):
+    model: str = "omni-moderation-latest"
+    input: str | list[str] = Field(min_length=1)
+
+
+def moderation_reply(simulator: Simulator, body: ModerationRequest) -> dict:
+    """A moderation object as OpenAI's `/v1/moderations` answers, one result per text: the
+    stand-in flags texts containing a word of GENQ_OFFLINE_FLAGGED_WORDS."""
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    results = []
+    for text in texts:
+        flagged, categories, scores = simulator.moderate(text)
+        applied = {name: ["text"] for name in categories}
+        results.append(
+            {
+                "flagged": flagged,
+                "categories": categories,
+                "category_scores": scores,
+                "category_applied_input_types": applied,
+            }
+        )
+    return {"id": f"modr-{uuid.uuid4().hex}", "model": body.model, "results": results}
 
 
 class Script(BaseModel):
@@ -179,6 +204,11 @@ def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
     async def images(request: Request):
         body = await admit(request, "images", ImageRequest)
         return body if isinstance(body, JSONResponse) else await image_reply(catalogue, body)
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        body = await admit(request, "moderations", ModerationRequest)
+        return body if isinstance(body, JSONResponse) else moderation_reply(simulator, body)
 
     @app.get("/v1/models")
     async def models():

@@ -17,6 +17,7 @@ from models.tokens import install_encodings
 from worker.batches import after_batch_job, finalize, sweep_batches
 from worker.celery_app import celery_app
 from worker.health import RedisHealth
+from worker.moderation import ModerationConfig
 from worker.observe import message_headers, run_observed
 from worker.providers.factory import build_provider
 from worker.ratelimit_redis import RedisLimiter
@@ -65,6 +66,7 @@ def get_runner() -> Runner:
         fallback_after=settings.fallback_after,
         limiter=RedisLimiter.from_settings(settings),
         batch_job_ended=_batch_job_ended,
+        moderation=ModerationConfig.from_settings(settings),
     )
 
 

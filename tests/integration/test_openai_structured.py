@@ -4,12 +4,10 @@ served on loopback (uvicorn in a thread), with the Runner on SQLite and PostgreS
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from jsonschema import Draft202012Validator
 from sqlmodel import select
 
@@ -20,12 +18,11 @@ from models.jobs import Job, job_from_plan
 from models.keys import create_key
 from models.planning import Defaults, plan_job
 from models.schemas import JobCreate, TextParams
-from tests.helpers import free_port, wait_until
+from tests.helpers import serve_simulator
 from worker.providers.openai_provider import OpenAIProvider
 from worker.providers.simulator import Simulator
 from worker.retry import RetryPolicy
 from worker.runner import Runner
-from worker.simulator_server import create_simulator_app
 
 PAGE = {
     "type": "object",
@@ -57,15 +54,8 @@ SKU_TOOL = {
 
 @pytest.fixture
 def simulator_url(tiktoken_dir) -> Iterator[str]:
-    port = free_port()
-    app = create_simulator_app(Simulator(), get_catalogue())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout_s=20, what="the simulator")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_simulator(Simulator()) as url:
+        yield url
 
 
 def provider(url: str) -> OpenAIProvider:

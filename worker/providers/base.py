@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from models.moderation import Verdict
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
 
@@ -55,6 +56,10 @@ class Provider(Protocol):
     ) -> TextResult: ...
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult: ...
+
+    def moderate(self, *, model: str, texts: list[str]) -> Verdict:
+        """One moderation call over `texts` (called only for jobs with moderation on)."""
+        ...
 
 
 def parse_size(size: str) -> tuple[int, int]:

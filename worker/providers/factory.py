@@ -28,5 +28,6 @@ def build_provider(settings: Settings) -> Provider:
         faults=settings.offline_faults,
         invalid_output=settings.offline_invalid_output,
         retry_after_s=settings.offline_retry_after_s,
+        flagged_words=settings.offline_flagged_words,
     )
     return OfflineProvider(simulator, get_catalogue(settings.catalogue_path))

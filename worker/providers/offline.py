@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from models.catalogue import Catalogue
 from models.errors import PermanentProviderError, RetryableProviderError
+from models.moderation import Verdict, verdict_of
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
 from worker.providers.base import GeneratedImage, ImageResult, TextResult, parse_size
@@ -60,3 +61,9 @@ class OfflineProvider:
         spec = self.catalogue.get(model) if self.catalogue else None
         usage = image_usage(spec, prompt, n=params.n, size=params.size, quality=params.quality)
         return ImageResult(images=images, usage=usage)
+
+    def moderate(self, *, model: str, texts: list[str]) -> Verdict:
+        """The stand-in check (GENQ_OFFLINE_FLAGGED_WORDS), labelled synthetic; no faults are
+        drawn for it, so the simulator's fault knobs keep describing generation calls."""
+        results = [self.simulator.moderate(text) for text in texts]
+        return verdict_of(results, model=model, synthetic=True)

@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletion
 from models.catalogue import Catalogue
 from models.errors import PermanentProviderError, ProviderError, RetryableProviderError
 from models.logging import redact
+from models.moderation import Verdict, verdict_of
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
 from models.settings import Settings
@@ -173,6 +174,23 @@ class OpenAIProvider:
                 f"asked for {params.n} images, got {len(images)}", usage=usage
             )
         return ImageResult(images=images, usage=usage)
+
+    def moderate(self, *, model: str, texts: list[str]) -> Verdict:
+        """One `moderations.create` call over every text (one result each), on the default
+        client (OPENAI_BASE_URL): moderation is OpenAI's endpoint, whichever model generates."""
+        try:
+            response = self.default.moderations.create(model=model, input=texts)
+        except openai.OpenAIError as exc:
+            raise translate_error(exc) from exc
+        results = [
+            (
+                r.flagged,
+                r.categories.model_dump(by_alias=True),
+                r.category_scores.model_dump(by_alias=True),
+            )
+            for r in response.results
+        ]
+        return verdict_of(results, model=response.model or model)
 
 
 def _tool_call(call) -> dict:

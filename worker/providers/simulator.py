@@ -19,6 +19,7 @@ from decimal import Decimal
 from PIL import Image, ImageDraw
 
 from models.catalogue import ModelSpec
+from models.moderation import CATEGORIES, flagged_categories, parse_flagged_words
 from models.pricing import Usage
 from models.settings import parse_faults
 from models.tokens import count_messages, count_request, count_text, encoding
@@ -73,6 +74,8 @@ class Simulator:
     invalid_output: float = 0.0
     #: queued JSON answers (`invalid` or `valid`) served before the random draw
     output_script: deque[str] = field(default_factory=deque)
+    #: the stand-in moderation's words and their categories (GENQ_OFFLINE_FLAGGED_WORDS)
+    flagged_words: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -83,13 +86,23 @@ class Simulator:
         faults: str,
         retry_after_s: float = 1.0,
         invalid_output: float = 0.0,
+        flagged_words: str = "",
     ) -> Simulator:
         return cls(
             latency_ms=latency_ms,
             faults=parse_faults(faults),
             retry_after_s=retry_after_s,
             invalid_output=invalid_output,
+            flagged_words=parse_flagged_words(flagged_words),
         )
+
+    def moderate(self, text: str) -> tuple[bool, dict[str, bool], dict[str, float]]:
+        """The stand-in moderation of one text: flagged when it contains a flagged word;
+        each category's score is 0.99 when flagged, else a small number derived from the text."""
+        hits = flagged_categories(text, self.flagged_words)
+        rng = random.Random(_seed(text))
+        scores = {c: 0.99 if c in hits else round(rng.uniform(0, 0.01), 6) for c in CATEGORIES}
+        return bool(hits), {c: c in hits for c in CATEGORIES}, scores
 
     def _answers_invalid(self) -> bool:
         with self._lock:
