@@ -1,9 +1,11 @@
-"""A small HTTP client for the genq API, used by `genq submit`, `status`, `chat` and `dev`."""
+"""A small HTTP client for the genq API, used by `genq submit`, `status`, `chat`, `batch` and
+`dev`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,6 +65,39 @@ class GenqClient:
 
     def stats(self) -> dict:
         return loads(self._call("GET", "/v1/stats").content)
+
+    def upload_batch_file(self, path: Path) -> dict:
+        """`POST /v1/files` (purpose `batch`), the file streamed from disk."""
+        with path.open("rb") as handle:
+            files = {"file": (path.name, handle, "application/jsonl")}
+            answer = self._call("POST", "/v1/files", data={"purpose": "batch"}, files=files)
+        return loads(answer.content)
+
+    def create_batch(self, body: dict[str, Any]) -> dict:
+        return loads(self._call("POST", "/v1/batches", json=body).content)
+
+    def batch(self, batch_id: str) -> dict:
+        return loads(self._call("GET", f"/v1/batches/{batch_id}").content)
+
+    def batches(self, *, limit: int, after: str | None) -> dict:
+        params: dict[str, Any] = {"limit": limit} | ({"after": after} if after else {})
+        return loads(self._call("GET", "/v1/batches", params=params).content)
+
+    def cancel_batch(self, batch_id: str) -> dict:
+        return loads(self._call("POST", f"/v1/batches/{batch_id}/cancel").content)
+
+    def file_content(self, file_id: str) -> Iterator[bytes]:
+        """A file's bytes in pieces, as the API streams them."""
+        try:
+            with self.http.stream("GET", f"/v1/files/{file_id}/content") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ClientError(_describe(response))
+                yield from response.iter_bytes()
+        except httpx.HTTPError as exc:
+            raise ClientError(
+                f"cannot reach the genq API at {self.http.base_url}: {type(exc).__name__}"
+            ) from None
 
     def image(self, url: str) -> bytes:
         return self._call("GET", url).content

@@ -10,6 +10,7 @@ import typer
 
 from cli import ops
 from cli.accounts import bench_chaos, bench_savings, keys_app, usage
+from cli.batches import batch_app
 from cli.chat import chat
 from cli.client import ClientError, GenqClient
 from cli.render import console, fail, job_summary, out, print_json
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(batch_app, name="batch")
 app.command()(usage)
 app.command("bench-savings")(bench_savings)
 app.command("bench-chaos")(bench_chaos)
