@@ -96,20 +96,21 @@ def _watch(client: GenqClient, batch: dict, interval_s: float = 0.5) -> dict:
 
     columns = (
         TextColumn("{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("completed {task.fields[ok]}  failed {task.fields[bad]}"),
         TimeElapsedColumn(),
     )
+    console.print(f"batch {batch['id']} {batch['status']}; watching (Ctrl-C stops watching only)")
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(batch["id"], total=None, ok=0, bad=0)
+        task = progress.add_task(batch["status"], total=None, ok=0, bad=0)
         while True:
             counts = batch["request_counts"]
             progress.update(
                 task,
                 total=counts["total"] or None,
                 completed=counts["completed"] + counts["failed"],
-                description=f"{batch['id']} {batch['status']}",
+                description=batch["status"],
                 ok=counts["completed"],
                 bad=counts["failed"],
             )
