@@ -7,18 +7,23 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import select
 
 from models.attempts import Attempt
 from models.batch_output import finalize_batch
 from models.batch_run import cancel_batch, claim_finalizing
 from models.batches import Batch
+from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope, utcnow
 from models.errors import Conflict
 from models.files import StoredFile, iter_content
 from models.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, finish_job
 from models.keys import ApiKey, create_key
+from tests.helpers import FakeProvider
 from worker.batches import after_batch_job, sweep_batches
+from worker.retry import RetryPolicy
+from worker.runner import Runner
 
 RESERVED = Decimal("0.01")
 
@@ -220,3 +225,50 @@ def test_the_sweeper_finalizes_a_done_batch_and_rebuilds_one_whose_builder_died(
         batch = batch_of(engine, batch_id)
         assert batch.status == "completed" and file_lines(engine, batch.output_file_id)
     assert batch_of(engine, stuck_id).error_file_id is None  # no failed line: no error file
+
+
+def run_counting(engine, job_id: str, ended: list) -> list[str]:
+    """Run the job with the worker's Runner (a fake provider); the SQL statements it ran."""
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    def batch_job_ended(batch_id: str, kind: str) -> None:
+        ended.append(batch_id)
+        after_batch_job(engine, batch_id=batch_id, kind=kind, enqueue=lambda *a: ended.append(a))
+
+    runner = Runner(
+        engine=engine,
+        provider=FakeProvider(),
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=1, initial_s=0.01, max_s=0.02),
+        batch_job_ended=batch_job_ended,
+    )
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert runner.run(job_id, worker="w1") == "succeeded"
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return statements
+
+
+def test_a_plain_job_does_no_batch_work_and_a_batch_jobs_end_queues_the_finalize(
+    engine, tiktoken_dir
+):
+    # Given a plain job and the last queued job of a batch
+    batch_id, _ = make_batch(engine, [SUCCEEDED, QUEUED])
+    with session_scope(engine) as session:
+        plain = job_of(session.get(Batch, batch_id), 9, QUEUED)
+        plain.id, plain.batch_id, plain.custom_id, plain.batch_line = "p" * 32, None, None, None
+        session.add(plain)
+    # When the worker's Runner runs each
+    ended: list = []
+    plain_statements = run_counting(engine, "p" * 32, ended)
+    # Then the plain job runs no batch statement and never calls the batch hook
+    assert ended == [] and not [s for s in plain_statements if "batch" in s.split("RETURNING")[0]]
+    batch_statements = run_counting(engine, f"{batch_id[-8:]}{2:024d}", ended)
+    # And the batch's last job costs one statement more (the unfinished check), then queues it
+    assert len(batch_statements) == len(plain_statements) + 1
+    assert ended == [batch_id, (batch_id, "text")]
+    assert finalize_batch(engine, batch_id=batch_id) == "completed"
