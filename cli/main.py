@@ -140,6 +140,9 @@ def submit(
     n: Annotated[int | None, typer.Option(help="Image: how many")] = None,
     tier: Annotated[str | None, typer.Option(help="economy, balanced or premium")] = None,
     max_cost_usd: Annotated[str | None, typer.Option(help="Hard cost ceiling for the job")] = None,
+    moderation: Annotated[
+        str | None, typer.Option(help="off, flag or block (default: the key's, else the API's)")
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Makes a retried submit safe")] = None,
     schema: Annotated[
         Path | None, typer.Option(help="Text: a JSON Schema file the answer must match (strict)")
@@ -154,7 +157,8 @@ def submit(
             params["response_format"] = response_format(schema)
         except ValueError as exc:
             raise fail(str(exc)) from None
-    policy = {k: v for k, v in {"tier": tier, "max_cost_usd": max_cost_usd}.items() if v}
+    asked = {"tier": tier, "max_cost_usd": max_cost_usd, "moderation": moderation}
+    policy = {k: v for k, v in asked.items() if v}
     body = {"kind": kind, "prompt": prompt, "params": params, "model": model, "policy": policy}
     client = _client()
     try:

@@ -43,7 +43,21 @@ def job_summary(job: dict, *, api_url: str = "") -> str:
         lines.append(f"  image: {api_url}{image['url']} ({image['content_type']})")
     if job.get("error"):
         lines.append(f"  error: {job['error']['type']}: {escape(job['error']['message'])}")
+    for stage, verdict in (job.get("moderation") or {}).items():
+        if verdict:
+            lines.append(f"  moderation {stage}: {_verdict(verdict)}")
     return "\n".join(lines)
+
+
+def _verdict(verdict: dict) -> str:
+    """`flagged (violence)`, `passed`, or `not checked (…)`; `synthetic` from the stand-in."""
+    if verdict.get("error"):
+        said = f"not checked ({escape(verdict['error'])})"
+    elif verdict["flagged"]:
+        said = f"flagged ({', '.join(verdict['categories'])})"
+    else:
+        said = "passed"
+    return said + (", synthetic" if verdict.get("synthetic") else "")
 
 
 def print_json(data: Any) -> None:

@@ -59,6 +59,15 @@ def test_a_key_that_blocks_and_a_job_that_only_flags(stack, env):
     usage = json.loads(genq("usage", "--json", env=stack.env).stdout)
     assert usage["total"]["moderation_blocked"] == 1
 
+    # and `genq submit --moderation` asks for a mode (the key's default is overridden)
+    client_env = {**stack.env, "GENQ_API_URL": api, "GENQ_API_KEY": secret}
+    flagged = genq("submit", "kill the lights", "--moderation", "flag", "--wait", env=client_env)
+    assert flagged.returncode == 0, flagged.stderr
+    verdicts = json.loads(flagged.stdout)["moderation"]  # piped: the job as JSON
+    assert verdicts["input"]["categories"] == ["violence"] and not verdicts["output"]["flagged"]
+    refused = genq("submit", "hi", "--moderation", "strict", env=client_env)
+    assert refused.returncode == 1 and "moderation" in refused.stderr
+
 
 def test_keys_create_refuses_an_unknown_mode(env):
     result = genq("keys", "create", "x", "--moderation", "strict", env=env)

@@ -296,3 +296,46 @@ def test_moderation_calls_go_through_the_shared_rate_limiter(client, settings):
     # When the job runs, then its two checks were admitted by the limiter under that name
     assert runner.run(job["id"]) == "succeeded"
     assert client_redis.exists(requests_key)
+
+
+def test_a_job_given_back_to_the_queue_keeps_its_input_verdict(client, settings):
+    # Given a `block` job whose first generation call is rate-limited with a long Retry-After
+    key = key_with(settings)
+    limited = RetryableProviderError("slow down", status_code=429, retry_after_s=30)
+    provider = RecordingProvider(outcomes=[limited])
+    job = submit(client, key, prompt="Write a tagline", policy={"moderation": "block"})
+    published: list = []
+    runner = Runner(
+        engine=get_engine(settings.database_url),
+        provider=provider,
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=3),
+        sleep=lambda _s: None,
+        publish=lambda *args: published.append(args),
+        retry_inline_max_s=1,
+    )
+    # When it runs, is given back to the queue, and runs again
+    assert runner.run(job["id"]) == "rescheduled" and len(published) == 1
+    assert runner.run(job["id"]) == "succeeded"
+    # Then its input was checked once (first run) and its output once (second run)
+    assert provider.moderated == [["Write a tagline"], [provider.moderated[1][0]]]
+    assert provider.moderated[1][0].startswith("[synthetic]") and len(provider.sent) == 2
+    verdicts = stored(settings, job["id"]).moderation
+    assert set(verdicts) == {"input", "output"}
+
+
+def test_a_cancel_requested_during_the_input_check_stops_before_generation(client, settings):
+    key = key_with(settings)
+    job = submit(client, key, prompt="Write a tagline", policy={"moderation": "flag"})
+
+    class CancelledWhileChecking(RecordingProvider):
+        def moderate(self, *, model: str, texts: list[str]):
+            client.post(f"/v1/jobs/{job['id']}/cancel", headers=key).raise_for_status()
+            return super().moderate(model=model, texts=texts)
+
+    provider = CancelledWhileChecking()
+    assert run(settings, job["id"], provider) == "cancelled"
+    assert provider.sent == [] and len(provider.moderated) == 1
+    row = stored(settings, job["id"])
+    assert row.status == "cancelled" and row.attempts == 0 and row.cost_usd == 0
+    assert row.moderation["input"]["flagged"] is False

@@ -109,3 +109,19 @@ def test_moderation_settings_and_their_defaults():
     with pytest.raises(ValidationError):
         Settings(_env_file=None, moderation="strict")
     assert Settings(_env_file=None, moderation_on_error="").moderation_on_error is None
+
+
+def test_the_job_summary_shows_the_verdicts():
+    from cli.render import job_summary
+
+    verdict = {"flagged": True, "categories": ["hate", "violence"], "synthetic": True}
+    job = {
+        "id": "j1", "kind": "text", "status": "failed", "model": "m", "attempts": 0,
+        "cost_usd": 0, "error": {"type": "moderation_blocked", "message": "flagged"},
+        "moderation": {"input": verdict, "output": None},
+    }  # fmt: skip
+    shown = job_summary(job)
+    assert "moderation input: flagged (hate, violence), synthetic" in shown
+    assert "moderation output" not in shown
+    job["moderation"]["input"] = {"flagged": False, "error": "timeout", "synthetic": False}
+    assert "moderation input: not checked (timeout)" in job_summary(job)
