@@ -12,7 +12,15 @@ from api.request_id import current_request_id
 from models import redis_transport
 from models.bulk_publish import push_batch_jobs
 from models.errors import NotReady
-from models.queue import FINALIZE_TASK, QUEUE_BY_KIND, REQUEST_ID_HEADER, TASK_BY_KIND, TEXT_QUEUE
+from models.queue import (
+    FINALIZE_TASK,
+    QUEUE_BY_KIND,
+    REQUEST_ID_HEADER,
+    TASK_BY_KIND,
+    TEXT_QUEUE,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+)
 
 #: a submit must answer quickly even when Redis is down: a few short tries, then 503
 PUBLISH_RETRY_POLICY = {
@@ -82,6 +90,24 @@ class Publisher:
             )
         except Exception as exc:  # kombu raises many transport-specific types
             log.warning("batch.finalize_not_queued", batch_id=batch_id, error=type(exc).__name__)
+
+    def publish_webhooks(self, delivery_ids: list[str]) -> None:
+        """Send the messages of deliveries a request opened (a cancelled queued job's); a
+        failure only delays them: the workers' sweeper publishes overdue deliveries."""
+        for delivery_id in delivery_ids:
+            try:
+                self.app.send_task(
+                    WEBHOOK_TASK,
+                    args=[delivery_id],
+                    queue=WEBHOOK_QUEUE,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY_POLICY,
+                )
+            except Exception as exc:  # kombu raises many transport-specific types
+                log.warning(
+                    "webhook.publish_deferred", webhook_id=delivery_id, error=type(exc).__name__
+                )
+                return
 
     def close(self) -> None:
         self.app.close()

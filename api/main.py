@@ -11,7 +11,17 @@ from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.openapi import install_openapi
 from api.request_id import RequestIdMiddleware
-from api.routes import batch_cancel, cancel, catalogue, conversations, health, jobs, stats, usage
+from api.routes import (
+    batch_cancel,
+    cancel,
+    catalogue,
+    conversations,
+    health,
+    jobs,
+    stats,
+    usage,
+    webhooks,
+)
 from api.services import Services
 from models.logging import configure_logging
 from models.settings import Settings, get_settings
@@ -44,7 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request has its id
     install_error_handlers(app)
     install_openapi(app)
-    for module in (jobs, cancel, batch_cancel, conversations, catalogue, usage, health, stats):
+    for module in (
+        jobs,
+        cancel,
+        batch_cancel,
+        webhooks,
+        conversations,
+        catalogue,
+        usage,
+        health,
+        stats,
+    ):
         app.include_router(module.router)
     return app
 

@@ -26,6 +26,7 @@ from models.lifecycle import unpublish
 from models.moderation import resolve_mode, with_mode
 from models.planning import Plan, plan_job
 from models.schemas import JobCreate
+from models.webhook_urls import UrlRefused, check_url
 
 log = structlog.get_logger("genq.api")
 
@@ -103,9 +104,13 @@ def _submit(
             idempotency_key=idempotency.keys[index] if idempotency else None,
             idempotency_fingerprint=idempotency.fingerprint if idempotency else None,
             deadline_s=services.defaults.deadline_s,
+            webhook_url=key.webhook_url,
         )
         for index, body in enumerate(bodies)
     ]
+    for body in bodies:
+        if body.webhook_url is not None or key.webhook_url is not None:
+            _check_webhook(services, key, body)
     try:
         with session_scope(services.engine) as session:
             if idempotency and (first := _replay(session, key, idempotency)):
@@ -121,6 +126,24 @@ def _submit(
             return _replay(session, key, idempotency)
     _publish(services, jobs)
     return jobs
+
+
+def _check_webhook(services: Services, key: ApiKey, body: JobCreate) -> None:
+    """A job with a webhook needs its key's signing secret, and its own URL must point at a
+    public address (the key's default was checked when it was set); 422 naming the reason."""
+    if key.webhook_secret is None:
+        raise InvalidRequest(
+            f"key {key.id} has no webhook signing secret: create one with "
+            f"`genq keys webhook-secret {key.id}`, then submit again",
+            errors=[{"loc": ["body", "webhook_url"], "msg": "the key has no webhook secret"}],
+        )
+    if body.webhook_url is not None:
+        try:
+            check_url(body.webhook_url, allow_private=services.settings.webhook_allow_private)
+        except UrlRefused as exc:
+            raise UrlRefused(
+                exc.detail, errors=[{"loc": ["body", "webhook_url"], "msg": exc.detail}]
+            ) from None
 
 
 def _replay(session: Session, key: ApiKey, idempotency: _Idempotency) -> list[Job]:

@@ -17,6 +17,7 @@ from cli.tables import Column, show_table
 from models.db import get_engine, session_scope
 from models.money import money
 from models.settings import get_settings
+from models.webhook_urls import host_of
 
 keys_app = typer.Typer(help="Manage API keys and their budgets.", no_args_is_help=True)
 
@@ -60,12 +61,20 @@ def keys_create(
         str | None,
         typer.Option(help="off, flag or block: the key's jobs' default (else GENQ_MODERATION)"),
     ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Default webhook URL of the key's jobs (also creates its signing secret)"
+        ),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the key's id, name, budget and secret as JSON")
     ] = False,
 ) -> None:
-    """Create an API key and print its secret alone on stdout (it is shown only once)."""
+    """Create an API key and print its secret alone on stdout (it is shown only once); with
+    --webhook-url, the webhook signing secret follows on a second line."""
     from models.keys import create_key
+    from models.webhooks import new_secret
 
     if not name.strip() or len(name) > 200:
         raise fail("NAME must be 1 to 200 characters")
@@ -74,12 +83,19 @@ def keys_create(
     if moderation not in (None, "off", "flag", "block"):
         raise fail("--moderation must be off, flag or block")
     budget = _budget(budget_usd)
+    _check_webhook_url(webhook_url)
     engine = _engine()
     try:
         with session_scope(engine) as session:
             key, secret = create_key(
-                session, name=name.strip(), budget_usd=budget, period=period, moderation=moderation
+                session,
+                name=name.strip(),
+                budget_usd=budget,
+                period=period,
+                moderation=moderation,
+                webhook_url=webhook_url,
             )
+            key.webhook_secret = new_secret() if webhook_url else None
     except Exception as exc:
         reason = f"cannot store the key ({type(exc).__name__}); run `genq migrate` first?"
         raise fail(reason) from None
@@ -87,10 +103,45 @@ def keys_create(
     if moderation:
         limit += f", moderation {moderation}"
     console.print(f"created key {key.id} ({key.name}, {limit}); the secret below is not stored")
+    if webhook_url:
+        console.print("its webhook signing secret follows on the next line (shown only once)")
     if json_out:
-        print_json({**_key_row(key), "secret": secret})
+        extra = {"webhook_secret": key.webhook_secret} if webhook_url else {}
+        print_json({**_key_row(key), "secret": secret, **extra})
     else:
         print(secret)
+        if webhook_url:
+            print(key.webhook_secret)
+
+
+def _check_webhook_url(url: str | None) -> None:
+    """A key's default webhook URL is checked like a job's (http(s), public addresses)."""
+    from models.webhook_urls import UrlRefused, check_url
+
+    if url is not None:
+        try:
+            check_url(url, allow_private=get_settings().webhook_allow_private)
+        except UrlRefused as exc:
+            raise fail(f"--webhook-url refused: {exc.detail}") from None
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(
+    ref: Annotated[str, typer.Argument(help="Key id, a unique start of it, or the prefix")],
+) -> None:
+    """Create or rotate the key's webhook signing secret and print it alone on stdout (once);
+    deliveries signed from now on use it, and the old secret stops verifying."""
+    from models.errors import GenqError
+    from models.keys import rotate_webhook_secret
+
+    try:
+        with session_scope(_engine()) as session:
+            key, secret = rotate_webhook_secret(session, ref=ref)
+            key_id = key.id
+    except GenqError as exc:
+        raise fail(exc.detail) from None
+    console.print(f"new webhook signing secret of key {key_id}; it is shown only once")
+    print(secret)
 
 
 def _key_row(key) -> dict:
@@ -107,6 +158,8 @@ def _key_row(key) -> dict:
         "reserved_usd": money(key.reserved_usd),
         #: None: the key's jobs get GENQ_MODERATION unless they set policy.moderation
         "moderation": key.moderation,
+        "webhook_url_host": host_of(key.webhook_url) if key.webhook_url else None,
+        "webhook_secret_set": key.webhook_secret is not None,
     }
 
 

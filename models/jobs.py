@@ -33,6 +33,7 @@ from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
 from models.planning import Plan
 from models.schemas import JobCreate, JobPublic, UsagePublic
+from models.webhooks import open_delivery
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -66,6 +67,14 @@ class Job(SQLModel, table=True):
             "status",
             postgresql_where=text("batch_id IS NOT NULL"),
             sqlite_where=text("batch_id IS NOT NULL"),
+        ),
+        # partial: only webhook jobs whose end was not handed to a delivery yet (the sweeper's
+        # safety net reads it); plain jobs add no entry
+        Index(
+            "ix_jobs_webhook_unsent",
+            "status",
+            postgresql_where=text("webhook_url IS NOT NULL AND webhook_id IS NULL"),
+            sqlite_where=text("webhook_url IS NOT NULL AND webhook_id IS NULL"),
         ),
     )
 
@@ -119,6 +128,10 @@ class Job(SQLModel, table=True):
     batch_line: int | None = None
     #: moderation verdicts, `{"input": …, "output": …}` (models/moderation.py); None when off
     moderation: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    #: where genq POSTs the job's end (the job's own URL, else its key's default), and the
+    #: `webhook-id` of that delivery once opened (models/webhooks.py)
+    webhook_url: str | None = Field(default=None, sa_column=Column(Text))
+    webhook_id: str | None = Field(default=None, max_length=40)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -139,8 +152,10 @@ def job_from_plan(
     idempotency_key: str | None = None,
     idempotency_fingerprint: str | None = None,
     deadline_s: int = 3600,
+    webhook_url: str | None = None,
 ) -> Job:
-    """A queued job for this request as the cost policy planned it (not yet stored)."""
+    """A queued job for this request as the cost policy planned it (not yet stored); its
+    webhook URL is the request's, else `webhook_url` (the key's default)."""
     body = body.model_copy(update={"params": plan.params})
     now = utcnow()
     return Job(
@@ -150,7 +165,10 @@ def job_from_plan(
         key_id=key_id,
         kind=body.kind,
         model=plan.spec.id,
-        request=body.model_dump(mode="json", exclude={"metadata"}, exclude_none=True),
+        request=body.model_dump(
+            mode="json", exclude={"metadata", "webhook_url"}, exclude_none=True
+        ),
+        webhook_url=body.webhook_url or webhook_url,
         meta=body.metadata,
         idempotency_key=idempotency_key,
         idempotency_fingerprint=idempotency_fingerprint,
@@ -253,7 +271,8 @@ def finish_job(
     error_type: str | None = None,
     error: str | None = None,
 ) -> None:
-    """End the job and settle its budget reservation to its real cost (caller's transaction)."""
+    """End the job and settle its budget reservation to its real cost (caller's transaction);
+    a webhook job's delivery is opened in the same transaction."""
     job.status = status
     job.error_type = error_type
     job.error_message = error
@@ -262,6 +281,11 @@ def finish_job(
     reserved, job.reserved_usd = job.reserved_usd, Decimal(0)
     session.add(job)
     settle(session, key_id=job.key_id, reserved=reserved, cost=job.cost_usd)
+    if job.webhook_url is not None:
+        opened = open_delivery(
+            session, job_id=job.id, key_id=job.key_id, status=status, url=job.webhook_url
+        )
+        job.webhook_id = opened or job.webhook_id
 
 
 def owned_job(session: Session, *, job_id: str, token: str) -> Job | None:

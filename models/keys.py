@@ -9,11 +9,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import DateTime, bindparam
+from sqlalchemy import Column, DateTime, Text, bindparam
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.db import Money, utcnow
 from models.errors import GenqError
+from models.webhooks import new_secret
 
 BudgetPeriod = Literal["monthly", "total"]
 
@@ -39,6 +40,11 @@ class ApiKey(SQLModel, table=True):
     reserved_usd: Decimal = Field(default=Decimal(0), sa_type=Money)
     #: the moderation mode of this key's jobs that do not set one (None: GENQ_MODERATION)
     moderation: str | None = Field(default=None, max_length=8)
+    #: the webhook URL of the key's jobs that name none (models/webhook_urls.py checks it)
+    webhook_url: str | None = Field(default=None, sa_column=Column(Text))
+    #: the Standard Webhooks signing secret (`whsec_…`), kept as it is: genq must sign with it
+    #: (unlike the API secret, which only needs comparing); see README "Webhooks"
+    webhook_secret: str | None = Field(default=None, max_length=64)
 
 
 def hash_secret(secret: str) -> str:
@@ -53,6 +59,7 @@ def create_key(
     budget_usd: Decimal | None = None,
     period: BudgetPeriod = "total",
     moderation: str | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key and return it with its secret, which is never stored."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
@@ -63,6 +70,7 @@ def create_key(
         budget_usd=budget_usd,
         budget_period=period,
         moderation=moderation,
+        webhook_url=webhook_url,
     )
     session.add(key)
     session.flush()
@@ -107,6 +115,15 @@ def revoke_key(session: Session, *, ref: str) -> ApiKey:
         key.revoked_at = utcnow()
         session.add(key)
     return key
+
+
+def rotate_webhook_secret(session: Session, *, ref: str) -> tuple[ApiKey, str]:
+    """Give the key a new webhook signing secret (its first, or a replacement: signatures made
+    with the old one stop verifying) and return it."""
+    key = find_key(session, ref=ref)
+    key.webhook_secret = new_secret()
+    session.add(key)
+    return key, key.webhook_secret
 
 
 #: built once: every API request runs it, and a statement built per call is re-keyed per call

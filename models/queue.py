@@ -18,11 +18,15 @@ TASK_BY_KIND = {"text": "genq.generate_text", "image": "genq.generate_image"}
 QUEUE_BY_KIND = {"text": TEXT_QUEUE, "image": IMAGE_QUEUE}
 #: builds a finished batch's output and error files (worker/batches.py); the API queues it too
 FINALIZE_TASK = "genq.finalize_batch"
+#: webhook deliveries: their own queue, so a slow receiver never waits in front of a job;
+#: the message carries only the delivery id
+WEBHOOK_QUEUE = "webhooks"
+WEBHOOK_TASK = "genq.deliver_webhook"
 BATCH_QUEUE_BY_KIND = {kind: queue + BATCH_SUFFIX for kind, queue in QUEUE_BY_KIND.items()}
 INTERACTIVE_QUEUES = (TEXT_QUEUE, IMAGE_QUEUE)
 BATCH_QUEUES = tuple(BATCH_QUEUE_BY_KIND.values())
 #: every queue a plain `genq worker` consumes, interactive ones first
-ALL_QUEUES = INTERACTIVE_QUEUES + BATCH_QUEUES
+ALL_QUEUES = INTERACTIVE_QUEUES + (WEBHOOK_QUEUE,) + BATCH_QUEUES
 #: Celery message header carrying the API's request id to the worker (a header, not an argument)
 REQUEST_ID_HEADER = "genq_request_id"
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.jsontext import MoneyNumber
 from models.moderation import Mode, ModerationPublic
 from models.structured import ResponseFormat, Tool, ToolCall, ToolChoice, tool_choice_problem
+from models.webhook_urls import MAX_URL_LENGTH, syntax_problem
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 #: metadata is for the caller's bookkeeping, not for payloads
@@ -144,6 +145,8 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: finish within this many seconds of submission or fail with `timeout`
     deadline_s: int | None = Field(default=None, ge=1)
+    #: POSTed the job's end, signed (README "Webhooks"); else the key's default, if any
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
 
     @model_validator(mode="after")
     def _one_input(self) -> JobCreate:
@@ -156,6 +159,14 @@ class JobCreate(BaseModel):
         if self.messages is not None:
             _check_tool_rounds(self.messages)
         return self
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_syntax(cls, value: str | None) -> str | None:
+        """The URL's form only; where it points is checked at submit (api/submit.py)."""
+        if value is not None and (problem := syntax_problem(value)):
+            raise ValueError(f"webhook_url {problem}")
+        return value
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The conversation as the provider receives it (unset fields left out)."""

@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     image_download_max_bytes: int = Field(default=33_554_432, ge=1024)
     image_download_timeout_s: float = Field(default=30.0, gt=0)
     image_url_schemes: str = "https"
+    # Webhooks (README "Webhooks"): deliveries of job ends, signed, retried, SSRF-guarded.
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    #: the longest one delivery holds a connection (connect, send, answer: all of it)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=10)
+    webhook_retry_base_s: float = Field(default=5.0, ge=0)
+    webhook_retry_max_s: float = Field(default=3600.0, ge=0)
+    webhook_allow_private: bool = False
+    #: deliveries in flight at once in one worker process (they wait on the network, not a thread)
+    webhook_concurrency: int = Field(default=64, ge=1, le=10_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Used by the `genq submit` / `genq status` client commands.

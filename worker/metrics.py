@@ -60,6 +60,11 @@ MODERATION = Counter(
     "error: allowed through an outage, unavailable: the job failed on the outage)",
     ["stage", "result"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "genq_webhook_deliveries",
+    "Webhook delivery attempts, by outcome (delivered, failed, gone, exhausted)",
+    ["outcome"],
+)
 IN_PROGRESS = Gauge("genq_worker_jobs_in_progress", "Jobs this worker process is running now")
 
 
@@ -77,6 +82,10 @@ def record_attempt(attempt: Attempt, *, kind: str) -> None:
         COST.labels(model).inc(float(attempt.cost_usd))
     if attempt.outcome == RETRYABLE:
         RETRIES.labels(model, attempt.error_type or "unknown").inc()
+
+
+def record_webhook(outcome: str) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
 
 
 def record_job_end(*, kind: str, model: str, status: str) -> None:

@@ -22,8 +22,10 @@ from models.conversations import add_exchange
 from models.db import Money, session_scope, utcnow
 from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
 from models.pricing import Usage, cost_of
+from models.webhooks import open_delivery
 from worker import metrics
 from worker.providers.base import ImageResult, TextResult
+from worker.webhooks import publish_opened
 
 #: attempt outcomes beyond succeeded / retryable_error / failed
 CANCELLED_AFTER_CALL = "cancelled"
@@ -90,6 +92,7 @@ def record(
         if finish:
             finish_job(session, job=job, status=finish, error_type=error_type, error=error)
     if finish:
+        publish_opened(session)
         metrics.record_job_end(kind=job.kind, model=job.model, status=finish)
     return job
 
@@ -132,6 +135,7 @@ _SUCCEED = (
         _JOBS.attempts,
         _JOBS.cost_usd,
         _JOBS.conversation_id,
+        _JOBS.webhook_url,
     )
 )
 _INSERT_ATTEMPT = insert(Attempt.__table__)
@@ -167,8 +171,9 @@ def record_output(
     below tells a lost claim from a cancel requested during the call; a cancel wins: the
     attempt (its usage was spent) is recorded as `cancelled` and the job ends without output.
     A conversation's job (`said`: the messages it added, a user message or tool results) also
-    stores them and the reply as the conversation's turns, in the same transaction; other jobs
-    run no extra statement.
+    stores them and the reply as the conversation's turns, in the same transaction; a webhook
+    job opens its delivery there too (published once committed); other jobs run no extra
+    statement.
     """
     text = result if isinstance(result, TextResult) else None
     with session_scope(engine) as session:
@@ -197,6 +202,15 @@ def record_output(
             end = _store_output(session, call, attempt, result, ended, reserved)
             if ended.conversation_id is not None and said is not None:
                 _store_turns(session, call, ended.conversation_id, said, result)
+            if ended.webhook_url is not None:
+                open_delivery(
+                    session,
+                    job_id=call.job_id,
+                    key_id=ended.key_id,
+                    status=ended.status,
+                    url=ended.webhook_url,
+                )
+    publish_opened(session)
     metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
     return end
 
@@ -283,6 +297,7 @@ def finish_owned(
         if job is None:
             return False
         finish_job(session, job=job, status=status, error_type=error_type, error=error)
+    publish_opened(session)
     metrics.record_job_end(kind=job.kind, model=job.model, status=status)
     return True
 

@@ -4,8 +4,10 @@ It runs as a thread in every worker process; a Redis lock makes one of them swee
 Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue,
 (2) publishes queued jobs that were never published (the broker was down at submit) or whose
 message is presumed lost (published long ago, still queued), and (3) expires, stops and
-finalizes batches (worker/batches.py). A duplicate message is harmless:
-the claim lets only one delivery run a job.
+finalizes batches (worker/batches.py). (4) Webhooks: it opens the delivery of any webhook job
+that ended on a path that did not, and publishes deliveries whose attempt died with its worker (lease over) or whose message is
+overdue (models/webhooks.py). A duplicate message is harmless: the claim lets only one delivery
+run a job.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import redis
 import structlog
 from sqlalchemy.engine import Engine
 
-from models.db import session_scope
+from models.db import session_scope, utcnow
 from models.lifecycle import due_for_publish, mark_published, reclaim_expired
+from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
 
 log = structlog.get_logger("genq.sweeper")
 LOCK_KEY = "genq:sweeper:leader"
@@ -33,6 +36,7 @@ class Sweeper:
         client: redis.Redis,
         publish: Callable[[str, str, float], None],
         *,
+        publish_webhook: Callable[[str, float], None] | None = None,
         interval_s: float,
         redispatch_after_s: int,
         batches: Callable[[], dict[str, int]] | None = None,
@@ -40,6 +44,7 @@ class Sweeper:
         self.engine, self.redis, self.publish = engine, client, publish
         #: expires, stops and finalizes batches (worker/batches.py `sweep_batches`)
         self.batches = batches
+        self.publish_webhook = publish_webhook
         self.interval_s, self.redispatch_after_s = interval_s, redispatch_after_s
         self.name = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
@@ -65,7 +70,44 @@ class Sweeper:
         if reclaimed or published:
             log.warning("sweeper.redispatched", reclaimed=len(reclaimed), published=len(published))
         swept = self.batches() if self.batches is not None else {}
-        return {"reclaimed": len(reclaimed), "published": len(published), **swept}
+        webhooks = self.sweep_webhooks() if self.publish_webhook else 0
+        return {
+            "reclaimed": len(reclaimed),
+            "published": len(published),
+            **swept,
+            "webhooks": webhooks,
+        }
+
+    def sweep_webhooks(self) -> int:
+        """Open the deliveries missed by a finishing path, then publish every delivery that is
+        due and not taken; how many were published."""
+        with session_scope(self.engine) as session:
+            for job in ended_without_delivery(session, before=utcnow()):
+                open_delivery(
+                    session,
+                    job_id=job.id,
+                    key_id=job.key_id,
+                    status=job.status,
+                    url=job.webhook_url,
+                )
+            opened = take_opened(session)
+        if opened:
+            log.warning("sweeper.webhooks_opened", count=len(opened))
+        with session_scope(self.engine) as session:
+            due = due_for_republish(session)
+        published = 0
+        for delivery_id in dict.fromkeys(opened + due):
+            try:
+                self.publish_webhook(delivery_id, 0)
+            except Exception as exc:  # the broker is still down: the next sweep tries again
+                log.warning(
+                    "sweeper.publish_failed", webhook_id=delivery_id, error=type(exc).__name__
+                )
+                break
+            published += 1
+        if due:
+            log.warning("sweeper.webhooks_redispatched", count=len(due))
+        return published
 
     def _lead_once(self) -> None:
         lock = self.redis.lock(LOCK_KEY, timeout=max(self.interval_s * 4, 10), blocking=False)

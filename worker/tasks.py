@@ -11,7 +11,7 @@ from celery.signals import setup_logging, worker_ready, worker_shutting_down
 from models.catalogue import get_catalogue
 from models.db import get_engine
 from models.logging import configure_logging
-from models.queue import FINALIZE_TASK, TASK_BY_KIND, queue_for
+from models.queue import FINALIZE_TASK, TASK_BY_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, queue_for
 from models.settings import get_settings
 from models.tokens import install_encodings
 from worker.batches import after_batch_job, finalize, sweep_batches
@@ -24,6 +24,7 @@ from worker.ratelimit_redis import RedisLimiter
 from worker.retry import RetryPolicy
 from worker.runner import SHUTTING_DOWN, Runner
 from worker.sweeper import Sweeper
+from worker.webhooks import Deliverer, set_publisher
 
 log = structlog.get_logger("genq.worker")
 
@@ -38,6 +39,23 @@ def dispatch(job_id: str, kind: str, countdown: float = 0, batch: bool = False) 
         countdown=countdown or None,
         headers=message_headers(),  # a rescheduled retry keeps the API's request id
     )
+
+
+def dispatch_webhook(delivery_id: str, countdown: float = 0) -> None:
+    """Publish a delivery's message (opened, retried later, or found overdue by the sweeper)."""
+    celery_app.send_task(
+        WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE, countdown=countdown or None
+    )
+
+
+set_publisher(dispatch_webhook)
+
+
+@lru_cache
+def get_deliverer() -> Deliverer:
+    """One delivery loop per worker process, started at its first delivery."""
+    settings = get_settings()
+    return Deliverer(get_engine(settings.database_url), settings, dispatch_webhook)
 
 
 @lru_cache
@@ -92,6 +110,7 @@ def get_sweeper() -> Sweeper:
         get_engine(settings.database_url),
         shared_redis(),
         dispatch,
+        publish_webhook=dispatch_webhook,
         interval_s=settings.sweep_interval_s,
         redispatch_after_s=settings.redispatch_after_s,
         batches=lambda: sweep_batches(get_engine(settings.database_url)),
@@ -123,6 +142,8 @@ def _shutting_down(**_kwargs) -> None:
     """Warm shutdown: in-flight calls finish; jobs waiting to retry go back to the queue."""
     SHUTTING_DOWN.set()
     get_sweeper().stop()
+    if get_deliverer.cache_info().currsize:  # let attempts in flight end (else the sweeper
+        get_deliverer().drain(get_settings().webhook_timeout_s + 1)  # retries them later)
 
 
 @celery_app.task(name="genq.generate_text", bind=True)
@@ -141,3 +162,9 @@ def generate_image(self, job_id: str) -> str:
 def finalize_batch(batch_id: str) -> str:
     """Build a finished batch's output and error files (a no-op unless it is done and unclaimed)."""
     return finalize(get_engine(get_settings().database_url), batch_id) or "nothing to do"
+
+
+@celery_app.task(name=WEBHOOK_TASK)
+def deliver_webhook(delivery_id: str) -> str:
+    """Start one attempt of a webhook delivery; the POST runs off the pool's threads."""
+    return get_deliverer().offer(delivery_id)
