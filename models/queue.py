@@ -26,7 +26,9 @@ BATCH_QUEUE_BY_KIND = {kind: queue + BATCH_SUFFIX for kind, queue in QUEUE_BY_KI
 INTERACTIVE_QUEUES = (TEXT_QUEUE, IMAGE_QUEUE)
 BATCH_QUEUES = tuple(BATCH_QUEUE_BY_KIND.values())
 #: every queue a plain `genq worker` consumes, interactive ones first
-ALL_QUEUES = INTERACTIVE_QUEUES + (WEBHOOK_QUEUE,) + BATCH_QUEUES
+#: (webhook deliveries are quick hand-offs: they come between the interactive queues and the
+#: batch lanes)
+ALL_QUEUES = (*INTERACTIVE_QUEUES, WEBHOOK_QUEUE, *BATCH_QUEUES)
 #: Celery message header carrying the API's request id to the worker (a header, not an argument)
 REQUEST_ID_HEADER = "genq_request_id"
 

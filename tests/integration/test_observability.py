@@ -148,7 +148,13 @@ def test_stats_show_own_jobs_oldest_queued_age_and_queue_depth(client, settings)
     # Then it sees its own counts, a non-negative age, and the shared queue depth
     assert body["jobs"] == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
     assert body["oldest_queued_age_s"] >= 0
-    assert body["queues"] == {"text": 3, "images": 0, "text.batch": 0, "images.batch": 0}
+    assert body["queues"] == {
+        "text": 3,
+        "images": 0,
+        "text.batch": 0,
+        "images.batch": 0,
+        "webhooks": 0,
+    }
     assert client.get("/v1/stats").status_code == 401
 
 
