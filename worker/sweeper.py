@@ -5,9 +5,9 @@ Each sweep (1) returns running jobs whose lease expired (their worker died) to t
 (2) publishes queued jobs that were never published (the broker was down at submit) or whose
 message is presumed lost (published long ago, still queued), and (3) expires, stops and
 finalizes batches (worker/batches.py). (4) Webhooks: it opens the delivery of any webhook job
-that ended on a path that did not, and publishes deliveries whose attempt died with its worker (lease over) or whose message is
-overdue (models/webhooks.py). A duplicate message is harmless: the claim lets only one delivery
-run a job.
+that ended on a path that did not, and publishes deliveries whose attempt died with its
+worker (lease over) or whose message is overdue (models/webhooks.py). A duplicate message is
+harmless: the claim lets only one delivery run a job.
 """
 
 from __future__ import annotations
@@ -70,13 +70,9 @@ class Sweeper:
         if reclaimed or published:
             log.warning("sweeper.redispatched", reclaimed=len(reclaimed), published=len(published))
         swept = self.batches() if self.batches is not None else {}
-        webhooks = self.sweep_webhooks() if self.publish_webhook else 0
-        return {
-            "reclaimed": len(reclaimed),
-            "published": len(published),
-            **swept,
-            "webhooks": webhooks,
-        }
+        if self.publish_webhook is not None:
+            swept["webhooks"] = self.sweep_webhooks()
+        return {"reclaimed": len(reclaimed), "published": len(published), **swept}
 
     def sweep_webhooks(self) -> int:
         """Open the deliveries missed by a finishing path, then publish every delivery that is

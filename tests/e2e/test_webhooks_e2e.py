@@ -14,6 +14,7 @@ from models.keys import create_key, rotate_webhook_secret
 from tests.helpers import auth, wait_until
 from tests.webhook_receiver import HANG, receiver
 
+
 @pytest.fixture
 def database_url(tmp_path):
     """SQLite only: these tests measure processes, not the database (integration covers both)."""
