@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlmodel import select
 
 from api.main import create_app
@@ -67,6 +68,11 @@ def key_money(settings, key: dict) -> tuple[Decimal, Decimal]:
     with session_scope(get_engine(settings.database_url)) as session:
         row = session.exec(select(ApiKey).where(ApiKey.name == "mod")).one()
         return row.spent_usd, row.reserved_usd
+
+
+def checks(stage: str, result: str) -> float:
+    labels = {"stage": stage, "result": result}
+    return REGISTRY.get_sample_value("genq_moderation_checks_total", labels) or 0.0
 
 
 def test_block_fails_a_flagged_input_before_any_generation_call(client, settings):
@@ -129,8 +135,10 @@ def test_flag_finishes_normally_and_shows_both_verdicts(client, settings):
     key = key_with(settings)
     provider = RecordingProvider(flagged_words=f"{FLAG_OUTPUTS},spam:harassment")
     job = submit(client, key, prompt="Spam the inbox", policy={"moderation": "flag"})
+    before = checks("input", "flagged")
     # When it runs, then it succeeds with its output and both verdicts on the job
     assert run(settings, job["id"], provider) == "succeeded"
+    assert checks("input", "flagged") == before + 1
     shown = client.get(f"/v1/jobs/{job['id']}", headers=key).json()
     assert shown["status"] == "succeeded" and shown["output"]["text"].startswith("[synthetic]")
     assert shown["moderation"]["input"]["categories"] == ["harassment"]
