@@ -25,6 +25,7 @@ from api.routes import (
 from api.services import Services
 from models.logging import configure_logging
 from models.settings import Settings, get_settings
+from models.webhooks import publish_on_commit
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Text and image generation jobs, queued, retried and costed.",
     )
     app.state.services = services
+    # a job's end opened in a request (a cancel, a cached answer) publishes its webhook
+    publish_on_commit(services.publisher.publish_webhooks)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(
         BodySizeLimit,

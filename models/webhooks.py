@@ -15,9 +15,11 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy import (
     Column,
     DateTime,
@@ -26,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     column,
+    event,
     insert,
     or_,
     select,
@@ -34,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, Session, SQLModel
 
 from models.db import db_moment, utcnow
@@ -53,6 +57,7 @@ OPENED = "genq.webhooks.opened"
 #: a delivery whose message has not been taken this long after it was due is published again
 REPUBLISH_GRACE_S = 30
 SWEEP_BATCH = 200
+log = structlog.get_logger("genq.webhooks")
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -150,8 +155,37 @@ def open_delivery(
 
 
 def take_opened(session: Session) -> list[str]:
-    """The deliveries this session's committed transaction opened (once; then empty)."""
+    """The deliveries this session's transaction opened, taken (then empty): a caller that
+    publishes them itself takes them before its commit."""
     return session.info.pop(OPENED, None) or []
+
+
+#: where this process sends the deliveries a committed transaction opened (set by the worker
+#: and the API at start); None: they wait for the sweeper
+_sink: Callable[[list[str]], None] | None = None
+
+
+def publish_on_commit(sink: Callable[[list[str]], None] | None) -> None:
+    """Send the message of every delivery opened in this process once its transaction commits,
+    whichever path ended the job (a finishing path needs no publishing code of its own)."""
+    global _sink
+    _sink = sink
+
+
+@event.listens_for(OrmSession, "after_commit")
+def _publish_committed(session: OrmSession) -> None:
+    """One dict lookup per commit when nothing was opened (every plain job's commit)."""
+    opened = session.info.pop(OPENED, None)
+    if opened and _sink is not None:
+        try:
+            _sink(opened)
+        except Exception as exc:  # the broker is down: the sweeper publishes them later
+            log.warning("webhook.publish_deferred", count=len(opened), error=type(exc).__name__)
+
+
+@event.listens_for(OrmSession, "after_rollback")
+def _forget_rolled_back(session: OrmSession) -> None:
+    session.info.pop(OPENED, None)
 
 
 @dataclass(frozen=True, kw_only=True)

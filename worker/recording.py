@@ -25,7 +25,6 @@ from models.pricing import Usage, cost_of
 from models.webhooks import open_delivery
 from worker import metrics
 from worker.providers.base import ImageResult, TextResult
-from worker.webhooks import publish_opened
 
 #: attempt outcomes beyond succeeded / retryable_error / failed
 CANCELLED_AFTER_CALL = "cancelled"
@@ -92,7 +91,6 @@ def record(
         if finish:
             finish_job(session, job=job, status=finish, error_type=error_type, error=error)
     if finish:
-        publish_opened(session)
         metrics.record_job_end(kind=job.kind, model=job.model, status=finish)
     return job
 
@@ -172,8 +170,8 @@ def record_output(
     attempt (its usage was spent) is recorded as `cancelled` and the job ends without output.
     A conversation's job (`said`: the messages it added, a user message or tool results) also
     stores them and the reply as the conversation's turns, in the same transaction; a webhook
-    job opens its delivery there too (published once committed); other jobs run no extra
-    statement.
+    job opens its delivery there too (published once committed: models/webhooks.py); other
+    jobs run no extra statement.
     """
     text = result if isinstance(result, TextResult) else None
     with session_scope(engine) as session:
@@ -210,7 +208,6 @@ def record_output(
                     status=ended.status,
                     url=ended.webhook_url,
                 )
-    publish_opened(session)
     metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
     return end
 
@@ -297,7 +294,6 @@ def finish_owned(
         if job is None:
             return False
         finish_job(session, job=job, status=status, error_type=error_type, error=error)
-    publish_opened(session)
     metrics.record_job_end(kind=job.kind, model=job.model, status=status)
     return True
 

@@ -14,6 +14,7 @@ from models.logging import configure_logging
 from models.queue import FINALIZE_TASK, TASK_BY_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, queue_for
 from models.settings import get_settings
 from models.tokens import install_encodings
+from models.webhooks import publish_on_commit
 from worker.batches import after_batch_job, finalize, sweep_batches
 from worker.celery_app import celery_app
 from worker.health import RedisHealth
@@ -24,7 +25,7 @@ from worker.ratelimit_redis import RedisLimiter
 from worker.retry import RetryPolicy
 from worker.runner import SHUTTING_DOWN, Runner
 from worker.sweeper import Sweeper
-from worker.webhooks import Deliverer, set_publisher
+from worker.webhooks import Deliverer
 
 log = structlog.get_logger("genq.worker")
 
@@ -48,7 +49,13 @@ def dispatch_webhook(delivery_id: str, countdown: float = 0) -> None:
     )
 
 
-set_publisher(dispatch_webhook)
+def _dispatch_opened(delivery_ids: list[str]) -> None:
+    for delivery_id in delivery_ids:
+        dispatch_webhook(delivery_id)
+
+
+#: deliveries opened by any commit of this process (a job's end) are published right after it
+publish_on_commit(_dispatch_opened)
 
 
 @lru_cache

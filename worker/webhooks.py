@@ -27,7 +27,6 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import structlog
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from models.db import session_scope, utcnow
 from models.keys import ApiKey
@@ -42,7 +41,6 @@ from models.webhooks import (
     decide,
     record_attempt,
     retry_wait_s,
-    take_opened,
 )
 from worker import metrics
 
@@ -56,29 +54,6 @@ BUSY_COUNTDOWN_S = 1.0
 MAX_ERROR = 300
 
 Publish = Callable[[str, float], None]
-_publish: Publish | None = None
-
-
-def set_publisher(publish: Publish | None) -> None:
-    """How this process sends delivery messages (worker/tasks.py sets Celery's); unset, an
-    opened delivery waits for the sweeper."""
-    global _publish
-    _publish = publish
-
-
-def publish_opened(session: Session) -> None:
-    """Send the messages of the deliveries `session`'s committed transaction opened; a failure
-    only delays them (the sweeper republishes overdue deliveries). Free for plain jobs."""
-    opened = take_opened(session)
-    if opened and _publish is not None:
-        for delivery_id in opened:
-            try:
-                _publish(delivery_id, 0)
-            except Exception as exc:  # the broker is down: the sweeper publishes it later
-                log.warning(
-                    "webhook.publish_deferred", webhook_id=delivery_id, error=type(exc).__name__
-                )
-                return
 
 
 class _HostOnly(logging.Filter):

@@ -11,7 +11,6 @@ from models.db import session_scope
 from models.jobs import job_public
 from models.lifecycle import cancel_job
 from models.schemas import JobPublic
-from models.webhooks import take_opened
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -30,6 +29,4 @@ def cancel(job_id: str, key: KeyDep, services: ServicesDep) -> Response:
     """200 with the job (`cancelled`, or still `running` with the stop requested); 409 if done."""
     with session_scope(services.engine) as session:
         job = cancel_job(session, job_id=job_id, key_id=key.id)
-        public = job_public(job)
-    services.publisher.publish_webhooks(take_opened(session))
-    return model_response(public)
+        return model_response(job_public(job))

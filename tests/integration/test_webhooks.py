@@ -8,6 +8,7 @@ import re
 import time
 
 import pytest
+import redis
 from sqlalchemy import update
 from sqlmodel import select
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -173,7 +174,7 @@ def test_a_redirect_is_a_failed_attempt_and_is_not_followed(client, engine, deli
 
 
 def test_cancel_of_a_queued_job_opens_its_delivery_with_the_cancelled_event(
-    client, engine, deliverer
+    client, engine, deliverer, settings
 ):
     _, headers, whsec = make_key(engine)
     with receiver(200) as hook:
@@ -183,6 +184,30 @@ def test_cancel_of_a_queued_job_opens_its_delivery_with_the_cancelled_event(
         got = hook.wait_for(1)[0]
     payload = Webhook(whsec).verify(got.body, got.headers)
     assert payload["type"] == "job.cancelled" and payload["data"]["status"] == "cancelled"
+    # the API published the delivery's message (by task name) when the cancel committed
+    assert redis.Redis.from_url(settings.redis_url).llen("webhooks") == 1
+
+
+def test_a_rolled_back_end_publishes_nothing(engine, settings):
+    from models.webhooks import OPENED, open_delivery, publish_on_commit
+
+    key_id, _, _ = make_key(engine)
+    sent: list = []
+    with session_scope(engine) as session:
+        job = Job(key_id=key_id, kind="text", model="gpt-4o-mini", request={}, webhook_url="x")
+        session.add(job)
+    publish_on_commit(sent.extend)
+    try:
+        with pytest.raises(RuntimeError), session_scope(engine) as session:
+            open_delivery(session, job_id=job.id, key_id=key_id, status="failed", url="x")
+            assert session.info[OPENED]
+            raise RuntimeError("the end was not written")
+        assert sent == []
+        with session_scope(engine) as session:
+            opened = open_delivery(session, job_id=job.id, key_id=key_id, status="failed", url="x")
+        assert sent == [opened]
+    finally:
+        publish_on_commit(None)
 
 
 def test_the_key_default_url_is_used_when_the_job_names_none(client, engine, deliverer):
