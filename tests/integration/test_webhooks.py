@@ -9,7 +9,7 @@ import time
 
 import pytest
 import redis
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlmodel import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -17,7 +17,7 @@ from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.jobs import Job
 from models.keys import create_key, rotate_webhook_secret
-from models.webhooks import WebhookAttempt, WebhookDelivery
+from models.webhooks import WebhookAttempt, WebhookDelivery, publish_on_commit
 from tests.helpers import FakeProvider, auth
 from tests.webhook_receiver import receiver
 from worker.retry import RetryPolicy
@@ -189,7 +189,7 @@ def test_cancel_of_a_queued_job_opens_its_delivery_with_the_cancelled_event(
 
 
 def test_a_rolled_back_end_publishes_nothing(engine, settings):
-    from models.webhooks import OPENED, open_delivery, publish_on_commit
+    from models.webhooks import OPENED, open_delivery
 
     key_id, _, _ = make_key(engine)
     sent: list = []
@@ -360,3 +360,73 @@ def test_the_sweeper_opens_a_missed_end_and_republishes_a_dead_attempt(client, e
         )
     assert sweeper.sweep_webhooks() == 1 and sent == [delivery.id, delivery.id]
     assert sweeper.sweep_webhooks() == 0
+
+
+def run_counting(engine, job_id: str) -> list[str]:
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        run_job(engine, job_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return statements
+
+
+def test_a_plain_job_costs_no_webhook_statement_and_a_webhook_job_two(client, engine):
+    # Given a plain job and a webhook job of the same key, and whatever a commit publishes
+    _, headers, _ = make_key(engine)
+    plain = submit(client, headers)
+    hooked = submit(client, headers, webhook_url="http://127.0.0.1:9/hook")
+    sent: list = []
+    publish_on_commit(sent.extend)
+    try:
+        # When the worker's Runner runs each
+        plain_statements = run_counting(engine, plain["id"])
+        assert sent == []
+        hooked_statements = run_counting(engine, hooked["id"])
+    finally:
+        publish_on_commit(None)
+    # Then the plain job runs no webhook statement and publishes nothing; the webhook job runs
+    # two more (mark the job, insert the delivery) and publishes its delivery on commit
+    assert not [s for s in plain_statements if "webhook" in s.split("RETURNING")[0]]
+    assert len(hooked_statements) == len(plain_statements) + 2
+    assert sent == [delivery_of(engine, hooked["id"]).id]
+
+
+def test_a_full_delivery_loop_puts_the_message_back_and_counts_outcomes(client, engine, settings):
+    from prometheus_client import REGISTRY
+
+    def delivered() -> float:
+        value = REGISTRY.get_sample_value("genq_webhook_deliveries_total", {"outcome": "delivered"})
+        return value or 0
+
+    _, headers, _ = make_key(engine)
+    published = Published()
+    one = Deliverer(engine, settings.model_copy(update={"webhook_concurrency": 1}), published)
+    before = delivered()
+    with receiver("hang", then=200) as hook:
+        jobs = [submit(client, headers, webhook_url=hook.url) for _ in range(2)]
+        for job in jobs:
+            client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+        first, second = (delivery_of(engine, job["id"]).id for job in jobs)
+        assert one.offer(first) == "started"
+        hook.wait_for(1)
+        # When a second delivery comes while the only slot is taken
+        assert one.offer(second) == "busy"
+        # Then its message is put back for a second later, and it is not claimed
+        assert published == [(second, 1.0)]
+        assert delivery_of(engine, jobs[1]["id"]).attempts == 0
+    one.close()
+    quick = Deliverer(engine, settings)
+    with receiver(200) as hook:
+        with session_scope(engine) as session:
+            session.execute(
+                update(WebhookDelivery).where(WebhookDelivery.id == second).values(url=hook.url)
+            )
+        attempt_once(quick, second, 1)
+    quick.close()
+    assert delivered() == before + 1
