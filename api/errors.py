@@ -44,6 +44,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict]:
 
 async def _genq_error(_request: Request, exc: GenqError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    retry_after = getattr(exc, "retry_after_s", None)
+    if exc.status in (429, 503) and retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     return problem(
         exc.status, exc.title, exc.detail, type_=exc.type, errors=exc.errors, headers=headers
     )

@@ -16,6 +16,7 @@ from api.routes import (
     cancel,
     catalogue,
     conversations,
+    events,
     health,
     jobs,
     stats,
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI):
         yield
         services.publisher.close()
+        await services.events.aclose()
 
     app = FastAPI(
         title="genq",
@@ -57,17 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request has its id
     install_error_handlers(app)
     install_openapi(app)
-    for module in (
-        jobs,
-        cancel,
-        batch_cancel,
-        webhooks,
-        conversations,
-        catalogue,
-        usage,
-        health,
-        stats,
-    ):
+    routers = (jobs, cancel, batch_cancel, webhooks, events, conversations, catalogue)
+    for module in (*routers, usage, health, stats):
         app.include_router(module.router)
     return app
 

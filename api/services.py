@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
+import redis.asyncio as aioredis
 from sqlalchemy.engine import Engine
 
 from api.enqueue import Publisher
+from api.events import StreamSlots
 from models.catalogue import Catalogue, get_catalogue
 from models.db import get_engine
 from models.migrate import SchemaCheck
@@ -23,6 +26,8 @@ class Services:
     publisher: Publisher
     #: is the database migrated? /readyz and the database error handlers ask
     schema: SchemaCheck
+    #: the jobs' event streams (api/events.py); connects on first use, in the serving loop
+    events: aioredis.Redis
 
     @property
     def defaults(self) -> Defaults:
@@ -31,6 +36,10 @@ class Services:
             deadline_s=self.settings.job_deadline_s,
             max_deadline_s=self.settings.max_job_deadline_s,
         )
+
+    @cached_property
+    def stream_slots(self) -> StreamSlots:
+        return StreamSlots(self.events, self.settings.max_streams_per_key)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -42,4 +51,11 @@ class Services:
             catalogue=get_catalogue(settings.catalogue_path),
             publisher=Publisher(settings.redis_url),
             schema=SchemaCheck(engine),
+            events=aioredis.Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                # an XREAD blocks for up to a tick: a socket silent for longer is a dead Redis
+                socket_timeout=settings.sse_poll_s + 5,
+            ),
         )

@@ -148,6 +148,9 @@ def submit(
         Path | None, typer.Option(help="Text: a JSON Schema file the answer must match (strict)")
     ] = None,
     wait: Annotated[bool, typer.Option(help="Poll until the job finishes")] = False,
+    stream: Annotated[
+        bool, typer.Option(help="Text: print the text as it is generated, then the job")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the job as JSON")] = False,
 ) -> None:
     """Submit a text or image job to the API at GENQ_API_URL."""
@@ -160,10 +163,16 @@ def submit(
     asked = {"tier": tier, "max_cost_usd": max_cost_usd, "moderation": moderation}
     policy = {k: v for k, v in asked.items() if v}
     body = {"kind": kind, "prompt": prompt, "params": params, "model": model, "policy": policy}
+    if stream:
+        body["stream"] = True
     client = _client()
     try:
         job = client.submit(body, idempotency_key=idempotency_key)
-        if wait:
+        if stream:
+            from cli.stream import Follower
+
+            job = Follower(client, job["id"]).follow()
+        elif wait:
             with console.status(f"job {job['id']} queued") as status:
                 job = client.wait(
                     job["id"],

@@ -9,8 +9,8 @@ from sqlalchemy import Column, DateTime, LargeBinary, Text, bindparam
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.db import Money, utcnow
-from models.jobs import Job
-from models.schemas import AttemptPublic
+from models.jobs import Job, get_job, job_public
+from models.schemas import AttemptPublic, JobPublic
 
 SUCCEEDED, RETRYABLE, FAILED = "succeeded", "retryable_error", "failed"
 
@@ -101,3 +101,10 @@ def attempt_public(attempt: Attempt) -> AttemptPublic:
         cost_usd=attempt.cost_usd,
         started_at=attempt.started_at.isoformat() if attempt.started_at else None,
     )
+
+
+def job_detail(session: Session, *, job_id: str, key_id: str) -> JobPublic:
+    """The job as `GET /v1/jobs/{id}` shows it: with every provider call it made."""
+    job = job_public(get_job(session, job_id=job_id, key_id=key_id))
+    job.attempt_log = [attempt_public(a) for a in list_attempts(session, job_id=job_id)]
+    return job

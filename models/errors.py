@@ -96,6 +96,22 @@ class NotReady(GenqError):
     type = "https://genq.dev/problems/not-ready"
 
 
+class TooManyStreams(GenqError):
+    """The key holds GENQ_MAX_STREAMS_PER_KEY open event streams already."""
+
+    status = 429
+    title = "Too many open event streams"
+    type = "https://genq.dev/problems/too-many-streams"
+    #: a slot frees when one of the key's streams ends
+    retry_after_s = 5
+
+
+class EventsUnavailable(NotReady):
+    """Redis, which holds the jobs' events, does not answer."""
+
+    retry_after_s = 5
+
+
 class ProviderError(GenqError):
     """A model call failed. `status_code` is the provider's HTTP status when there was one;
     `usage` is what the call billed when it failed after the provider did the work (an image

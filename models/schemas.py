@@ -147,6 +147,13 @@ class JobCreate(BaseModel):
     deadline_s: int | None = Field(default=None, ge=1)
     #: POSTed the job's end, signed (README "Webhooks"); else the key's default, if any
     webhook_url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
+    #: text jobs: generate with the provider's streaming call and publish the text as it comes
+    #: (`GET /v1/jobs/{id}/events`); unset and false are the same
+    stream: bool | None = Field(
+        default=None,
+        description="Text jobs: publish the text as it is generated, as `delta` events of "
+        "`GET /v1/jobs/{id}/events`.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> JobCreate:
@@ -154,6 +161,8 @@ class JobCreate(BaseModel):
             raise ValueError("give exactly one of `prompt` or `messages`")
         if self.kind == "image" and self.messages is not None:
             raise ValueError("image jobs take a `prompt`, not `messages`")
+        if self.kind == "image" and self.stream:
+            raise ValueError("`stream` is for text jobs; an image job has no text to stream")
         if len(self.metadata) > MAX_METADATA_KEYS:
             raise ValueError(f"metadata holds at most {MAX_METADATA_KEYS} keys")
         if self.messages is not None:

@@ -105,6 +105,20 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     #: deliveries in flight at once in one worker process (they wait on the network, not a thread)
     webhook_concurrency: int = Field(default=64, ge=1, le=10_000)
+    # Streaming (README "Streaming"): a stream job's events in a Redis Stream, read over SSE.
+    #: entries kept per job's stream (XADD MAXLEN ~): deltas are batched, so ~20 a second
+    stream_max_events: int = Field(default=20_000, ge=100)
+    #: a job's stream expires this long after its last event (late subscribers replay it)
+    stream_ttl_s: int = Field(default=3600, ge=10)
+    #: a provider stream silent this long is broken: a retryable attempt
+    stream_stall_timeout_s: float = Field(default=30.0, gt=0)
+    #: deltas are sent to Redis at most this often per job (and on every 1024 characters)
+    stream_flush_ms: int = Field(default=50, ge=0, le=5000)
+    #: how often a silent event stream re-reads the job from the database
+    sse_poll_s: float = Field(default=1.0, gt=0, le=15)
+    #: keep-alive comments on an event stream at least this often
+    sse_keepalive_s: float = Field(default=15.0, gt=0, le=15)
+    max_streams_per_key: int = Field(default=100, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Used by the `genq submit` / `genq status` client commands.

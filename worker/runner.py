@@ -50,6 +50,7 @@ from worker.recording import (
     record_output,
 )
 from worker.retry import Decision, RetryCounts, RetryPolicy, Verdict
+from worker.streaming import Streaming
 
 log = structlog.get_logger("genq.worker")
 #: set when the worker process starts its warm shutdown: jobs waiting to retry go back to the queue
@@ -139,10 +140,13 @@ class Runner:
     #: told (batch id, kind) when a batch's job ended (worker/batches.py); plain jobs never call it
     batch_job_ended: Callable[[str, str], None] | None = None
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    #: stream jobs' attempts (worker/streaming.py); without a Redis client their events go nowhere
+    streaming: Streaming | None = None
 
     def __post_init__(self) -> None:
         self.leases = self.leases or LeaseKeeper(self.engine, lease_s=self.lease_s)
         self.moderator = Moderator.of(self)
+        self.streaming = self.streaming or Streaming(provider=self.provider, engine=self.engine)
 
     def run(self, job_id: str, *, worker: str = "local") -> str:
         """Run the job unless another delivery claimed it; returns what happened."""
@@ -167,6 +171,8 @@ class Runner:
             return self._ended(job.batch_id, job.kind, "failed")
         with self.leases.hold(job_id, token):
             outcome = self._loop(run, bound)
+        if run.request.stream:
+            self.streaming.ended(job_id, outcome)
         return self._ended(run.batch_id, run.kind, outcome)
 
     def _ended(self, batch_id: str | None, kind: str, outcome: str) -> str:
@@ -314,6 +320,8 @@ class Runner:
         try:
             if request.kind == "text":
                 params = request.text_params()
+                if request.stream:
+                    return self.streaming.generate(call, request, params)
                 result = self.provider.generate_text(
                     model=call.spec.id, messages=request.chat_messages(), params=params
                 )
@@ -321,7 +329,7 @@ class Runner:
             return self.provider.generate_image(
                 model=call.spec.id, prompt=request.prompt or "", params=request.image_params()
             )
-        except ProviderError:
+        except (ProviderError, ClaimLost):
             raise
         except Exception as exc:  # a bug or an unexpected SDK shape: fail, never leave it running
             raise PermanentProviderError(

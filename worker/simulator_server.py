@@ -15,17 +15,18 @@ import base64
 import math
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from models.catalogue import Catalogue
 from worker.providers.base import parse_size
 from worker.providers.simulator import Fault, Simulator, draw_png, image_usage
+from worker.simulator_stream import StreamOutcome, stream_answer
 
 
 class ChatRequest(BaseModel):
@@ -36,6 +37,8 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
 
     def structured(self) -> dict[str, Any]:
         """The params the simulator's answer depends on."""
@@ -82,6 +85,8 @@ class Script(BaseModel):
     statuses: list[int] = Field(default_factory=list)
     #: JSON answers to give next: `invalid` (unparseable) or `valid`
     outputs: list[Literal["invalid", "valid"]] = Field(default_factory=list)
+    #: how the next streamed answers go (worker/simulator_stream.py): ok, disconnect, …
+    streams: list[StreamOutcome] = Field(default_factory=list)
 
 
 def _error(
@@ -152,6 +157,32 @@ def chat_reply(
     }
 
 
+def streamed_reply(
+    simulator: Simulator, catalogue: Catalogue, body: ChatRequest, outcome: StreamOutcome
+) -> StreamingResponse | JSONResponse:
+    """The same answer as `chat_reply`, as `chat.completion.chunk` events."""
+    spec = catalogue.get(body.model)
+    if spec is None or spec.kind != "text":
+        return _error(404, f"The model `{body.model}` does not exist", kind="not_found")
+    answer = simulator.answer(body.messages, body.structured(), encoding_name=spec.encoding)
+    chunks = stream_answer(
+        answer,
+        model=body.model,
+        latency_ms=simulator.latency_ms,
+        include_usage=bool((body.stream_options or {}).get("include_usage")),
+        outcome=outcome,
+    )
+    return StreamingResponse(chunks, media_type="text/event-stream")
+
+
+def _chat(
+    simulator: Simulator, catalogue: Catalogue, body: ChatRequest, streams: deque[StreamOutcome]
+) -> dict | JSONResponse | StreamingResponse:
+    if body.stream:
+        return streamed_reply(simulator, catalogue, body, streams.popleft() if streams else "ok")
+    return chat_reply(simulator, catalogue, body)
+
+
 async def image_reply(catalogue: Catalogue, body: ImageRequest) -> dict | JSONResponse:
     """Real PNGs of the requested size as `b64_json`."""
     spec = catalogue.get(body.model)
@@ -180,25 +211,37 @@ async def image_reply(catalogue: Catalogue, body: ImageRequest) -> dict | JSONRe
     return answer
 
 
+def _admission(simulator: Simulator, calls: Counter[str]):
+    """What every model route does first."""
+
+    async def admit(request: Request, route: str, schema: type[BaseModel]):
+        """Count the call, check auth, wait the latency (a stream spreads it over its chunks),
+        draw a fault, parse the body."""
+        calls[route] += 1
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return _error(401, "missing bearer token", kind="invalid_api_key")
+        body = await _parse(request, schema)
+        if simulator.latency_ms and not getattr(body, "stream", False):
+            await asyncio.sleep(simulator.latency_ms / 1000)
+        fault = simulator.next_fault()
+        return _fault_response(fault) if fault else body
+
+    return admit
+
+
 def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
     """The HTTP face of `simulator`; `catalogue` decides which model names exist."""
     app = FastAPI(title="genq simulator (synthetic outputs)")
     calls: Counter[str] = Counter()
-
-    async def admit(request: Request, route: str, schema: type[BaseModel]):
-        """Count the call, check auth, wait the latency, draw a fault, parse the body."""
-        calls[route] += 1
-        if not request.headers.get("authorization", "").startswith("Bearer "):
-            return _error(401, "missing bearer token", kind="invalid_api_key")
-        if simulator.latency_ms:
-            await asyncio.sleep(simulator.latency_ms / 1000)
-        fault = simulator.next_fault()
-        return _fault_response(fault) if fault else await _parse(request, schema)
+    streams: deque[StreamOutcome] = deque()
+    admit = _admission(simulator, calls)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await admit(request, "chat", ChatRequest)
-        return body if isinstance(body, JSONResponse) else chat_reply(simulator, catalogue, body)
+        if isinstance(body, JSONResponse):
+            return body
+        return _chat(simulator, catalogue, body, streams)
 
     @app.post("/v1/images/generations")
     async def images(request: Request):
@@ -223,7 +266,12 @@ def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
         """Queue exact outcomes (HTTP statuses, 200 = success; JSON answers) for the next calls."""
         simulator.script.extend(body.statuses)
         simulator.output_script.extend(body.outputs)
-        return {"queued": len(simulator.script), "outputs_queued": len(simulator.output_script)}
+        streams.extend(body.streams)
+        return {
+            "queued": len(simulator.script),
+            "outputs_queued": len(simulator.output_script),
+            "streams_queued": len(streams),
+        }
 
     @app.get("/_simulator/stats")
     async def stats():

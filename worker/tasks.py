@@ -24,6 +24,7 @@ from worker.providers.factory import build_provider
 from worker.ratelimit_redis import RedisLimiter
 from worker.retry import RetryPolicy
 from worker.runner import SHUTTING_DOWN, Runner
+from worker.streaming import Streaming
 from worker.sweeper import Sweeper
 from worker.webhooks import Deliverer
 
@@ -77,9 +78,13 @@ def get_runner() -> Runner:
     """One Runner per worker process, shared by its threads."""
     settings = get_settings()
     install_encodings(settings.tiktoken_cache_dir)
+    engine, provider = get_engine(settings.database_url), build_provider(settings)
     return Runner(
-        engine=get_engine(settings.database_url),
-        provider=build_provider(settings),
+        engine=engine,
+        provider=provider,
+        streaming=Streaming.from_settings(
+            settings, provider=provider, engine=engine, client=shared_redis()
+        ),
         catalogue=get_catalogue(settings.catalogue_path),
         retry=RetryPolicy.from_settings(settings),
         lease_s=settings.lease_s,

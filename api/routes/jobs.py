@@ -10,7 +10,7 @@ from api.deps import KeyDep, ServicesDep, SessionDep
 from api.openapi import BODY, KEYED, problem_responses
 from api.responses import model_response
 from api.submit import submit_batch, submit_job
-from models.attempts import attempt_public, get_image, list_attempts
+from models.attempts import get_image, job_detail
 from models.errors import JobNotFound
 from models.jobs import get_job, job_public, list_jobs
 from models.schemas import JobBatch, JobBatchCreate, JobCreate, JobList, JobPublic
@@ -76,9 +76,7 @@ def index(
 @router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(*KEYED, 404))
 def show(job_id: str, key: KeyDep, session: SessionDep) -> Response:
     """The job, with every provider call it made (which model, outcome, status, cost)."""
-    job = job_public(get_job(session, job_id=job_id, key_id=key.id))
-    job.attempt_log = [attempt_public(a) for a in list_attempts(session, job_id=job_id)]
-    return model_response(job)
+    return model_response(job_detail(session, job_id=job_id, key_id=key.id))
 
 
 #: an SVG may carry scripts: opened directly, it runs in a sandbox that can load nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +47,15 @@ class ImageResult:
     usage: Usage = field(default_factory=Usage)
 
 
+#: called with each piece of text as the model streams it; may raise StreamStopped
+OnDelta = Callable[[str], None]
+
+
+class StreamStopped(Exception):
+    """Raised by an OnDelta to end a stream early (the job was cancelled): the provider closes
+    the stream and lets it through."""
+
+
 class Provider(Protocol):
     """Calls one model once. Raises RetryableProviderError or PermanentProviderError on failure."""
 
@@ -54,6 +64,14 @@ class Provider(Protocol):
     def generate_text(
         self, *, model: str, messages: list[dict], params: TextParams
     ) -> TextResult: ...
+
+    def generate_text_stream(
+        self, *, model: str, messages: list[dict], params: TextParams, on_delta: OnDelta
+    ) -> TextResult:
+        """The same call streamed: `on_delta` gets the text as it arrives, the result is the
+        whole answer with the usage the provider reported. A stream that breaks (disconnect,
+        cut short, malformed chunk, stall) raises RetryableProviderError `stream_broken`."""
+        ...
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult: ...
 

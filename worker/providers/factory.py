@@ -20,6 +20,7 @@ def build_provider(settings: Settings) -> Provider:
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
             timeout_s=settings.openai_timeout_s,
+            stall_timeout_s=settings.stream_stall_timeout_s,
             catalogue=get_catalogue(settings.catalogue_path),
             images=ImageFetcher.from_settings(settings),
         )

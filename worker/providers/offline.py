@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 from models.catalogue import Catalogue
 from models.errors import PermanentProviderError, RetryableProviderError
 from models.moderation import Verdict, verdict_of
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
-from worker.providers.base import GeneratedImage, ImageResult, TextResult, parse_size
-from worker.providers.simulator import Simulator, draw_png, image_usage
+from worker.providers.base import (
+    GeneratedImage,
+    ImageResult,
+    OnDelta,
+    TextResult,
+    parse_size,
+)
+from worker.providers.simulator import Simulator, draw_png, image_usage, text_pieces
 from worker.retry import is_retryable_status
 
 
@@ -19,8 +27,9 @@ class OfflineProvider:
         self.simulator = simulator
         self.catalogue = catalogue
 
-    def _maybe_fail(self) -> None:
-        self.simulator.wait()
+    def _maybe_fail(self, *, wait: bool = True) -> None:
+        if wait:
+            self.simulator.wait()
         fault = self.simulator.next_fault()
         if fault is None:
             return
@@ -36,6 +45,24 @@ class OfflineProvider:
 
     def generate_text(self, *, model: str, messages: list[dict], params: TextParams) -> TextResult:
         self._maybe_fail()
+        return self._answer(model, messages, params)
+
+    def generate_text_stream(
+        self, *, model: str, messages: list[dict], params: TextParams, on_delta: OnDelta
+    ) -> TextResult:
+        """The same answer word by word, the simulated latency spread over the words."""
+        self._maybe_fail(wait=False)
+        result = self._answer(model, messages, params)
+        pieces = text_pieces(result.text)
+        pause = self.simulator.latency_ms / 1000 / max(len(pieces), 1)
+        if not pieces:
+            time.sleep(pause)
+        for piece in pieces:
+            time.sleep(pause)
+            on_delta(piece)
+        return result
+
+    def _answer(self, model: str, messages: list[dict], params: TextParams) -> TextResult:
         spec = self.catalogue.get(model) if self.catalogue else None
         answer = self.simulator.answer(
             messages,

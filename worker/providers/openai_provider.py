@@ -6,11 +6,12 @@ import math
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import openai
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from models.catalogue import Catalogue
 from models.errors import PermanentProviderError, ProviderError, RetryableProviderError
@@ -19,8 +20,10 @@ from models.moderation import Verdict, verdict_of
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
 from models.settings import Settings
+from models.tokens import count_request, count_text
 from worker.image_fetch import ImageFetcher
-from worker.providers.base import ImageResult, TextResult
+from worker.providers.base import ImageResult, OnDelta, TextResult
+from worker.providers.stream_chunks import ChunkFolder
 from worker.retry import is_retryable_status
 
 #: DALL·E answers with URLs unless asked for base64; gpt-image-1 always returns base64
@@ -92,8 +95,11 @@ class OpenAIProvider:
         catalogue: Catalogue | None = None,
         environ: Mapping[str, str] | None = None,
         images: ImageFetcher | None = None,
+        stall_timeout_s: float = 30.0,
     ):
         self.timeout_s = timeout_s
+        #: a streamed answer: the connection as usual, then at most this long between chunks
+        self.stream_timeout = openai.Timeout(timeout_s, read=stall_timeout_s)
         #: turns each answer item (b64_json, a data: URL or a link to download) into stored bytes
         self.images = images or ImageFetcher.from_settings(Settings.model_construct())  # defaults
         self.catalogue = catalogue
@@ -150,6 +156,51 @@ class OpenAIProvider:
             ),
             finish_reason=choice.finish_reason,
             tool_calls=[_tool_call(c) for c in calls] if calls else None,
+        )
+
+    def generate_text_stream(
+        self, *, model: str, messages: list[dict], params: TextParams, on_delta: OnDelta
+    ) -> TextResult:
+        """`stream: true` with `include_usage`, so the last chunk carries the exact usage."""
+        body = {"model": model, "messages": messages, **params.model_dump(exclude_none=True)}
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        try:
+            stream = self.client_for(model).post(
+                "/chat/completions",
+                body=body,
+                cast_to=ChatCompletion,
+                stream=True,
+                stream_cls=openai.Stream[ChatCompletionChunk],
+                options={"timeout": self.stream_timeout},
+            )
+        except openai.OpenAIError as exc:
+            raise translate_error(exc) from exc
+        folder = ChunkFolder()
+        with stream:
+            try:
+                for chunk in stream:
+                    if text := folder.add(chunk):
+                        on_delta(text)
+            except (openai.OpenAIError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                raise broken_stream(exc, folder) from exc
+        result = streamed_result(folder)
+        if folder.usage is None:  # a server that ignores include_usage: count it as tiktoken does
+            result = replace(result, usage=self._counted(model, messages, params, result))
+        return result
+
+    def _counted(
+        self, model: str, messages: list[dict], params: TextParams, result: TextResult
+    ) -> Usage:
+        spec = self.catalogue.get(model) if self.catalogue else None
+        encoding_name = spec.encoding if spec else "o200k_base"
+        answer = result.text + "".join(
+            c["function"]["name"] + c["function"]["arguments"] for c in result.tool_calls or ()
+        )
+        return Usage(
+            prompt_tokens=count_request(
+                messages, params.model_dump(exclude_none=True), encoding_name
+            ),
+            completion_tokens=count_text(answer, encoding_name),
         )
 
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
@@ -215,4 +266,38 @@ def _image_usage(response, count: int, params: ImageParams) -> Usage:
         images=count,
         size=params.size,
         quality=params.quality,
+    )
+
+
+def broken_stream(exc: Exception, folder: ChunkFolder) -> RetryableProviderError:
+    """A stream that broke after it started (a drop, a stall, an error event, a chunk that is
+    not a chunk) is a retryable attempt, billed what the provider reported (usually nothing:
+    the usage comes last)."""
+    if isinstance(exc, openai.APITimeoutError):
+        reason, kind = "the model's stream stalled", "timeout"
+    elif isinstance(exc, openai.APIConnectionError):
+        reason, kind = "the model's stream was cut off", "stream_broken"
+    elif isinstance(exc, openai.APIError):
+        reason, kind = f"the model's stream sent an error: {redact(exc.message)}", "stream_broken"
+    else:
+        reason, kind = (
+            f"the model's stream sent a malformed chunk ({type(exc).__name__})",
+            ("stream_broken"),
+        )
+    return RetryableProviderError(reason, kind=kind, usage=folder.usage)
+
+
+def streamed_result(folder: ChunkFolder) -> TextResult:
+    """The whole answer; a stream that ended without a finish reason was truncated."""
+    if folder.finish_reason is None:
+        raise RetryableProviderError(
+            "the model's stream ended before its last chunk",
+            kind="stream_broken",
+            usage=folder.usage,
+        )
+    return TextResult(
+        text=folder.full_text,
+        usage=folder.usage or Usage(),
+        finish_reason=folder.finish_reason,
+        tool_calls=folder.tool_calls(),
     )

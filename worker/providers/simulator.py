@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -26,6 +27,8 @@ from models.tokens import count_messages, count_request, count_text, encoding
 from worker.providers.synth_json import instance_of
 
 SYNTHETIC_LABEL = "[synthetic]"
+#: a streamed answer's pieces: each word with the spaces before it
+_PIECE = re.compile(r"\s*\S+|\s+")
 #: with no max_tokens, a reply is this many tokens at most (a short paragraph)
 DEFAULT_REPLY_TOKENS = 120
 WORDS = (
@@ -231,6 +234,11 @@ def _cut(text: str, limit: int | None, prompt_tokens: int, encoding_name: str) -
     return Answer(
         text=text, finish_reason="stop", prompt_tokens=prompt_tokens, completion_tokens=len(tokens)
     )
+
+
+def text_pieces(text: str) -> list[str]:
+    """The pieces a simulated stream sends, in order; joined they are `text` exactly."""
+    return _PIECE.findall(text)
 
 
 def image_usage(
