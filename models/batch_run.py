@@ -166,7 +166,11 @@ def expire_due(session: Session, *, now: datetime | None = None) -> list[str]:
     for batch_id in session.execute(due.limit(SWEEP_BATCHES)).scalars():
         marked = session.execute(
             update(Batch.__table__)
-            .where(_BATCHES.id == batch_id, _BATCHES.expired_at.is_(None))
+            .where(
+                _BATCHES.id == batch_id,
+                _BATCHES.status == IN_PROGRESS,
+                _BATCHES.expired_at.is_(None),
+            )
             .values(expired_at=now or utcnow())
         )
         if marked.rowcount == 1:
