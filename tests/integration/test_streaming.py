@@ -1,0 +1,150 @@
+"""Stream jobs in-process on SQLite and PostgreSQL with real Redis: submit over HTTP (ASGI), the
+Runner with the offline simulator streaming, the events read back with `httpx_sse`."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from httpx_sse import connect_sse
+
+from api.main import create_app
+from models.catalogue import get_catalogue
+from models.db import get_engine
+from models.job_events import decode, stream_key
+from tests.helpers import free_port, new_key
+from worker.moderation import ModerationConfig
+from worker.providers.offline import OfflineProvider
+from worker.providers.simulator import Simulator
+from worker.retry import RetryPolicy
+from worker.runner import Runner
+from worker.streaming import EventLog, Streaming
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def key(settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {new_key(settings.database_url)}"}
+
+
+@pytest.fixture
+def store(settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+
+def runner(settings, simulator: Simulator, store: redis.Redis) -> Runner:
+    engine = get_engine(settings.database_url)
+    provider = OfflineProvider(simulator, get_catalogue())
+    return Runner(
+        engine=engine,
+        provider=provider,
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=3, initial_s=0.0, max_s=0.0),
+        sleep=lambda _s: None,
+        moderation=ModerationConfig(),
+        streaming=Streaming(
+            provider=provider, engine=engine, events=EventLog(client=store), flush_s=0.0
+        ),
+    )
+
+
+def submit(client, key, **body) -> str:
+    body = {"kind": "text", "prompt": "Write about rivers", **body}
+    answer = client.post("/v1/jobs", json=body, headers=key)
+    assert answer.status_code == 202, answer.text
+    return answer.json()["id"]
+
+
+def entries(store: redis.Redis, job_id: str) -> list[tuple[str, dict]]:
+    return [decode(fields) for _id, fields in store.xrange(stream_key(job_id))]
+
+
+def events(client, key, job_id: str) -> list:
+    with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events", headers=key) as source:
+        return list(source.iter_sse())
+
+
+def test_a_stream_jobs_events_make_its_text_and_a_plain_job_writes_none(
+    client, key, settings, store
+):
+    # Given a stream job and a plain one
+    streamed = submit(client, key, stream=True, params={"max_tokens": 30})
+    plain = submit(client, key, params={"max_tokens": 30})
+    work = runner(settings, Simulator(latency_ms=60), store)
+    # When both run
+    assert work.run(streamed) == work.run(plain) == "succeeded"
+    # Then the stream job's entries are status, its deltas, then end; the plain job has none
+    written = entries(store, streamed)
+    assert written[0] == ("status", {"status": "running"})
+    assert written[-1] == ("end", {"outcome": "succeeded"})
+    assert len([e for e in written if e[0] == "delta"]) > 3  # word by word, as they came
+    assert 0 < store.ttl(stream_key(streamed)) <= settings.stream_ttl_s
+    assert not store.exists(stream_key(plain))
+    # and the events route replays them: the deltas are the stored text, each id once
+    shown = client.get(f"/v1/jobs/{streamed}", headers=key).json()
+    seen = events(client, key, streamed)
+    text = "".join(e.json()["text"] for e in seen if e.event == "delta")
+    assert text == shown["output"]["text"] != ""
+    assert seen[-1].event == "done" and seen[-1].json() == shown
+    assert len({e.id for e in seen}) == len(seen)
+    assert [e.event for e in events(client, key, plain)] == ["status", "done"]
+
+
+def test_a_failed_attempt_is_followed_by_a_retry_event(client, key, settings, store):
+    simulator = Simulator()
+    simulator.script.append(503)  # the first call fails before it streams anything
+    job_id = submit(client, key, stream=True, params={"max_tokens": 10})
+    assert runner(settings, simulator, store).run(job_id) == "succeeded"
+    kinds = [event for event, _ in entries(store, job_id)]
+    assert kinds[:3] == ["status", "status", "retry"]
+    retry = next(data for event, data in entries(store, job_id) if event == "retry")
+    assert retry == {
+        "attempt": 2,
+        "model": client.get(f"/v1/jobs/{job_id}", headers=key).json()["model"],
+    }
+
+
+@pytest.mark.parametrize(("flagged", "outcome"), [("", "succeeded"), ("synthetic", "failed")])
+def test_moderation_block_holds_the_text_until_it_passed(
+    client, key, settings, store, flagged, outcome
+):
+    # Given a `block` stream job (the offline answer starts with `[synthetic]`)
+    simulator = Simulator.from_spec(latency_ms=0, faults="", flagged_words=flagged)
+    job_id = submit(
+        client, key, stream=True, params={"max_tokens": 20}, policy={"moderation": "block"}
+    )
+    # When it runs
+    assert runner(settings, simulator, store).run(job_id) == outcome
+    # Then no text went out before the check: one delta after it passed, none when blocked
+    written = entries(store, job_id)
+    deltas = [data["text"] for event, data in written if event == "delta"]
+    shown = client.get(f"/v1/jobs/{job_id}", headers=key).json()
+    if outcome == "succeeded":
+        assert deltas == [shown["output"]["text"]] and written[-2][0] == "delta"
+    else:
+        assert deltas == [] and shown["error"]["type"] == "moderation_blocked"
+    assert written[-1] == ("end", {"outcome": outcome})
+
+
+def test_stream_on_an_image_job_is_refused(client, key):
+    answer = client.post(
+        "/v1/jobs", json={"kind": "image", "prompt": "a fox", "stream": True}, headers=key
+    )
+    assert answer.status_code == 422
+    assert "`stream` is for text jobs" in answer.json()["detail"]
+
+
+def test_without_redis_the_events_route_answers_503_at_once(settings, key):
+    # Given an API whose Redis does not answer (nothing listens on the port)
+    down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(down)) as client:
+        job_id = submit(client, key, stream=True)  # stored; published later by the sweeper
+        answer = client.get(f"/v1/jobs/{job_id}/events", headers=key)
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["retry-after"] == "5"
