@@ -430,3 +430,28 @@ def test_a_full_delivery_loop_puts_the_message_back_and_counts_outcomes(client, 
         attempt_once(quick, second, 1)
     quick.close()
     assert delivered() == before + 1
+
+
+def test_url_credentials_go_as_basic_auth_and_never_reach_logs_or_listings(
+    client, engine, deliverer, caplog, capsys
+):
+    import base64
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    _, headers, _ = make_key(engine)
+    with receiver(200) as hook:
+        secret_url = hook.url.replace("http://", "http://hookuser:s3cr3t@") + "?token=t0k3n"
+        job = submit(client, headers, webhook_url=secret_url)
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+        attempt_once(deliverer, delivery_of(engine, job["id"]).id, 1)
+        got = hook.wait_for(1)[0]
+    sent = {k.lower(): v for k, v in got.headers.items()}
+    assert base64.b64decode(sent["authorization"].split()[1]) == b"hookuser:s3cr3t"
+    assert got.path == "/hook?token=t0k3n"
+    listed = client.get(f"/v1/jobs/{job['id']}/webhooks", headers=headers).text
+    shown = listed + capsys.readouterr().out + "\n".join(r.getMessage() for r in caplog.records)
+    # httpx logged the request (it names the URL): only its host was shown
+    assert [r for r in caplog.records if r.name == "httpx" and "127.0.0.1" in r.getMessage()]
+    for secret in ("s3cr3t", "hookuser", "t0k3n"):
+        assert secret not in shown

@@ -98,3 +98,61 @@ def test_what_an_answer_means(status, number, outcome):
 def test_waits_grow_up_to_the_cap():
     waits = [retry_wait_s(n, base_s=5, max_s=3600) for n in range(1, 8)]
     assert waits == [5, 20, 80, 320, 1280, 3600, 3600]
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "pinned", "host", "sni"),
+    [
+        (
+            "https://hooks.example.com/a?b=1",
+            "93.184.216.34",
+            "https://93.184.216.34/a?b=1",
+            "hooks.example.com",
+            "hooks.example.com",
+        ),
+        (
+            "http://hooks.example.com:8080",
+            "2606:4700::1",
+            "http://[2606:4700::1]:8080/",
+            "hooks.example.com:8080",
+            None,
+        ),
+    ],
+)
+def test_the_request_goes_to_the_checked_address_with_the_urls_name(
+    url, address, pinned, host, sni
+):
+    import httpx
+
+    from models.webhook_urls import Target
+    from worker.webhooks import pinned_request
+
+    parts = httpx.URL(url)
+    target = Target(
+        scheme=parts.scheme,
+        host=parts.host,
+        port=parts.port or (443 if parts.scheme == "https" else 80),
+        addresses=(address,),
+    )
+    request = pinned_request(httpx.AsyncClient(), url, target, {"webhook-id": "msg_1"}, "{}")
+    assert str(request.url) == pinned
+    assert request.headers["host"] == host and request.headers["webhook-id"] == "msg_1"
+    assert request.extensions.get("sni_hostname") == sni
+    assert "authorization" not in request.headers
+
+
+def test_url_credentials_become_basic_auth_and_leave_the_url():
+    import base64
+
+    import httpx
+
+    from models.webhook_urls import Target
+    from worker.webhooks import pinned_request
+
+    url = "https://us%40er:p%3Ass@hooks.example.com/h"
+    target = Target(
+        scheme="https", host="hooks.example.com", port=443, addresses=("93.184.216.34",)
+    )
+    request = pinned_request(httpx.AsyncClient(), url, target, {}, "{}")
+    assert "us" not in str(request.url) and request.headers["host"] == "hooks.example.com"
+    assert base64.b64decode(request.headers["authorization"].split()[1]) == b"us@er:p:ss"
