@@ -32,7 +32,17 @@ from starlette.concurrency import run_in_threadpool
 from models.attempts import job_detail
 from models.db import session_scope, utcnow
 from models.errors import EventsUnavailable, TooManyStreams
-from models.job_events import DELTA, DONE, END, RETRY, STATUS, Position, decode, stream_key
+from models.job_events import (
+    DELTA,
+    DONE,
+    END,
+    ORIGIN,
+    RETRY,
+    STATUS,
+    Position,
+    decode,
+    stream_key,
+)
 from models.jobs import FINISHED, Job, aware
 from models.jsontext import dumps, model_json
 
@@ -206,8 +216,11 @@ class Feed:
         return ServerSentEvent(data, event=event, id=event_id)
 
     async def _finish(self, state: JobState) -> AsyncIterator[ServerSentEvent]:
-        """The last entries of a stream job that just ended, then `done`."""
+        """The last entries of a stream job that just ended, then `done`. A job no worker
+        wrote anything for (cancelled while queued, say) has none to wait for."""
         grace_until = (state.finished_at or utcnow()).timestamp() + END_GRACE_S
+        if self.position.entry == ORIGIN:
+            grace_until = 0.0
         while self.stream and not self.end_seen:
             left = grace_until - time.time()
             batch = await self._read(block=left > 0.01)

@@ -3,6 +3,9 @@ Runner with the offline simulator streaming, the events read back with `httpx_ss
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -10,8 +13,10 @@ from httpx_sse import connect_sse
 
 from api.main import create_app
 from models.catalogue import get_catalogue
-from models.db import get_engine
+from models.db import get_engine, session_scope
 from models.job_events import decode, stream_key
+from models.jobs import Job
+from models.lifecycle import cancel_job
 from tests.helpers import free_port, new_key
 from worker.moderation import ModerationConfig
 from worker.providers.offline import OfflineProvider
@@ -148,3 +153,32 @@ def test_without_redis_the_events_route_answers_503_at_once(settings, key):
     assert answer.status_code == 503
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.headers["retry-after"] == "5"
+
+
+def test_a_queued_stream_job_cancelled_elsewhere_ends_its_stream_at_once(settings, key):
+    # Given a stream job no worker runs, and a client reading its events
+    fast = settings.model_copy(update={"sse_poll_s": 0.2})
+    with TestClient(create_app(fast)) as client:
+        job_id = submit(client, key, stream=True)
+        shown = client.get(f"/v1/jobs/{job_id}", headers=key).json()
+        assert shown["status"] == "queued"
+
+        def cancel_soon() -> None:
+            time.sleep(0.5)
+            with session_scope(get_engine(settings.database_url)) as session:
+                job = session.get(Job, job_id)
+                cancel_job(session, job_id=job_id, key_id=job.key_id)
+
+        # When it is cancelled by a path that writes no event (the API's cancel of a queued job)
+        canceller = threading.Thread(target=cancel_soon)
+        started = time.monotonic()
+        canceller.start()
+        seen = events(client, key, job_id)
+        canceller.join()
+    # Then the stream ends with done (cancelled) within a tick, without waiting for a worker
+    assert [(e.event, e.json().get("status")) for e in seen] == [
+        ("status", "queued"),
+        ("status", "cancelled"),
+        ("done", "cancelled"),
+    ]
+    assert time.monotonic() - started < 1.5
