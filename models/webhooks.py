@@ -174,8 +174,10 @@ def publish_on_commit(sink: Callable[[list[str]], None] | None) -> None:
 
 @event.listens_for(OrmSession, "after_commit")
 def _publish_committed(session: OrmSession) -> None:
-    """One dict lookup per commit when nothing was opened (every plain job's commit)."""
-    opened = session.info.pop(OPENED, None)
+    """One dict lookup per commit when nothing was opened (every plain job's commit): a
+    session's `info` is not even created unless a delivery was opened in it."""
+    info = session.__dict__.get("info")
+    opened = info.pop(OPENED, None) if info else None
     if opened and _sink is not None:
         try:
             _sink(opened)
@@ -185,7 +187,9 @@ def _publish_committed(session: OrmSession) -> None:
 
 @event.listens_for(OrmSession, "after_rollback")
 def _forget_rolled_back(session: OrmSession) -> None:
-    session.info.pop(OPENED, None)
+    info = session.__dict__.get("info")
+    if info:
+        info.pop(OPENED, None)
 
 
 @dataclass(frozen=True, kw_only=True)
