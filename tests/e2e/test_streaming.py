@@ -6,6 +6,7 @@ One stack for the module (started once): each test uses its own key.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -282,6 +283,34 @@ def test_genq_submit_stream_prints_the_text_as_it_comes(live):
 
 
 def _job_id(stdout: str) -> str:
-    import json
-
     return json.loads(stdout[stdout.index("\n{") + 1 :])["id"]
+
+
+def test_tool_calls_and_json_stream_through_the_sdk(live):
+    headers = live.key()
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    called = live.submit(headers, params={"tools": [tool], "tool_choice": "required"})
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    answer_format = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+    formatted = live.submit(headers, params={"response_format": answer_format})
+    done = read_events(live, headers, called)[-1].json()
+    assert done["status"] == "succeeded", done
+    [call] = done["output"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and done["output"]["finish_reason"] == (
+        "tool_calls"
+    )
+    assert "city" in json.loads(call["function"]["arguments"])
+    events = read_events(live, headers, formatted)
+    job = events[-1].json()
+    assert job["status"] == "succeeded", job
+    assert json.loads(text_of(events)) == job["output"]["json"] and "n" in job["output"]["json"]
