@@ -3,21 +3,26 @@ Runner with the offline simulator streaming, the events read back with `httpx_ss
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
+import anyio
 import pytest
 import redis
+import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
+from api.events import Feed, StreamSlots
 from api.main import create_app
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
-from models.job_events import decode, stream_key
-from models.jobs import Job
+from models.job_events import Position, decode, stream_key
+from models.jobs import Job, finish_job
+from models.keys import create_key
 from models.lifecycle import cancel_job
-from tests.helpers import free_port, new_key
+from tests.helpers import free_port, new_key, start_redis_server
 from worker.moderation import ModerationConfig
 from worker.providers.offline import OfflineProvider
 from worker.providers.simulator import Simulator
@@ -182,3 +187,53 @@ def test_a_queued_stream_job_cancelled_elsewhere_ends_its_stream_at_once(setting
         ("done", "cancelled"),
     ]
     assert time.monotonic() - started < 1.5
+
+
+def test_an_event_stream_outlives_its_redis_and_still_ends_with_done(database_url):
+    # Given a running stream job and a client following it through a Redis of its own
+    engine = get_engine(database_url)
+    with session_scope(engine) as session:
+        key, _ = create_key(session, name="feed")
+        job = Job(key_id=key.id, kind="text", model="gpt-4o-mini", status="running")
+        job.request = {"kind": "text", "prompt": "hi", "stream": True}
+        session.add(job)
+    job_id, key_id = job.id, key.id
+    port = free_port()
+    server = start_redis_server(port)
+    client = aioredis.Redis(port=port, decode_responses=True, socket_timeout=3)
+    slots = StreamSlots(client, limit=5)
+
+    async def follow() -> list:
+        feed = Feed(
+            client=client,
+            engine=engine,
+            slots=slots,
+            slot=await slots.acquire(key_id),
+            job_id=job_id,
+            key_id=key_id,
+            stream=True,
+            position=Position(),
+            poll_s=0.2,
+        )
+        events = feed.events()
+        seen = [await anext(events)]  # the status the database shows
+        # When Redis dies, and then the job ends
+        server.terminate()
+        server.wait(timeout=10)
+        with session_scope(engine) as session:
+            finish_job(session, job=session.get(Job, job_id), status="succeeded")
+        with anyio.fail_after(10):  # Then the stream ends with done, it does not hang
+            seen += [event async for event in events]
+        return seen
+
+    try:
+        seen = anyio.run(follow)
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+    assert [(e.event, json.loads(e.data).get("status")) for e in seen] == [
+        ("status", "running"),
+        ("status", "succeeded"),
+        ("done", "succeeded"),
+    ]
