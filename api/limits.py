@@ -63,31 +63,39 @@ class BodySizeLimit:
         max_bytes: int,
         drain_bytes: int = 134_217_728,
         drain_timeout_s: float = 30.0,
+        uploads: dict[str, int] | None = None,
     ):
         self.app = app
         self.max_bytes = max_bytes
+        #: POST paths that take larger bodies (file uploads), with their own cap
+        self.uploads = uploads or {}
         self.drain_bytes = drain_bytes
         self.drain_timeout_s = drain_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        cap = self.max_bytes
+        if scope.get("method") == "POST" and scope.get("path") in self.uploads:
+            cap = self.uploads[scope["path"]]
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse_declared(scope, receive, send, declared=int(declared))
-        counted = _CountedRequest(self, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            return await self._refuse_declared(
+                scope, receive, send, declared=int(declared), cap=cap
+            )
+        counted = _CountedRequest(self, receive, send, cap)
         try:
             await self.app(scope, counted.receive, counted.send)
         except BodyTooLarge:
             if not counted.started:
-                await self._reject(send, close=not counted.drained)
+                await self._reject(send, close=not counted.drained, cap=cap)
 
     async def drain_rest(self, receive: Receive) -> bool:
         """The rest of a refused body, read and discarded within the drain bounds."""
         return await drain(receive, limit=self.drain_bytes, timeout_s=self.drain_timeout_s)
 
     async def _refuse_declared(
-        self, scope: Scope, receive: Receive, send: Send, *, declared: int
+        self, scope: Scope, receive: Receive, send: Send, *, declared: int, cap: int
     ) -> None:
         """Drain what the client is still sending, then answer 413 (closing when not drained).
 
@@ -98,15 +106,15 @@ class BodySizeLimit:
         drained = False
         if not expects and declared <= self.drain_bytes:
             drained = await self.drain_rest(receive)
-        await self._reject(send, close=not drained)
+        await self._reject(send, close=not drained, cap=cap)
 
-    async def _reject(self, send: Send, *, close: bool) -> None:
+    async def _reject(self, send: Send, *, close: bool, cap: int) -> None:
         body = json.dumps(
             {
                 "type": "https://genq.dev/problems/payload-too-large",
                 "title": "Request body too large",
                 "status": 413,
-                "detail": BodyTooLarge(self.max_bytes).detail,
+                "detail": BodyTooLarge(cap).detail,
             }
         ).encode()
         headers = [
@@ -122,8 +130,9 @@ class BodySizeLimit:
 class _CountedRequest:
     """One request without a declared length: counts its body as the app reads it."""
 
-    def __init__(self, limit: BodySizeLimit, receive: Receive, send: Send):
+    def __init__(self, limit: BodySizeLimit, receive: Receive, send: Send, cap: int):
         self.limit, self._receive, self._send = limit, receive, send
+        self.cap = cap
         self.seen = 0
         self.started = False
         self.drained = True
@@ -132,10 +141,10 @@ class _CountedRequest:
         message = await self._receive()
         if message["type"] == "http.request":
             self.seen += len(message.get("body", b""))
-            if self.seen > self.limit.max_bytes:
+            if self.seen > self.cap:
                 if message.get("more_body", False):
                     self.drained = await self.limit.drain_rest(self._receive)
-                raise BodyTooLarge(self.limit.max_bytes)
+                raise BodyTooLarge(self.cap)
         return message
 
     async def send(self, message: Message) -> None:

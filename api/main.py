@@ -13,10 +13,12 @@ from api.openapi import install_openapi
 from api.request_id import RequestIdMiddleware
 from api.routes import (
     batch_cancel,
+    batches,
     cancel,
     catalogue,
     conversations,
     events,
+    files,
     health,
     jobs,
     stats,
@@ -27,6 +29,9 @@ from api.services import Services
 from models.logging import configure_logging
 from models.settings import Settings, get_settings
 from models.webhooks import publish_on_commit
+
+#: room for the multipart envelope (boundaries, part headers, `purpose`) around an upload
+UPLOAD_ENVELOPE_BYTES = 65_536
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,12 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         drain_bytes=settings.body_drain_bytes,
         drain_timeout_s=settings.body_drain_timeout_s,
+        # the multipart envelope around the file takes a few hundred bytes more
+        uploads={"/v1/files": settings.max_file_bytes + UPLOAD_ENVELOPE_BYTES},
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of a request has its id
     install_error_handlers(app)
     install_openapi(app)
-    routers = (jobs, cancel, batch_cancel, webhooks, events, conversations, catalogue)
-    for module in (*routers, usage, health, stats):
+    routers = (jobs, cancel, batch_cancel, webhooks, events, conversations, files, batches)
+    for module in (*routers, catalogue, usage, health, stats):
         app.include_router(module.router)
     return app
 

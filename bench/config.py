@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from models.schemas import MAX_BATCH_JOBS
 
-SCENARIOS = ("enqueue", "throughput", "peak", "latency", "scaling")
+SCENARIOS = ("enqueue", "throughput", "peak", "latency", "scaling", "batch-api")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 #: the OpenAI key the workers and baselines send to the local simulator (it checks only the form)
 BENCH_OPENAI_KEY = "sk-bench-local"
@@ -27,6 +27,8 @@ NAIVE_TASK = "bench.naive_app.generate"
 NAIVE_TIMES_KEY = "genq-bench:naive:times"
 #: upper bounds on the options, so a typo cannot start a run of hours
 MAX_JOBS = 20_000
+#: lines of the batch-api scenario's input file at most (OpenAI's limit per batch)
+MAX_BATCH_LINES = 50_000
 MAX_PROCESSES = 8
 MAX_THREADS = 128
 #: a phase gives up after its ideal time x this factor, plus time for the jobs at a floor rate
@@ -64,6 +66,8 @@ class BenchConfig:
     scale_workers: tuple[int, ...] = (1, 2, 4)
     scale_concurrency: int = 8
     scale_waves: int = 12
+    #: requests in the batch-api scenario's input file
+    batch_lines: int = 50_000
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -86,6 +90,7 @@ class BenchConfig:
         _bounded("--enqueue-submits", self.enqueue_submits, 1, MAX_JOBS)
         _bounded("enqueue batch size", self.enqueue_batch, 1, MAX_BATCH_JOBS)
         _bounded("--latency-jobs", self.latency_jobs, 1, MAX_JOBS)
+        _bounded("--batch-lines", self.batch_lines, 1, MAX_BATCH_LINES)
         _bounded("--workers", self.workers, 1, MAX_PROCESSES)
         _bounded("--api-workers", self.api_workers, 1, MAX_PROCESSES)
         _bounded("--concurrency", self.concurrency, 1, MAX_THREADS)
@@ -110,6 +115,7 @@ class BenchConfig:
             enqueue_submits=min(self.enqueue_submits, 200),
             scale_workers=(1, 2),
             scale_waves=min(self.scale_waves, 4),
+            batch_lines=min(self.batch_lines, 5_000),
         )
 
     def public(self) -> dict:
@@ -133,6 +139,7 @@ class BenchConfig:
             "scale_workers": list(self.scale_workers),
             "scale_concurrency": self.scale_concurrency,
             "scale_waves": self.scale_waves,
+            "batch_lines": self.batch_lines,
             "worker_flags": ["--concurrency", "-Q", "--without-mingle"],
             "model": BENCH_MODEL,
             "max_tokens": BENCH_MAX_TOKENS,

@@ -84,6 +84,8 @@ def child_env(config: BenchConfig, database_url: str) -> dict[str, str]:
         "GENQ_REDIS_URL": config.redis_url,
         "GENQ_PROVIDER": "openai",
         "OPENAI_API_KEY": BENCH_OPENAI_KEY,
+        # the batch-api scenario's uploads, beside the run's results (deleted after use)
+        "GENQ_FILES_DIR": str(config.output_dir.resolve() / "files"),
     }
     if config.tiktoken_dir:
         env["GENQ_TIKTOKEN_CACHE_DIR"] = str(config.tiktoken_dir)

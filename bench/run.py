@@ -21,7 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import baselines, report, scenarios, table
+from bench import baselines, batch_api, report, scenarios, table
 from bench.config import BenchConfig
 from bench.context import Bench, bench_database, child_env
 from bench.measure import commit_ms
@@ -124,6 +124,8 @@ def run_scenarios(bench: Bench) -> tuple[dict, dict]:
         ("throughput", lambda: _main_point(bench, results)),
         ("peak", lambda: results.update(peak=_peak(bench))),
         ("scaling", lambda: results.update(scaling=scenarios.scaling(bench))),
+        # last: it leaves a batch's jobs (cancelled) in the database
+        ("batch-api", lambda: results.update({"batch-api": batch_api.batch_api(bench)})),
     ]
     for name, step in steps:
         wanted = name in chosen or (name == "throughput" and "latency" in chosen)

@@ -107,6 +107,17 @@ def _scaling(s: dict, t: dict) -> list[str]:
     ]
 
 
+def _batch_api(s: dict) -> list[str]:
+    return [
+        f"| OpenAI batch create (POST /v1/batches) | {s['lines']:,} lines, "
+        f"{_num(s['file_mib'])} MiB file | {_num(s['jobs_per_s'])} jobs/s stored and queued "
+        f"({_num(s['create_s'], 2)} s) | API {_num(s['cpu_ms_per_job'].get('api'), 3)} ms CPU "
+        f"per job; API RSS {_num(s['api_rss_mib_at_rest'])} MiB at rest, peak "
+        f"{_num(s['api_peak_rss_mib_upload'])} uploading / {_num(s['api_peak_rss_mib_create'])} "
+        f"creating ({s['api_processes']} processes) | - | ≥ 5,000 jobs/s |"
+    ]
+
+
 def _memory(s: dict) -> list[str]:
     genq = s["throughput"]["genq"]
     rest, load = genq["rss_mib_at_rest"].values(), genq["rss_mib_under_load"].values()
@@ -156,6 +167,8 @@ def markdown(report: dict) -> str:
         rows += _enqueue(s["enqueue"], r, t)
     if "scaling" in s:
         rows += _scaling(s["scaling"], t)
+    if "batch-api" in s:
+        rows += _batch_api(s["batch-api"])
     if "throughput" in s:
         rows += _cpu(s) + _memory(s)
     for name, error in report.get("errors", {}).items():

@@ -265,9 +265,12 @@ def bench(
     concurrency: Annotated[int, typer.Option(help="C: threads per worker")] = 16,
     latency_ms: Annotated[int, typer.Option(help="L: simulated model latency")] = 200,
     api_workers: Annotated[int, typer.Option(help="`genq api --workers` of the run")] = 2,
+    batch_lines: Annotated[int, typer.Option(help="lines of the batch-api input file")] = 50_000,
     scenario: Annotated[
         list[str] | None,
-        typer.Option(help="enqueue, throughput, peak, latency, scaling (repeat; default all)"),
+        typer.Option(
+            help="enqueue, throughput, peak, latency, scaling, batch-api (repeat; default all)"
+        ),
     ] = None,
     database: Annotated[str, typer.Option(help="postgres (fresh database) or sqlite")] = "postgres",
     redis_url: Annotated[str, typer.Option(help="a Redis database the bench may flush")] = (
@@ -278,7 +281,7 @@ def bench(
     from bench.cli import run_from_cli
 
     options = {"jobs": jobs, "workers": workers, "concurrency": concurrency}
-    options |= {"api_workers": api_workers}
+    options |= {"api_workers": api_workers, "batch_lines": batch_lines}
     options |= {"latency_ms": latency_ms, "database": database, "redis_url": redis_url}
     raise typer.Exit(run_from_cli(options, scenarios=scenario, quick=quick))
 

@@ -35,6 +35,14 @@ class InvalidRequest(GenqError):
     type = "https://genq.dev/problems/invalid-request"
 
 
+class UnparseableBody(GenqError):
+    """The body could not be parsed at all (e.g. a broken multipart form)."""
+
+    status = 400
+    title = "Bad request"
+    type = "https://genq.dev/problems/unparseable-body"
+
+
 class Unauthorized(GenqError):
     status = 401
     title = "Unauthorized"

@@ -115,13 +115,18 @@ def list_files(
 
 
 def delete_file(session: Session, *, file_id: str, key_id: str) -> StoredFile:
-    """Forget the file and remove its bytes (a batch that used it keeps its own record)."""
+    """Forget the file (a batch that used it keeps its own record); once this commits, the
+    caller removes its bytes with `remove_content`."""
     stored = get_file(session, file_id=file_id, key_id=key_id)
     session.delete(stored)
     session.flush()
+    return stored
+
+
+def remove_content(stored: StoredFile) -> None:
+    """Remove a deleted file's bytes from disk."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(stored.path)
-    return stored
 
 
 def open_file_content(stored: StoredFile) -> BinaryIO:

@@ -156,26 +156,52 @@ def job_from_plan(
 ) -> Job:
     """A queued job for this request as the cost policy planned it (not yet stored); its
     webhook URL is the request's, else `webhook_url` (the key's default)."""
-    body = body.model_copy(update={"params": plan.params})
-    now = utcnow()
     return Job(
-        created_at=now,
-        published_at=now,  # optimistic: the submit publishes next, and undoes this if it fails
-        deadline_at=now + timedelta(seconds=body.deadline_s or deadline_s),
-        key_id=key_id,
-        kind=body.kind,
-        model=plan.spec.id,
-        request=body.model_dump(
+        **job_values(
+            key_id=key_id,
+            body=body,
+            plan=plan,
+            idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
+            deadline_s=deadline_s,
+            webhook_url=webhook_url,
+        )
+    )
+
+
+def job_values(
+    *,
+    key_id: str,
+    body: JobCreate,
+    plan: Plan,
+    idempotency_key: str | None = None,
+    idempotency_fingerprint: str | None = None,
+    deadline_s: int = 3600,
+    webhook_url: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The columns of a planned job, by attribute name: one Job, or one row of a bulk insert."""
+    body = body.model_copy(update={"params": plan.params})
+    now = now or utcnow()
+    return {
+        "created_at": now,
+        # optimistic: the submit publishes next, and undoes this if it fails
+        "published_at": now,
+        "deadline_at": now + timedelta(seconds=body.deadline_s or deadline_s),
+        "key_id": key_id,
+        "kind": body.kind,
+        "model": plan.spec.id,
+        "request": body.model_dump(
             mode="json", exclude={"metadata", "webhook_url"}, exclude_none=True
         ),
-        webhook_url=body.webhook_url or webhook_url,
-        meta=body.metadata,
-        idempotency_key=idempotency_key,
-        idempotency_fingerprint=idempotency_fingerprint,
-        estimated_cost_usd=plan.estimated_cost_usd,
-        reserved_usd=plan.estimated_cost_usd,
-        routing=plan.routing.record(),
-    )
+        "webhook_url": body.webhook_url or webhook_url,
+        "meta": body.metadata,
+        "idempotency_key": idempotency_key,
+        "idempotency_fingerprint": idempotency_fingerprint,
+        "estimated_cost_usd": plan.estimated_cost_usd,
+        "reserved_usd": plan.estimated_cost_usd,
+        "routing": plan.routing.record(),
+    }
 
 
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:

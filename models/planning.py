@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -23,6 +25,9 @@ from models.policy import (
 from models.pricing import estimate_image, estimate_text
 from models.schemas import ImageParams, JobCreate, TextParams
 from models.tokens import count_request, count_text
+
+#: the encoding the "simple request" rule counts the prompt in (models/tokens.py's default)
+DEFAULT_ENCODING = "o200k_base"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,11 +87,24 @@ def _needs(request: JobCreate, params: TextParams | ImageParams) -> frozenset[st
     return frozenset(needs)
 
 
-def _text_assessor(messages: list[dict], params: TextParams, sent: dict) -> Assessor:
-    """`sent` is the params as sent: their tools and schema are billed as prompt tokens."""
+def _prompt_counter(messages: list[dict], sent: dict) -> Callable[[str], int]:
+    """The request's prompt tokens in an encoding, each encoding counted once per plan (the
+    candidates of a tier mostly share one)."""
+    counts: dict[str, int] = {}
+
+    def count(encoding: str) -> int:
+        if encoding not in counts:
+            counts[encoding] = count_request(messages, sent, encoding)
+        return counts[encoding]
+
+    return count
+
+
+def _text_assessor(params: TextParams, count: Callable[[str], int]) -> Assessor:
+    """`count` counts the request as sent: its tools and schema are billed as prompt tokens."""
 
     def assess(spec: ModelSpec) -> Assessment:
-        prompt = count_request(messages, sent, spec.encoding)
+        prompt = count(spec.encoding)
         estimate = estimate_text(spec, prompt_tokens=prompt, max_tokens=params.max_tokens)
         typical = estimate_text(
             spec, prompt_tokens=prompt, max_tokens=params.max_tokens or TYPICAL_COMPLETION_TOKENS
@@ -149,18 +167,72 @@ def _explicit_spec(request: JobCreate, catalogue: Catalogue) -> ModelSpec:
     return spec
 
 
-def plan_job(request: JobCreate, catalogue: Catalogue, defaults: Defaults) -> Plan:
-    """Choose and check the model under the cost policy; raises InvalidRequest with a reason."""
+#: a memo of plans holds at most this many (it starts again when full)
+MEMO_SIZE = 4_096
+
+
+def plan_job(
+    request: JobCreate, catalogue: Catalogue, defaults: Defaults, memo: dict | None = None
+) -> Plan:
+    """Choose and check the model under the cost policy; raises InvalidRequest with a reason.
+
+    With `memo` (one per batch), a text request whose plan is decided by the same things as
+    an earlier one's (model, policy, params, prompt tokens in each encoding) gets that plan
+    without routing again: the same plan, as routing is a pure function of those.
+    """
     params = _params(request)
     if request.deadline_s and request.deadline_s > defaults.max_deadline_s:
         raise _invalid("deadline_s", f"deadline_s may be at most {defaults.max_deadline_s}")
-    if isinstance(params, TextParams):
-        sent, messages = _dump(params), request.chat_messages()
-        assess = _text_assessor(messages, params, sent)
-        prompt_tokens = count_request(messages, sent)
-        simple = is_simple(kind="text", prompt_tokens=prompt_tokens, max_tokens=params.max_tokens)
-    else:
-        assess, prompt_tokens, simple = _image_assessor(request, params), 0, False
+    if not isinstance(params, TextParams):
+        assess = _image_assessor(request, params)
+        return _decide(request, params, catalogue, defaults, assess=assess, prompt_tokens=0)
+    sent = _dump(params)
+    count = _prompt_counter(request.chat_messages(), sent)
+    assess = _text_assessor(params, count)
+    if memo is None:
+        return _decide(
+            request,
+            params,
+            catalogue,
+            defaults,
+            assess=assess,
+            prompt_tokens=count(DEFAULT_ENCODING),
+        )
+    encodings = sorted({spec.encoding for spec in catalogue if spec.kind == "text"})
+    key = (
+        request.model,
+        request.policy.tier or defaults.tier,
+        request.policy.max_cost_usd,
+        json.dumps(sent, sort_keys=True, default=str),
+        tuple(count(name) for name in [DEFAULT_ENCODING, *encodings]),
+    )
+    if (plan := memo.get(key)) is None:
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        plan = memo[key] = _decide(
+            request,
+            params,
+            catalogue,
+            defaults,
+            assess=assess,
+            prompt_tokens=count(DEFAULT_ENCODING),
+        )
+    return plan
+
+
+def _decide(
+    request: JobCreate,
+    params: TextParams | ImageParams,
+    catalogue: Catalogue,
+    defaults: Defaults,
+    *,
+    assess: Assessor,
+    prompt_tokens: int,
+) -> Plan:
+    """The routing decision and the plan it makes."""
+    simple = isinstance(params, TextParams) and is_simple(
+        kind="text", prompt_tokens=prompt_tokens, max_tokens=params.max_tokens
+    )
     tier = request.policy.tier or defaults.tier
     ceiling = request.policy.max_cost_usd
     needs = _needs(request, params)

@@ -67,9 +67,13 @@ def index(
     status: StatusFilter | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    batch_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    """The key's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    jobs, next_cursor = list_jobs(session, key_id=key.id, status=status, limit=limit, cursor=cursor)
+    """The key's jobs, newest first; pass `next_cursor` back as `cursor` for the next page;
+    `batch_id`: only the jobs of that batch."""
+    jobs, next_cursor = list_jobs(
+        session, key_id=key.id, status=status, limit=limit, cursor=cursor, batch_id=batch_id
+    )
     return model_response(JobList(data=[job_public(j) for j in jobs], next_cursor=next_cursor))
 
 

@@ -34,6 +34,7 @@ TINY = {
     "scale_workers": (1, 2),
     "scale_concurrency": 2,
     "scale_waves": 2,
+    "batch_lines": 40,
 }
 
 
@@ -52,11 +53,19 @@ def test_every_scenario_runs_tiny_and_writes_json_and_markdown(settings, tmp_pat
     assert data["errors"] == {}
     saved = json.loads(json_path.read_text())
     assert md_path.read_text().startswith("| scenario |")
-    assert set(saved["scenarios"]) == {"enqueue", "throughput", "peak", "latency", "scaling"}
+    assert set(saved["scenarios"]) == {
+        "enqueue",
+        "throughput",
+        "peak",
+        "latency",
+        "scaling",
+        "batch-api",
+    }
     assert saved["machine"]["cores"] >= 1 and saved["settings"]["workers"] == 1
     assert {t["name"] for t in saved["targets"]} >= {"genq / naive Celery", "single submits/s"}
     assert set(saved["ratios"]) >= {"efficiency", "genq_over_limit", "genq_over_naive"}
-    for needle in ("throughput", "peak", "added latency", "/v1/jobs/batch", "scaling", "memory"):
+    needles = ("throughput", "peak", "added latency", "/v1/jobs/batch", "scaling", "memory")
+    for needle in (*needles, "POST /v1/batches"):
         assert needle in saved["markdown"]
     # And every job succeeded, with counts that add up
     assert_counts(saved["scenarios"])
@@ -84,6 +93,10 @@ def assert_counts(scenarios: dict) -> None:
     assert enqueue["accepted"] == enqueue["submits"] == 20
     batch = enqueue["batch"]
     assert batch["submits"] == 3 and batch["accepted"] == 20 and batch["jobs_per_s"] > 0
+    batch = scenarios["batch-api"]
+    assert batch["lines"] == 40 and batch["jobs_per_s"] > 0 and batch["create_s"] > 0
+    assert batch["messages_queued"] == 40  # every job's message in Redis before the answer
+    assert batch["api_peak_rss_mib_create"] >= batch["api_rss_mib_at_rest"] > 0
     steps = scenarios["scaling"]["steps"]
     assert [s["workers"] for s in steps] == [1, 2]
     assert [s["jobs"] for s in steps] == [s["succeeded"] for s in steps] == [4, 8]

@@ -14,6 +14,7 @@ from models.files import (
     get_file,
     iter_content,
     list_files,
+    remove_content,
     store_output_file,
 )
 from models.jobs import Job
@@ -55,7 +56,7 @@ def test_an_output_file_round_trips_and_is_invisible_to_another_key(engine, tmp_
             get_file(session, file_id=stored.id, key_id=other)
         with pytest.raises(FileNotFound):
             delete_file(session, file_id=stored.id, key_id=other)
-        delete_file(session, file_id=stored.id, key_id=mine)
+        remove_content(delete_file(session, file_id=stored.id, key_id=mine))
     with session_scope(engine) as session, pytest.raises(FileNotFound):
         get_file(session, file_id=stored.id, key_id=mine)
     assert list((tmp_path / "files").iterdir()) == []
