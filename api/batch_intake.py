@@ -6,8 +6,8 @@ in chunks (one executemany each) inside ONE transaction, which also reserves the
 worst case against the key's budget and stores the batch. So a batch is all or nothing: a bad
 line rolls the jobs back and stores the batch `failed` with `errors` (no job), a budget that
 cannot cover it is a 402 with nothing stored. Once committed, the jobs are published in Redis
-pipelines on the batch lanes (api/enqueue.py `Publisher.publish_batch`); were Redis down, they stay stored and
-unpublished for the sweeper (the outbox), never lost.
+pipelines on the batch lanes (api/enqueue.py `Publisher.publish_batch`); were Redis down, they
+stay stored and unpublished for the sweeper (the outbox), never lost.
 
 On SQLite the transaction holds the database's write lock from the first chunk to the commit
 (a few seconds for 50,000 lines); PostgreSQL locks only the key's row, at the end.
