@@ -9,6 +9,7 @@ is one row, read once, so every line is answered exactly once, whoever builds th
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Engine, Row
 from sqlmodel import Session
 
-from models.attempts import Attempt
+from models.attempts import Attempt, Image
+from models.batch_lines import IMAGE_FORMAT_KEY
 from models.batch_run import BATCH_CANCELLED, BATCH_EXPIRED, claim_finalizing, final_status
 from models.batches import CANCELLED, EXPIRED, FINALIZING, Batch, batch_tally
 from models.db import session_scope, utcnow
@@ -39,6 +41,11 @@ _LAST_STATUS = (
     .limit(1)
     .scalar_subquery()
 )
+_IMAGE_BYTES = (
+    select(Image.__table__.c.data)
+    .where(Image.__table__.c.job_id == bindparam("job_id"))
+    .order_by(Image.__table__.c.index)
+)
 _COLUMNS = (
     _JOBS.id,
     _JOBS.custom_id,
@@ -52,6 +59,7 @@ _COLUMNS = (
     _JOBS.prompt_tokens,
     _JOBS.completion_tokens,
     _JOBS.finished_at,
+    _JOBS["metadata"].label("meta"),
     _JOBS.error_type,
     _JOBS.error_message,
 )
@@ -79,11 +87,17 @@ def _chat_body(job: Row) -> dict[str, Any]:
     }
 
 
-def _images_body(job: Row) -> dict[str, Any]:
-    """An OpenAI ImagesResponse: each image by its genq URL (same key, `GET` it)."""
+def _images_body(session: Session, job: Row) -> dict[str, Any]:
+    """An OpenAI ImagesResponse: each image by its genq URL (same key, `GET` it), or its bytes
+    in base64 when the line asked for `response_format: b64_json`."""
+    if (job.meta or {}).get(IMAGE_FORMAT_KEY) == "b64_json":
+        found = session.execute(_IMAGE_BYTES, {"job_id": job.id}).scalars()
+        data = [{"b64_json": base64.b64encode(raw).decode()} for raw in found]
+    else:
+        data = [{"url": f"/v1/jobs/{job.id}/images/{i}"} for i in range(job.image_count)]
     return {
         "created": unix(job.finished_at),
-        "data": [{"url": f"/v1/jobs/{job.id}/images/{i}"} for i in range(job.image_count)],
+        "data": data,
         "usage": {
             "input_tokens": job.prompt_tokens,
             "output_tokens": job.completion_tokens,
@@ -92,8 +106,8 @@ def _images_body(job: Row) -> dict[str, Any]:
     }
 
 
-def output_line(job: Row) -> dict[str, Any]:
-    body = _chat_body(job) if job.kind == "text" else _images_body(job)
+def output_line(session: Session, job: Row) -> dict[str, Any]:
+    body = _chat_body(job) if job.kind == "text" else _images_body(session, job)
     response = {"status_code": 200, "request_id": job.id, "body": body}
     return {
         "id": f"batch_req_{job.id}",
@@ -180,7 +194,7 @@ def build_files(session: Session, batch: Batch, directory: Path | None = None) -
     ):
         if any_lines:
             rows = _rows(session, batch.id, succeeded=succeeded)
-            lines = (output_line(r) if succeeded else error_line(r, status) for r in rows)
+            lines = (output_line(session, r) if succeeded else error_line(r, status) for r in rows)
             kind = "output" if succeeded else "error"
             stored = store_output_file(
                 session,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from decimal import Decimal
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import select
 
-from models.attempts import Attempt
+from models.attempts import Attempt, Image
 from models.batch_output import finalize_batch
 from models.batch_run import cancel_batch, claim_finalizing
 from models.batches import Batch
@@ -272,3 +273,25 @@ def test_a_plain_job_does_no_batch_work_and_a_batch_jobs_end_queues_the_finalize
     assert len(batch_statements) == len(plain_statements) + 1
     assert ended == [batch_id, (batch_id, "text")]
     assert finalize_batch(engine, batch_id=batch_id) == "completed"
+
+
+def test_an_image_lines_output_is_an_images_response_by_url_or_in_base64(engine):
+    # Given an image batch: one line asked for URLs, one for b64_json
+    batch_id, _ = make_batch(engine, [SUCCEEDED, SUCCEEDED])
+    with session_scope(engine) as session:
+        for line, answer in ((1, None), (2, "b64_json")):
+            job = session.get(Job, f"{batch_id[-8:]}{line:024d}")
+            job.kind, job.model, job.output_text, job.image_count = "image", "dall-e-2", None, 1
+            job.meta = {"openai_response_format": answer} if answer else {}
+            session.add(Image(job_id=job.id, index=0, data=b"\x89PNG-bytes"))
+    # When it is finalized
+    assert finalize_batch(engine, batch_id=batch_id) == "completed"
+    by_url, inline = file_lines(engine, batch_of(engine, batch_id).output_file_id)
+    # Then each body is an ImagesResponse, as the line asked
+    assert by_url["response"]["body"]["data"] == [
+        {"url": f"/v1/jobs/{by_url['response']['request_id']}/images/0"}
+    ]
+    assert inline["response"]["body"]["data"] == [
+        {"b64_json": base64.b64encode(b"\x89PNG-bytes").decode()}
+    ]
+    assert set(inline["response"]["body"]) == {"created", "data", "usage"}
