@@ -60,6 +60,9 @@ class UsageTotals(BaseModel):
     reserved_usd: Usd
     #: jobs that failed with `moderation_blocked` (flagged input or output under `block`)
     moderation_blocked: int
+    #: jobs answered by the response cache, and what their provider calls would have cost
+    cache_hits: int
+    saved_usd: Usd
 
 
 class UsageRow(UsageTotals):

@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from api.cache import answer, cache_ttls, count, open_hit_webhooks, runnable
 from api.services import Services
 from models.budgets import reserve
 from models.db import session_scope
@@ -27,6 +28,7 @@ from models.moderation import resolve_mode, with_mode
 from models.planning import Plan, plan_job
 from models.schemas import JobCreate
 from models.webhook_urls import UrlRefused, check_url
+from models.webhooks import take_opened
 
 log = structlog.get_logger("genq.api")
 
@@ -94,38 +96,92 @@ def _submit(
 ) -> list[Job]:
     """Store the jobs (reserving their budget), then publish them; a failed publish leaves the
     rest stored and unpublished for the sweeper. A replayed Idempotency-Key returns the first
-    jobs (nothing stored or published); one used for another request raises a conflict."""
+    jobs (nothing stored or published); one used for another request raises a conflict.
+
+    With the response cache on (api/cache.py), a job may be answered at once or follow an
+    identical unfinished job; losing the race to lead a request stores nothing and tries
+    again (it then follows the winner)."""
+    plans = [
+        _plan(services, body, index if in_batch else None) for index, body in enumerate(bodies)
+    ]
+    _check_webhooks(services, key, bodies)
+    for tries_left in reversed(range(_STORE_TRIES)):
+        jobs = _jobs(services, key, bodies, plans, idempotency)
+        ttls = cache_ttls(services, jobs)  # None when the cache is off: nothing else runs
+        try:
+            first, decisions, opened = _store(services, key, jobs, ttls, idempotency, before_store)
+        except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race
+            if idempotency:
+                with session_scope(services.engine) as session:
+                    if first := _replay(session, key, idempotency):
+                        return first
+            if not (ttls and tries_left):  # or one that leads the same request (cache)
+                raise
+            log.info("cache.leader_taken", tries_left=tries_left)  # it follows the winner now
+            continue
+        if first:
+            return first
+        if decisions:
+            count(decisions)
+            services.publisher.publish_webhooks(opened)
+        _publish(services, runnable(jobs) if decisions else jobs)
+        return jobs
+    raise AssertionError("unreachable")  # the last try returns or raises
+
+
+def _store(
+    services: Services,
+    key: ApiKey,
+    jobs: list[Job],
+    ttls: list[int] | None,
+    idempotency: _Idempotency | None,
+    before_store: BeforeStore | None,
+) -> tuple[list[Job], list | None, list[str]]:
+    """One transaction: the replayed first jobs (then nothing else), or the jobs stored with
+    their budget reserved and, with the cache on, its decisions and the hits' webhooks."""
+    with session_scope(services.engine) as session:
+        if idempotency and (first := _replay(session, key, idempotency)):
+            return first, None, []
+        if before_store is not None:
+            before_store(session, jobs)
+        decisions = ttls and answer(session, key=key, jobs=jobs, ttls=ttls)
+        session.add_all(jobs)
+        reserve(session, key=key, amount=sum(job.reserved_usd for job in jobs))
+        if decisions:
+            open_hit_webhooks(session, jobs)
+    return [], decisions or None, take_opened(session) if decisions else []
+
+
+def _check_webhooks(services: Services, key: ApiKey, bodies: list[JobCreate]) -> None:
+    for body in bodies:
+        if body.webhook_url is not None or key.webhook_url is not None:
+            _check_webhook(services, key, body)
+
+
+#: a submit that lost the race to lead a cached request tries again this often in all
+_STORE_TRIES = 3
+
+
+def _jobs(
+    services: Services,
+    key: ApiKey,
+    bodies: list[JobCreate],
+    plans: list[Plan],
+    idempotency: _Idempotency | None,
+) -> list[Job]:
     default = services.settings.moderation
-    jobs = [
+    return [
         job_from_plan(
             key_id=key.id,
             body=with_mode(body, resolve_mode(body.policy.moderation, key.moderation, default)),
-            plan=_plan(services, body, index if in_batch else None),
+            plan=plan,
             idempotency_key=idempotency.keys[index] if idempotency else None,
             idempotency_fingerprint=idempotency.fingerprint if idempotency else None,
             deadline_s=services.defaults.deadline_s,
             webhook_url=key.webhook_url,
         )
-        for index, body in enumerate(bodies)
+        for index, (body, plan) in enumerate(zip(bodies, plans, strict=True))
     ]
-    for body in bodies:
-        if body.webhook_url is not None or key.webhook_url is not None:
-            _check_webhook(services, key, body)
-    try:
-        with session_scope(services.engine) as session:
-            if idempotency and (first := _replay(session, key, idempotency)):
-                return first
-            if before_store is not None:
-                before_store(session, jobs)
-            session.add_all(jobs)
-            reserve(session, key=key, amount=sum(job.reserved_usd for job in jobs))
-    except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race
-        if not idempotency:
-            raise
-        with session_scope(services.engine) as session:
-            return _replay(session, key, idempotency)
-    _publish(services, jobs)
-    return jobs
 
 
 def _check_webhook(services: Services, key: ApiKey, body: JobCreate) -> None:

@@ -265,6 +265,8 @@ USAGE_COLUMNS = (
     Column("cost_usd", "cost $", keep=True, justify="right"),
     Column("reserved_usd", "reserved $", keep=True, justify="right"),
     Column("moderation_blocked", "blocked", justify="right"),
+    Column("cache_hits", "hits", justify="right"),
+    Column("saved_usd", "saved $", keep=True, justify="right"),
 )
 
 

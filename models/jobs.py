@@ -32,7 +32,7 @@ from models.db import Money, db_moment, utcnow
 from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
 from models.planning import Plan
-from models.schemas import JobCreate, JobPublic, UsagePublic
+from models.schemas import CachePublic, JobCreate, JobPublic, UsagePublic
 from models.webhooks import open_delivery
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
@@ -44,6 +44,13 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 )
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+#: the partial indexes of the response cache: jobs with the cache on; the one unfinished job
+#: that runs a request (its leader); jobs waiting for their leader's output (its followers)
+CACHED = "request_hash IS NOT NULL"
+CACHE_LEADER = (
+    "request_hash IS NOT NULL AND cache_source_id IS NULL AND status IN ('queued', 'running')"
+)
+CACHE_FOLLOWER = "cache_source_id IS NOT NULL AND status = 'queued'"
 
 
 class Job(SQLModel, table=True):
@@ -75,6 +82,30 @@ class Job(SQLModel, table=True):
             "status",
             postgresql_where=text("webhook_url IS NOT NULL AND webhook_id IS NULL"),
             sqlite_where=text("webhook_url IS NOT NULL AND webhook_id IS NULL"),
+        ),
+        # the response cache (models/cache.py); partial, so jobs without it add no entry
+        Index(
+            "ix_jobs_cache_lookup",
+            "key_id",
+            "request_hash",
+            "finished_at",
+            postgresql_where=text(CACHED),
+            sqlite_where=text(CACHED),
+        ),
+        # single flight: at most one unfinished job runs each request of a key
+        Index(
+            "uq_jobs_cache_leader",
+            "key_id",
+            "request_hash",
+            unique=True,
+            postgresql_where=text(CACHE_LEADER),
+            sqlite_where=text(CACHE_LEADER),
+        ),
+        Index(
+            "ix_jobs_cache_followers",
+            "cache_source_id",
+            postgresql_where=text(CACHE_FOLLOWER),
+            sqlite_where=text(CACHE_FOLLOWER),
         ),
     )
 
@@ -132,6 +163,12 @@ class Job(SQLModel, table=True):
     #: `webhook-id` of that delivery once opened (models/webhooks.py)
     webhook_url: str | None = Field(default=None, sa_column=Column(Text))
     webhook_id: str | None = Field(default=None, max_length=40)
+    #: response cache (models/cache.py): sha256 of the canonical request, set only when the
+    #: cache is on for the job; the job whose output it reuses (a hit) or waits for (a
+    #: follower); and what that job's provider calls cost (hits only)
+    request_hash: str | None = Field(default=None, max_length=64)
+    cache_source_id: str | None = Field(default=None, max_length=32)
+    cache_saved_usd: Decimal | None = Field(default=None, sa_type=Money)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -260,7 +297,8 @@ def list_jobs(
 _JOBS = Job.__table__.c
 _CLAIM = (
     update(Job.__table__)
-    .where(_JOBS.id == bindparam("job_id"), _JOBS.status == QUEUED)
+    # a follower of the response cache never runs: its leader's output ends it
+    .where(_JOBS.id == bindparam("job_id"), _JOBS.status == QUEUED, _JOBS.cache_source_id.is_(None))
     .values(
         status=RUNNING,
         claim_token=bindparam("token"),
@@ -330,6 +368,19 @@ def _images_public(job: Job) -> list[dict[str, Any]]:
     return [{"url": f"/v1/jobs/{job.id}/images/{i}", **m} for i, m in enumerate(meta)]
 
 
+def is_cache_hit(job: Job) -> bool:
+    """Whether the job's output is another job's (`cache_source_id`), reused without a call."""
+    return job.status == SUCCEEDED and job.cache_source_id is not None
+
+
+def _cache_public(job: Job) -> CachePublic:
+    return CachePublic(
+        hit=is_cache_hit(job),
+        source_job_id=job.cache_source_id,
+        saved_usd=job.cache_saved_usd or Decimal(0),
+    )
+
+
 def job_public(job: Job) -> JobPublic:
     """The contract-v1 view of a job."""
     output: dict[str, Any] | None = None
@@ -363,6 +414,7 @@ def job_public(job: Job) -> JobPublic:
         batch_id=job.batch_id,
         custom_id=job.custom_id,
         moderation=job.moderation,
+        cache=_cache_public(job) if job.request_hash is not None else None,
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),

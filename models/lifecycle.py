@@ -76,6 +76,7 @@ def due_for_publish(
     query = (
         select(Job.id, Job.kind, Job.batch_id)
         .where(col(Job.status) == QUEUED)
+        .where(col(Job.cache_source_id).is_(None))  # a cache follower waits for its leader
         .where(
             or_(
                 col(Job.published_at).is_(None) & (col(Job.created_at) < unpublished_before),

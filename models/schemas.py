@@ -18,6 +18,8 @@ MAX_METADATA_KEYS = 32
 #: OpenAI's limits: at most 4 stop sequences, 128 tools
 MAX_STOP = 4
 MAX_TOOLS = 128
+#: a cached answer is reused for at most a year
+MAX_CACHE_TTL_S = 31_536_000
 
 
 class Message(BaseModel):
@@ -111,6 +113,9 @@ class Policy(BaseModel):
     #: check input and text output with the moderation model (default: the key's, else
     #: GENQ_MODERATION); resolved at submit and stored with the job
     moderation: Mode | None = None
+    #: answer from a succeeded identical job of the key at most this old (0: off; unset:
+    #: GENQ_CACHE_TTL_S)
+    cache_ttl_s: int | None = Field(default=None, ge=0, le=MAX_CACHE_TTL_S)
 
 
 def _one_input_schema(schema: dict[str, Any]) -> None:
@@ -250,6 +255,16 @@ class AttemptPublic(BaseModel):
     started_at: str | None
 
 
+class CachePublic(BaseModel):
+    """A job with the response cache on: `hit` when its output came from `source_job_id`
+    without a provider call (`saved_usd`: what that call cost); a job waiting on, or failed
+    with, an identical job names it with `hit` false."""
+
+    hit: bool
+    source_job_id: str | None
+    saved_usd: MoneyNumber
+
+
 class JobPublic(BaseModel):
     """The job object every route returns."""
 
@@ -277,6 +292,8 @@ class JobPublic(BaseModel):
     custom_id: str | None = None
     #: the moderation verdicts (jobs whose `policy.moderation` is flag or block)
     moderation: ModerationPublic | None = None
+    #: set when the response cache was on for the job (README "Response cache")
+    cache: CachePublic | None = None
     created_at: str
     started_at: str | None
     finished_at: str | None

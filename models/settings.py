@@ -15,6 +15,7 @@ from models.catalogue import get_catalogue
 from models.errors import CatalogueError
 from models.moderation import parse_flagged_words
 from models.ratelimits import parse_rate_limits
+from models.schemas import MAX_CACHE_TTL_S
 
 
 class Settings(BaseSettings):
@@ -78,6 +79,9 @@ class Settings(BaseSettings):
     # Global rate limits (README "Rate limits"): `MODEL=120rpm/200000tpm,…` over the catalogue's.
     rate_limits: str = ""
     rate_limit_max_wait_s: float = Field(default=60.0, ge=0)
+    #: answer a repeated request from a succeeded job this many seconds old at most (0: off);
+    #: a job's `policy.cache_ttl_s` overrides it (README "Response cache")
+    cache_ttl_s: int = Field(default=0, ge=0, le=MAX_CACHE_TTL_S)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     #: a refused body is read and thrown away up to this much, so the 413 reaches the client
     body_drain_bytes: int = Field(default=134_217_728, ge=0)

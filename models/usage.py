@@ -79,6 +79,9 @@ def _job_sums(session, group, where) -> dict:
             func.count(col(Job.id)).label("jobs"),
             func.count(case((col(Job.error_type) == BLOCKED, 1))).label("blocked"),
             type_coerce(func.coalesce(func.sum(col(Job.reserved_usd)), 0), Money).label("reserved"),
+            # only cache hits have a saving (models/cache.py), so counting it counts hits
+            func.count(col(Job.cache_saved_usd)).label("hits"),
+            type_coerce(func.coalesce(func.sum(col(Job.cache_saved_usd)), 0), Money).label("saved"),
         )
         .where(*where)
         .group_by(group)
@@ -98,6 +101,8 @@ def _row(attempts, jobs) -> dict:
         "cost_usd": Decimal(attempts.cost) if attempts else Decimal(0),
         "reserved_usd": Decimal(jobs.reserved) if jobs else Decimal(0),
         "moderation_blocked": jobs.blocked if jobs else 0,
+        "cache_hits": jobs.hits if jobs else 0,
+        "saved_usd": Decimal(jobs.saved) if jobs else Decimal(0),
     }
 
 

@@ -35,6 +35,7 @@ from models.pricing import Usage
 from models.schemas import JobCreate
 from models.tokens import count_request
 from worker import metrics
+from worker.flights import end_followers
 from worker.health import LocalHealth, ModelHealth
 from worker.lease import LeaseKeeper
 from worker.moderation import ModerationConfig, ModerationEnded, Moderator, Screen, screen_of
@@ -168,12 +169,15 @@ class Runner:
                 error_type="unknown_model",
                 error=f"model {job.model!r} left the catalogue",
             )
-            return self._ended(job.batch_id, job.kind, "failed")
-        with self.leases.hold(job_id, token):
-            outcome = self._loop(run, bound)
-        if run.request.stream:
-            self.streaming.ended(job_id, outcome)
-        return self._ended(run.batch_id, run.kind, outcome)
+            outcome = "failed"
+        else:
+            with self.leases.hold(job_id, token):
+                outcome = self._loop(run, bound)
+            if run.request.stream:
+                self.streaming.ended(job_id, outcome)
+        if job.request_hash is not None and outcome in ENDED:  # response cache: single flight
+            end_followers(self.engine, job_id, self.publish)
+        return self._ended(job.batch_id, job.kind, outcome)
 
     def _ended(self, batch_id: str | None, kind: str, outcome: str) -> str:
         """A batch's job that ended may be its last: say so (a plain job does nothing here)."""

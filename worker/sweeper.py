@@ -2,9 +2,10 @@
 
 It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time.
 Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue,
-(2) publishes queued jobs that were never published (the broker was down at submit) or whose
-message is presumed lost (published long ago, still queued), and (3) expires, stops and
-finalizes batches (worker/batches.py). (4) Webhooks: it opens the delivery of any webhook job
+(2) ends the response cache's followers still waiting on a finished leader (worker/flights.py),
+(3) publishes queued jobs that were never published (the broker was down at submit) or whose
+message is presumed lost (published long ago, still queued), and (4) expires, stops and
+finalizes batches (worker/batches.py). (5) Webhooks: it opens the delivery of any webhook job
 that ended on a path that did not, and publishes deliveries whose attempt died with its
 worker (lease over) or whose message is overdue (models/webhooks.py). A duplicate message is
 harmless: the claim lets only one delivery run a job.
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Engine
 from models.db import session_scope, utcnow
 from models.lifecycle import due_for_publish, mark_published, reclaim_expired
 from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
+from worker.flights import end_stranded
 
 log = structlog.get_logger("genq.sweeper")
 LOCK_KEY = "genq:sweeper:leader"
@@ -54,6 +56,7 @@ class Sweeper:
         """One sweep; returns how many jobs were reclaimed and published."""
         with session_scope(self.engine) as session:
             reclaimed = reclaim_expired(session)
+        end_stranded(self.engine)  # response cache: followers of a leader whose worker died
         with session_scope(self.engine) as session:
             due = reclaimed + due_for_publish(session, redispatch_after_s=self.redispatch_after_s)
         published = []

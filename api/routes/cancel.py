@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from api.cache import after_cancel, publish_promoted
 from api.deps import KeyDep, ServicesDep
 from api.openapi import KEYED, problem_responses
 from api.responses import model_response
@@ -29,4 +30,7 @@ def cancel(job_id: str, key: KeyDep, services: ServicesDep) -> Response:
     """200 with the job (`cancelled`, or still `running` with the stop requested); 409 if done."""
     with session_scope(services.engine) as session:
         job = cancel_job(session, job_id=job_id, key_id=key.id)
-        return model_response(job_public(job))
+        promoted = after_cancel(session, job)  # a cached request's leader: hand on
+        public = job_public(job)
+    publish_promoted(services, promoted)
+    return model_response(public)

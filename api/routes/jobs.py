@@ -12,7 +12,7 @@ from api.responses import model_response
 from api.submit import submit_batch, submit_job
 from models.attempts import get_image, job_detail
 from models.errors import JobNotFound
-from models.jobs import get_job, job_public, list_jobs
+from models.jobs import get_job, is_cache_hit, job_public, list_jobs
 from models.schemas import JobBatch, JobBatchCreate, JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -102,8 +102,11 @@ def image(
     job_id: str, index: Annotated[int, Path(ge=0, le=MAX_INDEX)], key: KeyDep, session: SessionDep
 ) -> Response:
     """The bytes of one generated image, with the type sniffed from them."""
-    get_job(session, job_id=job_id, key_id=key.id)
-    stored = get_image(session, job_id=job_id, index=index)
+    job = get_job(session, job_id=job_id, key_id=key.id)
+    # a cache hit serves its source's stored bytes (the same key's job: never copied)
+    stored = get_image(
+        session, job_id=job.cache_source_id if is_cache_hit(job) else job_id, index=index
+    )
     if stored is None:
         raise JobNotFound(f"job {job_id!r} has no image {index}")
     headers = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
