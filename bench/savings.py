@@ -3,7 +3,9 @@
 The 200 prompts in bench/data/savings_workload.jsonl run through genq's own cost policy,
 Runner and offline simulator (real token counts, catalogue prices) on a private SQLite
 database; each job carries its `max_cost_usd` ceiling. The baseline pins every job to the
-model the premium tier picks (gpt-4.1), so the ratio measures only what routing saves.
+model the premium tier picks (gpt-4.1), so the ratio measures only what routing saves. The
+response cache's runs (bench/savings_cache.py) add a workload with 30% repeated prompts, priced
+without and with the cache.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
+from bench.savings_cache import cache_markdown, run_cache_scenarios
 from models.catalogue import Catalogue, load_catalogue
 from models.db import get_engine, session_scope
 from models.errors import InvalidRequest
@@ -121,8 +124,10 @@ def run_savings(
         url = f"sqlite:///{tmp}/savings.db"
         upgrade(url)
         outcomes = [run_scenario(name, workload, url, catalogue) for name in SCENARIOS]
+        cache = run_cache_scenarios(workload, url, catalogue)
         get_engine(url).dispose()
     summary = _summary(outcomes, time.perf_counter() - started)
+    summary["cache"] = cache
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"savings-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -173,4 +178,4 @@ def markdown(summary: dict) -> str:
         f"(target ≤ {TARGET_BALANCED_RATIO}: {verdict}); "
         f"jobs over their ceiling: {'none' if summary['no_job_over_ceiling'] else 'SOME'}"
     )
-    return "\n".join(lines)
+    return "\n".join(lines) + (cache_markdown(summary["cache"]) if "cache" in summary else "")

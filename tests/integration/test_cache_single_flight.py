@@ -173,7 +173,7 @@ def test_the_sweeper_ends_followers_a_dead_worker_left_waiting(client, key, sett
     sweeper = Sweeper(
         engine,
         redis.Redis.from_url(settings.redis_url),
-        lambda job_id, _kind, _delay: sent.append(job_id),
+        lambda job_id, _kind, _delay, _batch: sent.append(job_id),
         interval_s=1,
         redispatch_after_s=300,
     )
@@ -199,7 +199,7 @@ def test_the_sweeper_promotes_a_follower_of_a_cancelled_leader(client, key, sett
     sweeper = Sweeper(
         engine,
         redis.Redis.from_url(settings.redis_url),
-        lambda job_id, _kind, _delay: sent.append(job_id),
+        lambda job_id, _kind, _delay, _batch: sent.append(job_id),
         interval_s=1,
         redispatch_after_s=300,
     )

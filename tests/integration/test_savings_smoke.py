@@ -23,3 +23,12 @@ def test_a_small_savings_run_reports_every_scenario(tmp_path, tiktoken_dir):
     assert Decimal(rows["balanced"]["cost_usd"]) < Decimal(rows["always-premium"]["cost_usd"])
     assert json.loads((tmp_path / summary["file"].rsplit("/", 1)[1]).read_text())["scenarios"]
     assert "| balanced | 10 |" in table
+    # the cache runs: the same repeating workload costs less with the cache, by the repeats
+    cache = {r["scenario"]: r for r in summary["cache"]["scenarios"]}
+    repeated = summary["cache"]["repeated"]
+    assert repeated >= 2 and cache["cache-off"]["jobs"] == cache["cache-on"]["jobs"]
+    assert cache["cache-off"]["cache_hits"] == 0 and cache["cache-on"]["cache_hits"] == repeated
+    assert cache["cache-on"]["provider_calls"] == cache["cache-off"]["provider_calls"] - repeated
+    on, off = Decimal(cache["cache-on"]["cost_usd"]), Decimal(cache["cache-off"]["cost_usd"])
+    assert on + Decimal(cache["cache-on"]["saved_usd"]) == off and on < off
+    assert "| cache-on |" in table
