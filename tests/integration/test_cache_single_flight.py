@@ -206,3 +206,46 @@ def test_the_sweeper_promotes_a_follower_of_a_cancelled_leader(client, key, sett
     sweeper.sweep_once()
     assert sent == [follower["id"]]
     assert make_runner(settings, FakeProvider()).run(follower["id"]) == "succeeded"
+
+
+def test_hits_and_followers_open_their_webhooks_when_they_end(settings):
+    # Given a key with a webhook URL and its signing secret
+    from models.keys import rotate_webhook_secret
+    from models.webhooks import WebhookDelivery
+
+    allowed = settings.model_copy(update={"webhook_allow_private": True})
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
+        row, secret = create_key(session, name="hooks", webhook_url="http://127.0.0.1:9/hook")
+    with session_scope(engine) as session:
+        rotate_webhook_secret(session, ref=row.id)
+    key = auth(secret)
+    with TestClient(create_app(allowed)) as client:
+        # When a leader and a follower end with one call, and a later identical job hits
+        leader, follower = submit(client, key), submit(client, key)
+        run_every(settings, FakeProvider(), [leader["id"], follower["id"]])
+        hit = submit(client, key)
+    assert hit["cache"]["hit"] is True
+    # Then each of the three jobs has one delivery of its own end
+    with session_scope(engine) as session:
+        deliveries = list(session.exec(select(WebhookDelivery)))
+    events = {d.job_id: d.event for d in deliveries}
+    assert events == {job["id"]: "job.succeeded" for job in (leader, follower, hit)}
+
+
+def test_an_image_follower_serves_its_leaders_bytes(client, key, settings):
+    body = {
+        "kind": "image",
+        "prompt": "a red fox",
+        "params": {"size": "256x256"},
+        "policy": {"cache_ttl_s": 60},
+    }
+    leader, follower = submit(client, key, body), submit(client, key, body)
+    provider = FakeProvider()
+    run_every(settings, provider, [leader["id"], follower["id"]])
+    assert provider.calls == 1
+    shown = client.get(f"/v1/jobs/{follower['id']}", headers=key).json()
+    assert shown["output"]["images"][0]["url"] == f"/v1/jobs/{follower['id']}/images/0"
+    mine = client.get(f"/v1/jobs/{follower['id']}/images/0", headers=key)
+    theirs = client.get(f"/v1/jobs/{leader['id']}/images/0", headers=key)
+    assert mine.status_code == 200 and mine.content == theirs.content
