@@ -64,7 +64,7 @@ def answer(
 
 def open_hit_webhooks(session: Session, jobs: Sequence[Job]) -> None:
     """A hit ends at submit: its webhook's delivery is opened in the transaction that stores it
-    (the caller publishes `take_opened` after the commit)."""
+    (and published on its commit, models/webhooks.py)."""
     hits = [job for job in jobs if job.webhook_url is not None and is_cache_hit(job)]
     if hits:
         session.flush()  # the delivery marks the stored job row

@@ -28,7 +28,6 @@ from models.moderation import resolve_mode, with_mode
 from models.planning import Plan, plan_job
 from models.schemas import JobCreate
 from models.webhook_urls import UrlRefused, check_url
-from models.webhooks import take_opened
 
 log = structlog.get_logger("genq.api")
 
@@ -109,7 +108,7 @@ def _submit(
         jobs = _jobs(services, key, bodies, plans, idempotency)
         ttls = cache_ttls(services, jobs)  # None when the cache is off: nothing else runs
         try:
-            first, decisions, opened = _store(services, key, jobs, ttls, idempotency, before_store)
+            first, decisions = _store(services, key, jobs, ttls, idempotency, before_store)
         except IntegrityError:  # a concurrent submit with the same Idempotency-Key won the race
             if idempotency:
                 with session_scope(services.engine) as session:
@@ -123,7 +122,6 @@ def _submit(
             return first
         if decisions:
             count(decisions)
-            services.publisher.publish_webhooks(opened)
         _publish(services, runnable(jobs) if decisions else jobs)
         return jobs
     raise AssertionError("unreachable")  # the last try returns or raises
@@ -136,12 +134,13 @@ def _store(
     ttls: list[int] | None,
     idempotency: _Idempotency | None,
     before_store: BeforeStore | None,
-) -> tuple[list[Job], list | None, list[str]]:
+) -> tuple[list[Job], list | None]:
     """One transaction: the replayed first jobs (then nothing else), or the jobs stored with
-    their budget reserved and, with the cache on, its decisions and the hits' webhooks."""
+    their budget reserved and, with the cache on, its decisions (a hit's webhook is opened
+    here and published on the commit)."""
     with session_scope(services.engine) as session:
         if idempotency and (first := _replay(session, key, idempotency)):
-            return first, None, []
+            return first, None
         if before_store is not None:
             before_store(session, jobs)
         decisions = ttls and answer(session, key=key, jobs=jobs, ttls=ttls)
@@ -149,7 +148,7 @@ def _store(
         reserve(session, key=key, amount=sum(job.reserved_usd for job in jobs))
         if decisions:
             open_hit_webhooks(session, jobs)
-    return [], decisions or None, take_opened(session) if decisions else []
+    return [], decisions or None
 
 
 def _check_webhooks(services: Services, key: ApiKey, bodies: list[JobCreate]) -> None:

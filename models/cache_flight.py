@@ -6,7 +6,7 @@ one follower, which becomes the new leader and runs (or to a leader an identical
 started meanwhile), the others following it. Every change is conditional on the follower
 still waiting, so the worker that ended the leader, the sweeper and a cancel can race on it:
 each follower is ended once, its budget reservation released once, and its webhook's
-delivery opened in the transaction that ends it (the caller publishes `take_opened`).
+delivery opened in the transaction that ends it (published on its commit).
 """
 
 from __future__ import annotations

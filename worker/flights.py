@@ -1,8 +1,9 @@
 """The worker's side of single flight: end a leader's followers right after the leader ends.
 
 This runs only for jobs with the response cache on (a claimed job with a `request_hash`), in
-its own transaction after the leader's end. If it fails, or the worker dies first, the
-sweeper finds the followers still waiting on a finished leader and ends them.
+its own transaction after the leader's end; the followers' webhooks are opened in it and
+published on its commit (models/webhooks.py `publish_on_commit`). If it fails, or the worker
+dies first, the sweeper finds the followers still waiting on a finished leader and ends them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.cache_flight import Resolution, resolve_followers, stranded_leaders
 from models.db import session_scope
 from models.lifecycle import mark_published
-from worker.webhooks import publish_opened
 
 log = structlog.get_logger("genq.worker")
 
@@ -29,7 +29,6 @@ def end_followers(engine: Engine, leader_id: str, publish: Publish | None) -> Re
     try:
         with session_scope(engine) as session:
             resolution = resolve_followers(session, leader_id=leader_id)
-        publish_opened(session)  # the followers' webhooks
     except SQLAlchemyError as exc:  # a racing resolver, or the database: the sweeper retries
         log.warning("cache.followers_deferred", job_id=leader_id, error=type(exc).__name__)
         return Resolution()
