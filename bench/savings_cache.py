@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
+import redis.asyncio as aioredis
+
 from api.services import Services
 from api.submit import submit_job
 from models.catalogue import Catalogue
@@ -110,6 +112,7 @@ def run_cache_scenario(
         catalogue=catalogue,
         publisher=_RunNow(runner),  # type: ignore[arg-type]  (the publisher's one method)
         schema=SchemaCheck(engine),
+        events=aioredis.Redis.from_url(settings.redis_url),  # never connected: no stream jobs
     )
     with session_scope(engine) as session:
         key, _ = create_key(session, name=f"savings-{name}")
