@@ -225,3 +225,16 @@ def test_a_hit_is_answered_while_the_broker_is_down(settings, key):
         miss = submit(client, key, prompt="Write a limerick")
     assert hit["status"] == "succeeded" and hit["cache"]["source_job_id"] == source["id"]
     assert miss["status"] == "queued"
+
+
+def test_a_stream_jobs_hit_ends_its_event_stream_with_done(client, key, settings):
+    from httpx_sse import connect_sse
+
+    # `stream` is how the answer is delivered, not what it is: not part of the request's hash
+    source = finished_source(client, key, settings, FakeProvider())
+    hit = submit(client, key, {**CACHED, "stream": True})
+    assert hit["status"] == "succeeded" and hit["cache"]["source_job_id"] == source["id"]
+    with connect_sse(client, "GET", f"/v1/jobs/{hit['id']}/events", headers=key) as events:
+        seen = list(events.iter_sse())
+    assert [e.event for e in seen][-1] == "done" and "delta" not in [e.event for e in seen]
+    assert seen[-1].json()["output"]["text"] == source["output"]["text"]
