@@ -2,8 +2,9 @@
 
 The file is never loaded whole: each line is parsed, translated (models/batch_lines.py) and
 planned by the cost policy as `POST /v1/jobs` would plan it, and the planned jobs are inserted
-in chunks (one executemany each) inside ONE transaction, which also reserves the whole batch's
-worst case against the key's budget and stores the batch. So a batch is all or nothing: a bad
+in chunks (models/bulk_insert.py: COPY on PostgreSQL, else one executemany each) inside ONE
+transaction, which also reserves the whole batch's worst case against the key's budget and
+stores the batch. So a batch is all or nothing: a bad
 line rolls the jobs back and stores the batch `failed` with `errors` (no job), a budget that
 cannot cover it is a 402 with nothing stored. Once committed, the jobs are published in Redis
 pipelines on the batch lanes (api/enqueue.py `Publisher.publish_batch`); were Redis down, they
@@ -23,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlmodel import Session
 
 from api.services import Services
@@ -31,6 +32,7 @@ from models.batch_lines import LineError, parse_line, planning_error
 from models.batch_schemas import BatchCreate
 from models.batches import FAILED_BATCH, IN_PROGRESS, Batch, new_batch_id
 from models.budgets import reserve
+from models.bulk_insert import insert_jobs
 from models.db import session_scope, utcnow
 from models.errors import BudgetExceeded, InvalidRequest, NotReady
 from models.files import StoredFile, get_file, open_file_content
@@ -46,7 +48,6 @@ INSERT_CHUNK = 1_000
 MAX_REPORTED_ERRORS = 100
 KIND_BY_ENDPOINT = {"/v1/chat/completions": "text", "/v1/images/generations": "image"}
 _JOBS = Job.__table__
-_INSERT = insert(_JOBS)
 
 
 class _LinesRefused(Exception):
@@ -238,9 +239,8 @@ _ROW_DEFAULTS: dict[str, Any] = {
 
 
 def _flush(session: Session, intake: _Intake) -> None:
-    if intake.rows:
-        session.execute(_INSERT, intake.rows)
-        intake.rows.clear()
+    insert_jobs(session, intake.rows)
+    intake.rows.clear()
 
 
 def _publish(services: Services, intake: _Intake, kind: str) -> None:

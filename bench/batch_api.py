@@ -79,6 +79,7 @@ def batch_api(bench: Bench) -> dict:
         "jobs_per_s": round(lines / create_s, 1),
         "messages_queued": queued["messages"],
         "cpu_ms_per_job": cpu.per_job_ms(lines),
+        "machine_busy_cores": cpu.busy_cores,
         "api_rss_mib_at_rest": mib(rest_kib),
         "api_peak_rss_mib_upload": mib(upload_memory.peak_kib["api"]),
         "api_peak_rss_mib_create": mib(memory.peak_kib["api"]),

@@ -112,7 +112,8 @@ def _batch_api(s: dict) -> list[str]:
         f"| OpenAI batch create (POST /v1/batches) | {s['lines']:,} lines, "
         f"{_num(s['file_mib'])} MiB file | {_num(s['jobs_per_s'])} jobs/s stored and queued "
         f"({_num(s['create_s'], 2)} s) | API {_num(s['cpu_ms_per_job'].get('api'), 3)} ms CPU "
-        f"per job; API RSS {_num(s['api_rss_mib_at_rest'])} MiB at rest, peak "
+        f"per job, machine busy {_num(s.get('machine_busy_cores'))} cores; API RSS "
+        f"{_num(s['api_rss_mib_at_rest'])} MiB at rest, peak "
         f"{_num(s['api_peak_rss_mib_upload'])} uploading / {_num(s['api_peak_rss_mib_create'])} "
         f"creating ({s['api_processes']} processes) | - | ≥ 5,000 jobs/s |"
     ]
