@@ -39,7 +39,7 @@ from models.files import StoredFile, get_file, open_file_content
 from models.jobs import QUEUED, Job, job_values
 from models.keys import ApiKey
 from models.moderation import resolve_mode, with_mode
-from models.planning import plan_job
+from models.planning import MEMO_SIZE, plan_job
 
 log = structlog.get_logger("genq.api")
 #: jobs per executemany
@@ -71,6 +71,8 @@ class _Intake:
     errors: list[dict[str, Any]] = field(default_factory=list)
     #: plans by what decides them (models/planning.py `plan_job`'s memo)
     plans: dict = field(default_factory=dict)
+    #: each plan's routing record, by the plan's id (the plan kept alive beside it)
+    records: dict = field(default_factory=dict)
 
     def refuse(self, line: int | None, error: LineError) -> None:
         self.errors.append(
@@ -214,6 +216,10 @@ def _row(intake: _Intake, job: Any, plan: Any, number: int, custom_id: str) -> d
         now=intake.now,
     )
     values["metadata"] = values.pop("meta")
+    # lines that share a plan share its routing record: models/bulk_insert.py writes it once
+    if len(intake.records) >= MEMO_SIZE:
+        intake.records.clear()
+    values["routing"] = intake.records.setdefault(id(plan), (plan, values["routing"]))[1]
     job_id = secrets.token_hex(16)  # the shape of uuid4().hex, without building a UUID
     intake.job_ids.append(job_id)
     return {

@@ -33,7 +33,8 @@ def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
         session.execute(_INSERT, rows)
         return
     columns = list(rows[0])
-    convert = [_converter(name, connection.dialect) for name in columns]
+    written: dict[int, str] = {}  # JSON text by the id of a value the rows share (kept alive)
+    convert = [_converter(name, connection.dialect, written) for name in columns]
     names = ", ".join(f'"{name}"' for name in columns)
     raw = connection.connection.driver_connection
     with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({names}) FROM STDIN") as copy:
@@ -41,11 +42,20 @@ def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
             copy.write_row([fix(row[name]) for fix, name in zip(convert, columns, strict=True)])
 
 
-def _converter(name: str, dialect: Any):
-    """How a value of column `name` is written: as its type binds it."""
+def _converter(name: str, dialect: Any, written: dict[int, str]):
+    """How a value of column `name` is written: as its type binds it; a JSON value several
+    rows share (a plan's routing record) is serialised once."""
     kind = _JOBS.c[name].type
     if isinstance(kind, JSON):
-        return lambda value: None if value is None else json.dumps(value)
+
+        def as_json(value: Any) -> str | None:
+            if value is None:
+                return None
+            if (text := written.get(id(value))) is None:
+                text = written[id(value)] = json.dumps(value)
+            return text
+
+        return as_json
     if isinstance(kind, Money):
         return lambda value: kind.process_bind_param(value, dialect)
     return lambda value: value

@@ -46,7 +46,9 @@ def test_bulk_rows_read_back_like_inserted_ones(database_url):
     engine = get_engine(database_url)
     with session_scope(engine) as session:
         key, _ = create_key(session, name="bulk")
-        insert_jobs(session, [_row(key.id, "a" * 32), _row(key.id, "b" * 32)])
+        first, second = _row(key.id, "a" * 32), _row(key.id, "b" * 32)
+        second["routing"] = first["routing"]  # lines of one plan share its record
+        insert_jobs(session, [first, second])
         session.execute(insert(Job.__table__), [_row(key.id, "c" * 32)])
         insert_jobs(session, [])
     with engine.connect() as conn:
