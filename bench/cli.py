@@ -6,7 +6,7 @@ import sys
 
 from rich.console import Console
 
-from bench.config import SCENARIOS, BenchConfig
+from bench.config import DEFAULT_SCENARIOS, BenchConfig
 from bench.procs import BenchError
 from models.settings import get_settings
 
@@ -17,7 +17,7 @@ def run_from_cli(options: dict, *, scenarios: list[str] | None, quick: bool) -> 
     try:
         config = BenchConfig(
             **options,
-            scenarios=tuple(scenarios or SCENARIOS),
+            scenarios=tuple(scenarios or DEFAULT_SCENARIOS),
             tiktoken_dir=get_settings().tiktoken_cache_dir,
         )
         config = (config.quick() if quick else config).check()

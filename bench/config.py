@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 from models.schemas import MAX_BATCH_JOBS
 
-SCENARIOS = ("enqueue", "throughput", "peak", "latency", "scaling", "batch-api")
+SCENARIOS = ("enqueue", "throughput", "peak", "latency", "scaling", "batch-api", "inflight")
+#: what a run without `--scenario` measures (`inflight` holds 1,000 calls for seconds: ask for it)
+DEFAULT_SCENARIOS = SCENARIOS[:-1]
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 #: the OpenAI key the workers and baselines send to the local simulator (it checks only the form)
 BENCH_OPENAI_KEY = "sk-bench-local"
@@ -31,6 +33,8 @@ MAX_JOBS = 20_000
 MAX_BATCH_LINES = 50_000
 MAX_PROCESSES = 8
 MAX_THREADS = 128
+#: `--concurrency` of the in-flight scenario run alone (event-loop pools hold thousands of calls)
+MAX_INFLIGHT_CONCURRENCY = 2000
 #: a phase gives up after its ideal time x this factor, plus time for the jobs at a floor rate
 TIMEOUT_FACTOR = 6
 TIMEOUT_MARGIN_S = 30.0
@@ -47,7 +51,9 @@ class BenchConfig:
     #: `genq api --workers`: one API process per core, as deployed
     api_workers: int = 2
     latency_ms: int = 200
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
+    #: `genq worker --pool` of the genq workers (None: genq's default)
+    pool: str | None = None
     database: Literal["postgres", "sqlite"] = "postgres"
     #: an existing, migrated database to use instead of creating one (the smoke test's)
     database_url: str | None = None
@@ -93,7 +99,13 @@ class BenchConfig:
         _bounded("--batch-lines", self.batch_lines, 1, MAX_BATCH_LINES)
         _bounded("--workers", self.workers, 1, MAX_PROCESSES)
         _bounded("--api-workers", self.api_workers, 1, MAX_PROCESSES)
-        _bounded("--concurrency", self.concurrency, 1, MAX_THREADS)
+        alone = set(self.scenarios) == {"inflight"}
+        _bounded(
+            "--concurrency" if alone else "--concurrency (over 128: --scenario inflight alone)",
+            self.concurrency,
+            1,
+            MAX_INFLIGHT_CONCURRENCY if alone else MAX_THREADS,
+        )
         _bounded("--latency-ms", self.latency_ms, 0, 5_000)
         for count in self.scale_workers:
             _bounded("scaling workers", count, 1, MAX_PROCESSES)
@@ -140,6 +152,7 @@ class BenchConfig:
             "scale_concurrency": self.scale_concurrency,
             "scale_waves": self.scale_waves,
             "batch_lines": self.batch_lines,
+            "pool": self.pool,
             "worker_flags": ["--concurrency", "-Q", "--without-mingle"],
             "model": BENCH_MODEL,
             "max_tokens": BENCH_MAX_TOKENS,

@@ -196,6 +196,7 @@ class Bench:
                 str(concurrency),
                 "-Q",
                 HOLD_QUEUE,
+                *(("--pool", self.config.pool) if self.config.pool else ()),
                 *WORKER_FLAGS,
                 env={"OPENAI_BASE_URL": f"{sim_url}/v1"},
             )

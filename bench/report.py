@@ -103,6 +103,25 @@ def targets(scenarios: dict, ratio: dict) -> list[Target]:
         ),
         Target(name="genq / naive Celery", value=ratio["genq_over_naive"], bound=10),
         Target(name="scaling 1 → 2 processes", value=ratio["scaling_at_2"], bound=1.8),
+        *_inflight_targets(scenarios),
+    ]
+
+
+def _inflight_targets(scenarios: dict) -> list[Target]:
+    """Issue 17's in-flight targets, for the one-process run they were set for (C = N = 1000,
+    L = 5 s); another setting gives no verdict."""
+    run = scenarios.get("inflight")
+    if not run or (run["workers"], run["threads"], run["latency_ms"]) != (1, 1000, 5000):
+        return []
+    return [
+        Target(name="calls in flight in one process", value=run["peak_in_flight"], bound=900),
+        Target(name="in-flight jobs/s (ideal 200)", value=run["jobs_per_s"], bound=150),
+        Target(
+            name="in-flight peak RSS (MiB)",
+            value=max(run["rss_mib_under_load"].values()),
+            bound=300,
+            higher_is_better=False,
+        ),
     ]
 
 

@@ -24,6 +24,7 @@ from rich.progress import (
 from bench import baselines, batch_api, report, scenarios, table
 from bench.config import BenchConfig
 from bench.context import Bench, bench_database, child_env
+from bench.inflight import inflight
 from bench.measure import commit_ms
 from bench.procs import BenchError, Fleet
 
@@ -124,6 +125,7 @@ def run_scenarios(bench: Bench) -> tuple[dict, dict]:
         ("throughput", lambda: _main_point(bench, results)),
         ("peak", lambda: results.update(peak=_peak(bench))),
         ("scaling", lambda: results.update(scaling=scenarios.scaling(bench))),
+        ("inflight", lambda: results.update(inflight=inflight(bench))),
         # last: it leaves a batch's jobs (cancelled) in the database
         ("batch-api", lambda: results.update({"batch-api": batch_api.batch_api(bench)})),
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 
 from bench.config import phase_timeout
 from bench.context import Bench
@@ -19,6 +20,7 @@ from bench.measure import (
     job_timings,
     job_window,
     mib,
+    percentile,
     summary_ms,
     wait_jobs,
 )
@@ -105,7 +107,14 @@ def _timed_submits(
 
 
 def run_jobs(
-    bench: Bench, workers: list[Child], *, tag: str, jobs: int, latency_ms: int, threads: int
+    bench: Bench,
+    workers: list[Child],
+    *,
+    tag: str,
+    jobs: int,
+    latency_ms: int,
+    threads: int,
+    before_release: Callable[[], None] = lambda: None,
 ) -> dict:
     """Fill the queue with `jobs`, release the held workers, time them; RSS at rest and peak."""
     slots = threads * len(workers)
@@ -118,6 +127,7 @@ def run_jobs(
         {"workers": [w.pid for w in workers], "simulator": [bench.simulator_pid(latency_ms)]}
     )
     with sampler, cpu, bench.phase(f"{tag}: run {jobs} jobs", jobs) as tracker:
+        before_release()
         bench.release(workers)
         wait_jobs(
             bench.engine,
@@ -154,9 +164,13 @@ def _slot_time(bench: Bench, key_id: str) -> dict:
     latency alone. The gap is genq's own time plus waiting (database, Redis, the GIL).
     """
     rows = job_timings(bench.engine, key_id)
+    starts = sorted(t.started_at.timestamp() for t in rows)
+    spread = [s - starts[0] for s in starts]
     return {
         "job_ms": summary_ms([(t.finished_at - t.started_at).total_seconds() * 1000 for t in rows]),
         "call_ms": summary_ms([float(t.model_ms) for t in rows]),
+        # how fast the workers took the queued jobs: first start to the 50th/90th/last start
+        "claimed_within_s": {f"p{q}": round(percentile(spread, q), 2) for q in (50, 90, 100)},
     }
 
 

@@ -153,6 +153,25 @@ def _cpu(s: dict) -> list[str]:
     ]
 
 
+def _inflight(s: dict, t: dict) -> list[str]:
+    """One process holding many model calls open: peak in flight, jobs/s, memory, CPU."""
+    held = max(s["rss_mib_under_load"].values())
+    within = s["claimed_within_s"]
+    return [
+        f"| in flight | {s['workers']} proc, --pool {s['pool']} --concurrency "
+        f"{s['threads'] // s['workers']}, L = {s['latency_ms']} ms, {s['jobs']} jobs "
+        f"| {s['peak_in_flight']} calls in flight at the simulator (peak); "
+        f"{_num(s['jobs_per_s'])} jobs/s; peak RSS {_num(held)} MiB "
+        f"| ideal min(C, N)/L = {_num(s['ideal_jobs_per_s'])} jobs/s; all started within "
+        f"{_num(within['p100'], 2)} s (90% within {_num(within['p90'], 2)} s); "
+        f"workers {_num(s['cpu_ms_per_job'].get('workers'))} ms CPU per job "
+        f"| efficiency {_num(s['efficiency'], 2)} "
+        f"| {_verdict(t, 'calls in flight in one process', '≥ 900')}; "
+        f"{_verdict(t, 'in-flight jobs/s (ideal 200)', '≥ 150 jobs/s')}; "
+        f"{_verdict(t, 'in-flight peak RSS (MiB)', '≤ 300 MiB')} |"
+    ]
+
+
 def markdown(report: dict) -> str:
     """The table, in the order the issue lists the measurements."""
     s, r = report["scenarios"], report["ratios"]
@@ -172,6 +191,8 @@ def markdown(report: dict) -> str:
         rows += _batch_api(s["batch-api"])
     if "throughput" in s:
         rows += _cpu(s) + _memory(s)
+    if "inflight" in s:
+        rows += _inflight(s["inflight"], t)
     for name, error in report.get("errors", {}).items():
         rows.append(f"| {name} | failed: {error.splitlines()[0]} | | | | |")
     m = report["machine"]

@@ -263,13 +263,15 @@ def bench(
     jobs: Annotated[int, typer.Option(help="N: jobs at the latency-bound point")] = 640,
     workers: Annotated[int, typer.Option(help="W: worker processes")] = 2,
     concurrency: Annotated[int, typer.Option(help="C: threads per worker")] = 16,
+    pool: Annotated[str | None, typer.Option(help="`genq worker --pool` (default: genq's)")] = None,
     latency_ms: Annotated[int, typer.Option(help="L: simulated model latency")] = 200,
     api_workers: Annotated[int, typer.Option(help="`genq api --workers` of the run")] = 2,
     batch_lines: Annotated[int, typer.Option(help="lines of the batch-api input file")] = 50_000,
     scenario: Annotated[
         list[str] | None,
         typer.Option(
-            help="enqueue, throughput, peak, latency, scaling, batch-api (repeat; default all)"
+            help="enqueue, throughput, peak, latency, scaling, batch-api (repeat; default: these); "
+            "inflight"
         ),
     ] = None,
     database: Annotated[str, typer.Option(help="postgres (fresh database) or sqlite")] = "postgres",
@@ -281,7 +283,7 @@ def bench(
     from bench.cli import run_from_cli
 
     options = {"jobs": jobs, "workers": workers, "concurrency": concurrency}
-    options |= {"api_workers": api_workers, "batch_lines": batch_lines}
+    options |= {"api_workers": api_workers, "batch_lines": batch_lines, "pool": pool}
     options |= {"latency_ms": latency_ms, "database": database, "redis_url": redis_url}
     raise typer.Exit(run_from_cli(options, scenarios=scenario, quick=quick))
 

@@ -16,6 +16,8 @@ import math
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -229,37 +231,31 @@ def _admission(simulator: Simulator, calls: Counter[str]):
     return admit
 
 
-def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
-    """The HTTP face of `simulator`; `catalogue` decides which model names exist."""
-    app = FastAPI(title="genq simulator (synthetic outputs)")
-    calls: Counter[str] = Counter()
-    streams: deque[StreamOutcome] = deque()
-    admit = _admission(simulator, calls)
+class InFlight:
+    """Model calls being answered right now, and the most at once since start or the last reset
+    (what a benchmark of a worker's concurrency reads)."""
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body = await admit(request, "chat", ChatRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        return _chat(simulator, catalogue, body, streams)
+    def __init__(self) -> None:
+        self.now = self.peak = 0
 
-    @app.post("/v1/images/generations")
-    async def images(request: Request):
-        body = await admit(request, "images", ImageRequest)
-        return body if isinstance(body, JSONResponse) else await image_reply(catalogue, body)
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            self.now -= 1
 
-    @app.post("/v1/moderations")
-    async def moderations(request: Request):
-        body = await admit(request, "moderations", ModerationRequest)
-        return body if isinstance(body, JSONResponse) else moderation_reply(simulator, body)
 
-    @app.get("/v1/models")
-    async def models():
-        data = [
-            {"id": m.id, "object": "model", "created": 0, "owned_by": "genq-simulator"}
-            for m in catalogue
-        ]
-        return {"object": "list", "data": data}
+def _control_routes(
+    app: FastAPI,
+    simulator: Simulator,
+    calls: Counter[str],
+    flight: InFlight,
+    streams: deque[StreamOutcome],
+) -> None:
+    """The `/_simulator/` routes of tests and benchmarks: script outcomes, read or reset counts."""
 
     @app.post("/_simulator/script")
     async def script(body: Script):
@@ -275,6 +271,55 @@ def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
 
     @app.get("/_simulator/stats")
     async def stats():
-        return {"calls": dict(calls), "scripted_left": len(simulator.script)}
+        return {
+            "calls": dict(calls),
+            "scripted_left": len(simulator.script),
+            "in_flight": flight.now,
+            "peak_in_flight": flight.peak,
+        }
 
+    @app.post("/_simulator/stats/reset")
+    async def reset_stats():
+        """Start counting calls and the in-flight peak afresh (between benchmark phases)."""
+        calls.clear()
+        flight.peak = flight.now
+        return {"in_flight": flight.now}
+
+
+def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
+    """The HTTP face of `simulator`; `catalogue` decides which model names exist."""
+    app = FastAPI(title="genq simulator (synthetic outputs)")
+    calls: Counter[str] = Counter()
+    streams: deque[StreamOutcome] = deque()
+    admit = _admission(simulator, calls)
+    flight = InFlight()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        with flight.call():  # a streamed answer counts until its headers are sent
+            body = await admit(request, "chat", ChatRequest)
+            if isinstance(body, JSONResponse):
+                return body
+            return _chat(simulator, catalogue, body, streams)
+
+    @app.post("/v1/images/generations")
+    async def images(request: Request):
+        with flight.call():
+            body = await admit(request, "images", ImageRequest)
+            return body if isinstance(body, JSONResponse) else await image_reply(catalogue, body)
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        body = await admit(request, "moderations", ModerationRequest)
+        return body if isinstance(body, JSONResponse) else moderation_reply(simulator, body)
+
+    @app.get("/v1/models")
+    async def models():
+        data = [
+            {"id": m.id, "object": "model", "created": 0, "owned_by": "genq-simulator"}
+            for m in catalogue
+        ]
+        return {"object": "list", "data": data}
+
+    _control_routes(app, simulator, calls, flight, streams)
     return app
