@@ -23,6 +23,7 @@ from models.settings import Settings
 from models.tokens import count_request, count_text
 from worker.image_fetch import ImageFetcher
 from worker.providers.base import ImageResult, OnDelta, TextResult
+from worker.providers.http_shards import sharded_http_client
 from worker.providers.stream_chunks import ChunkFolder
 from worker.retry import is_retryable_status
 
@@ -112,7 +113,11 @@ class OpenAIProvider:
     def _new_client(self, api_key: str, base_url: str | None) -> openai.OpenAI:
         # max_retries=0: tenacity owns retrying, so a call is never retried twice over
         return openai.OpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=self.timeout_s
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=self.timeout_s,
+            http_client=sharded_http_client(),
         )
 
     def client_for(self, model: str) -> openai.OpenAI:
