@@ -24,8 +24,9 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from api.main import create_app
+from bench.config import BENCH_OPENAI_KEY
 from bench.context import bench_database
-from bench.procs import Fleet, wait_for
+from bench.procs import Fleet, free_port, wait_for, wait_http
 from models.attempts import Attempt
 from models.db import get_engine, session_scope
 from models.jobs import FINISHED, Job
@@ -103,12 +104,37 @@ def count(url: str) -> dict:
     }
 
 
-def _worker(fleet: Fleet, name: str):
-    return fleet.genq(name, "worker", "--hostname", f"{name}@%h", "--concurrency", "8")
+#: the same faults from `genq simulator`, for a run through the openai SDK over HTTP
+SIMULATOR_ARGS = ("--latency-ms", "100", "--faults", "429:0.2,503:0.05", "--retry-after", "1")
 
 
-def run_chaos(*, jobs: int = 1000, workers: int = 3, tiktoken_dir: Path) -> dict:
-    """Submit `jobs`, SIGKILL one worker at a quarter done, start a replacement, count."""
+def _worker(fleet: Fleet, name: str, concurrency: int, env: dict[str, str]):
+    args = ("--hostname", f"{name}@%h", "--concurrency", str(concurrency))
+    return fleet.genq(name, "worker", *args, env=env)
+
+
+def _over_http(fleet: Fleet) -> dict[str, str]:
+    """Start `genq simulator` with the faults; the workers' environment to call it."""
+    port = free_port()
+    child = fleet.genq("simulator", "simulator", "--port", str(port), *SIMULATOR_ARGS)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/v1/models", child)
+    env = {"GENQ_PROVIDER": "openai", "OPENAI_API_KEY": BENCH_OPENAI_KEY}
+    return {**env, "OPENAI_BASE_URL": f"{url}/v1"}
+
+
+def run_chaos(
+    *,
+    jobs: int = 1000,
+    workers: int = 3,
+    tiktoken_dir: Path,
+    concurrency: int = 8,
+    http: bool = False,
+) -> dict:
+    """Submit `jobs`, SIGKILL one worker at a quarter done, start a replacement, count.
+
+    `http`: the workers call `genq simulator` through the openai SDK instead of the in-process
+    offline provider (the path a deployment takes)."""
     redis.Redis.from_url(REDIS_URL).flushdb()
     config = SimpleNamespace(database_url=None, database="postgres", pg_admin_url=PG_ADMIN_URL)
     with bench_database(config) as url, tempfile.TemporaryDirectory() as logs:
@@ -126,7 +152,8 @@ def run_chaos(*, jobs: int = 1000, workers: int = 3, tiktoken_dir: Path) -> dict
         try:
             started = time.perf_counter()
             _submit(url, tiktoken_dir, jobs)  # all queued first, so the kill lands mid-run
-            pool = [_worker(fleet, f"w{i}") for i in range(workers)]
+            env = _over_http(fleet) if http else {}
+            pool = [_worker(fleet, f"w{i}", concurrency, env) for i in range(workers)]
             wait_for(
                 lambda: _finished(url) >= jobs // 4,
                 what="a quarter of the jobs",
@@ -135,7 +162,7 @@ def run_chaos(*, jobs: int = 1000, workers: int = 3, tiktoken_dir: Path) -> dict
             )
             os.kill(pool[0].pid, signal.SIGKILL)
             killed_at = _finished(url)
-            pool = [*pool[1:], _worker(fleet, "w-new")]
+            pool = [*pool[1:], _worker(fleet, "w-new", concurrency, env)]
             wait_for(
                 lambda: _finished(url) >= jobs,
                 what="every job to finish",

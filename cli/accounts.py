@@ -317,6 +317,10 @@ def bench_savings(
 def bench_chaos(
     jobs: Annotated[int, typer.Option(help="Jobs to run", min=10)] = 1000,
     workers: Annotated[int, typer.Option(help="Worker processes", min=2)] = 3,
+    concurrency: Annotated[int, typer.Option(help="`genq worker --concurrency`", min=1)] = 8,
+    http: Annotated[
+        bool, typer.Option("--http", help="through the openai SDK and `genq simulator`")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fault run: provider 429/503s and a worker SIGKILLed mid-run; prints the invariant counts."""
@@ -328,7 +332,13 @@ def bench_chaos(
     configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
     directory = install_encodings(settings.tiktoken_cache_dir)
     with console.status(f"chaos run: {jobs} jobs, {workers} workers, one killed"):
-        summary = run_chaos(jobs=jobs, workers=workers, tiktoken_dir=directory)
+        summary = run_chaos(
+            jobs=jobs,
+            workers=workers,
+            tiktoken_dir=directory,
+            concurrency=concurrency,
+            http=http,
+        )
     if json_out:
         print_json(summary)
     else:
