@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=20.0, ge=0)
     retry_after_cap_s: float = Field(default=60.0, ge=0)
 
-    worker_concurrency: int = Field(default=8, ge=1, le=512)
+    worker_concurrency: int = Field(default=8, ge=1, le=2000)
     #: Celery task events: what Flower's task list and task pages are built from
     task_events: bool = True
     # Fault tolerance (README "Guarantees"): leases, the sweeper, deadlines, fallbacks.

@@ -101,3 +101,31 @@ def assert_counts(scenarios: dict) -> None:
     assert [s["workers"] for s in steps] == [1, 2]
     assert [s["jobs"] for s in steps] == [s["succeeded"] for s in steps] == [4, 8]
     assert steps[1]["speedup_vs_first"] > 0
+
+
+@pytest.mark.parametrize("empty_database_url", ["postgres"], indirect=True)
+def test_the_inflight_scenario_counts_calls_in_flight_at_the_simulator(settings, tmp_path):
+    # Given a tiny in-flight run: one worker, 8 threads, 8 jobs of 300 ms calls
+    config = BenchConfig(
+        jobs=8,
+        workers=1,
+        concurrency=8,
+        latency_ms=300,
+        api_workers=1,
+        scenarios=("inflight",),
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        output_dir=tmp_path / "results",
+        tiktoken_dir=settings.tiktoken_cache_dir,
+    )
+    data, json_path, _md = run_bench(config, Console(file=io.StringIO()))
+    assert data["errors"] == {}
+    run = json.loads(json_path.read_text())["scenarios"]["inflight"]
+    # Then every job ran, the simulator saw calls overlap (never more than the threads), and the
+    # ramp, jobs/s against min(C, N)/L and the worker's peak RSS are reported
+    assert run["jobs"] == run["succeeded"] == 8 and run["pool"] == "default"
+    assert 2 <= run["peak_in_flight"] <= 8
+    assert run["ideal_jobs_per_s"] == pytest.approx(8 / 0.3, rel=0.01) and run["efficiency"] > 0
+    assert set(run["claimed_within_s"]) == {"p50", "p90", "p100"}
+    assert all(v > 0 for v in run["rss_mib_under_load"].values())
+    assert "| in flight |" in data["markdown"]

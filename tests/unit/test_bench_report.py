@@ -139,3 +139,45 @@ def test_the_table_has_a_row_per_measurement_and_names_failed_scenarios():
     assert "| peak | failed: only 3 of 8 jobs finished" in table
     assert "workers 10.0 ms" in table and "naive Celery 11.0 ms" in table
     assert "2 cores (test CPU)" in table
+
+
+def test_concurrency_over_128_is_for_the_inflight_scenario_alone():
+    assert BenchConfig(scenarios=("inflight",), concurrency=1000).check().concurrency == 1000
+    with pytest.raises(ValueError, match="--scenario inflight alone"):
+        BenchConfig(scenarios=("throughput", "inflight"), concurrency=1000).check()
+    with pytest.raises(ValueError, match="--concurrency must be between 1 and 2000"):
+        BenchConfig(scenarios=("inflight",), concurrency=2001).check()
+    assert "inflight" not in BenchConfig().scenarios  # asked for, never run by default
+
+
+def _inflight(workers: int = 1, threads: int = 1000) -> dict:
+    return {
+        "jobs": 1000,
+        "succeeded": 1000,
+        "workers": workers,
+        "threads": threads,
+        "latency_ms": 5000,
+        "pool": "default",
+        "peak_in_flight": 950,
+        "jobs_per_s": 120.0,
+        "ideal_jobs_per_s": 200.0,
+        "efficiency": 0.6,
+        "claimed_within_s": {"p50": 1.5, "p90": 3.0, "p100": 3.5},
+        "cpu_ms_per_job": {"workers": 7.0, "simulator": 0.7},
+        "rss_mib_under_load": {"w0": 260.0},
+    }
+
+
+def test_inflight_targets_judge_the_one_process_thousand_call_run_only():
+    scenarios = {"inflight": _inflight()}
+    verdicts = {t.name: t.met for t in targets(scenarios, ratios(scenarios))}
+    assert verdicts["calls in flight in one process"] is True
+    assert verdicts["in-flight jobs/s (ideal 200)"] is False
+    assert verdicts["in-flight peak RSS (MiB)"] is True
+    other = {"inflight": _inflight(workers=2, threads=2000)}
+    assert not [t for t in targets(other, ratios(other)) if "flight" in t.name]
+    report = {**_report(), "scenarios": scenarios, "errors": {}}
+    report["targets"] = [t.public() for t in targets(scenarios, ratios(scenarios))]
+    row = next(line for line in markdown(report).splitlines() if line.startswith("| in flight"))
+    assert "950 calls in flight" in row and "120.0 jobs/s" in row and "260.0 MiB" in row
+    assert "≥ 900 met" in row and "≥ 150 jobs/s **missed**" in row
