@@ -150,7 +150,7 @@ def test_rate_limits_given_back_to_the_queue_do_not_use_up_attempts(client, key,
     # Then it succeeded on its 4th attempt, each one given back with the Retry-After countdown
     job, attempts = load(settings, job_id)
     assert job.attempts == 4 and [a.http_status for a in attempts] == [429, 429, 429, None]
-    assert [countdown for *_, countdown in runner.published] == [30, 30, 30]
+    assert [countdown for _, _, countdown, _ in runner.published] == [30, 30, 30]
 
 
 def test_other_failures_still_count_across_runs(client, key, settings):
@@ -191,4 +191,4 @@ def test_a_shutting_down_worker_gives_a_rate_limited_job_back_after_its_retry_af
     finally:
         runner_module.SHUTTING_DOWN.clear()
     # another worker takes it, and not before the provider said
-    assert runner.published == [(job_id, "text", 3)]
+    assert runner.published == [(job_id, "text", 3, False)]  # not a batch job: its own queue

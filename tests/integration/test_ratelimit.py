@@ -57,10 +57,12 @@ def test_acquire_sleeps_until_the_slot_in_short_steps(client):
     sleeps: list[float] = []
     rl.sleep = lambda s: (sleeps.append(s), time.sleep(s))
     # When 13 calls are made in a row
+    started = time.monotonic()
     waited = [rl.acquire(MODEL, 0) for _ in range(13)]
-    # Then the burst goes without a wait, the rest wait for their slot, no sleep exceeds 1 s
+    # Then the burst goes without a wait, the last three are paced one slot (0.1 s) apart (a
+    # loaded machine may make the calls themselves slower, never faster), no sleep exceeds 1 s
     assert waited[:10] == [0.0] * 10 or sum(waited[:10]) < SLACK_S
-    assert all(w > 0.05 for w in waited[10:]), waited
+    assert time.monotonic() - started >= 0.3 - SLACK_S and sum(waited[10:]) > 0, waited
     assert sleeps and max(sleeps) <= ratelimit_redis.MAX_SLEEP_S + ratelimit_redis.JITTER_S
 
 
