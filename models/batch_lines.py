@@ -52,6 +52,8 @@ def parse_line(raw: bytes, *, endpoint: str) -> BatchRequest:
         line = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise LineError("invalid_json_line", "This line is not parseable as valid JSON.") from None
+    except RecursionError:  # `[[[[…` nested deeper than the parser's stack, under the size limit
+        raise LineError("invalid_json_line", "This line's JSON is nested too deeply.") from None
     if not isinstance(line, dict):
         raise LineError("invalid_json_line", "This line is not a JSON object.")
     for name in LINE_FIELDS:

@@ -30,8 +30,25 @@ from models.jobs import SUCCEEDED, Job
 
 #: rows fetched per round trip while streaming a batch's jobs
 STREAM_ROWS = 1000
-#: a failed request's status code when no provider status says better
-STATUS_BY_ERROR = {"timeout": 408, "unknown_model": 400, "invalid_output": 422}
+#: a failed request's status code by its error type, when no provider status (>= 400) says
+#: better: the request's fault 4xx (a content filter's block is OpenAI's 400), the provider's
+#: or its network's 502, genq's own 500 (`internal_error`, `config`: the fallback)
+STATUS_BY_ERROR = {
+    "timeout": 408,
+    "unknown_model": 400,
+    "invalid_output": 422,
+    "moderation_blocked": 400,
+    "moderation_unavailable": 503,
+    "rate_limited": 429,
+    "insufficient_quota": 429,
+    "provider_error": 502,
+    "connection_error": 502,
+    "stream_broken": 502,
+    "image_download_failed": 502,
+    "image_too_large": 502,
+    "image_url_refused": 502,
+    "invalid_image": 502,
+}
 
 _JOBS, _ATTEMPTS = Job.__table__.c, Attempt.__table__.c
 _LAST_STATUS = (

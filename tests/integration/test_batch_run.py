@@ -295,3 +295,35 @@ def test_an_image_lines_output_is_an_images_response_by_url_or_in_base64(engine)
         {"b64_json": base64.b64encode(b"\x89PNG-bytes").decode()}
     ]
     assert set(inline["response"]["body"]) == {"created", "data", "usage"}
+
+
+#: (error type a failed line ended with, the status its error line shows without a provider's)
+STATUS_BY_TYPE = [
+    ("moderation_blocked", 400),
+    ("moderation_unavailable", 503),
+    ("invalid_output", 422),
+    ("timeout", 408),
+    ("unknown_model", 400),
+    ("rate_limited", 429),
+    ("insufficient_quota", 429),
+    ("provider_error", 502),
+    ("connection_error", 502),
+    ("stream_broken", 502),
+    ("image_download_failed", 502),
+    ("invalid_image", 502),
+    ("internal_error", 500),
+]
+
+
+def test_each_error_type_shows_its_status_in_the_error_file(engine):
+    # Given a batch whose lines failed for every kind of reason, no provider status stored
+    batch_id, _ = make_batch(engine, [FAILED] * len(STATUS_BY_TYPE))
+    with session_scope(engine) as session:
+        for line, (error_type, _) in enumerate(STATUS_BY_TYPE, 1):
+            session.get(Job, f"{batch_id[-8:]}{line:024d}").error_type = error_type
+    # When it is finalized
+    assert finalize_batch(engine, batch_id=batch_id) == "completed"
+    # Then each line's status code says what kind of failure it was (a block is not a 500)
+    errors = file_lines(engine, batch_of(engine, batch_id).error_file_id)
+    shown = [(e["response"]["body"]["error"]["code"], e["response"]["status_code"]) for e in errors]
+    assert shown == STATUS_BY_TYPE

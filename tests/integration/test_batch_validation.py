@@ -143,3 +143,16 @@ def test_a_batch_reads_only_batch_input_files(client, settings):
     answer = create(client, auth(secret), stored.id)
     assert answer.status_code == 422 and "batch" in answer.json()["detail"]
     assert counts(settings.database_url) == (0, 0)
+
+
+def test_a_line_nested_deeper_than_the_parser_goes_is_an_invalid_json_line(client, key, settings):
+    # Given a line of 8,000 nested arrays: under the line size limit, deeper than json's stack
+    deep = "[" * 8_000 + "]" * 8_000
+    file_id = upload(client, key, jsonl(GOOD, deep))
+    # When a batch is created from it, it fails naming the line (never a 500), storing no job
+    answer = create(client, key, file_id)
+    assert answer.status_code == 200, answer.text
+    batch = answer.json()
+    assert batch["status"] == "failed"
+    assert [(e["code"], e["line"]) for e in batch["errors"]["data"]] == [("invalid_json_line", 2)]
+    assert counts(settings.database_url) == (1, 0)
