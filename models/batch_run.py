@@ -76,7 +76,8 @@ _STOP_QUEUED = (
         finished_at=bindparam("now"),
         lease_until=None,
     )
-    .returning(_JOBS.key_id, _JOBS.reserved_usd)  # still held: released just below
+    # still held, and what earlier runs already cost (a job given back to the queue): settled below
+    .returning(_JOBS.key_id, _JOBS.reserved_usd, _JOBS.cost_usd)
 )
 _RELEASED = (
     update(Job.__table__)
@@ -124,15 +125,16 @@ def stop_jobs(session: Session, *, batch_id: str, code: str, message: str) -> in
     to stop at their next safe point; returns how many queued jobs were cancelled."""
     now = utcnow()
     params = {"the_batch": batch_id, "code": code, "message": message, "now": now}
-    released: dict[str, Decimal] = {}
+    released: dict[str, tuple[Decimal, Decimal]] = {}
     count = 0
-    for key_id, reserved in session.execute(_STOP_QUEUED, params):
-        released[key_id] = released.get(key_id, Decimal(0)) + (reserved or Decimal(0))
+    for key_id, reserved, cost in session.execute(_STOP_QUEUED, params):
+        held, spent = released.get(key_id, (Decimal(0), Decimal(0)))
+        released[key_id] = (held + (reserved or Decimal(0)), spent + (cost or Decimal(0)))
         count += 1
     if count:
         session.execute(_RELEASED, {"the_batch": batch_id})
-    for key_id, reserved in released.items():
-        settle(session, key_id=key_id, reserved=reserved, cost=Decimal(0))
+    for key_id, (reserved, cost) in released.items():
+        settle(session, key_id=key_id, reserved=reserved, cost=cost)
     session.execute(_STOP_RUNNING, {"the_batch": batch_id})
     return count
 

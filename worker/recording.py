@@ -229,7 +229,8 @@ def _store_output(
     ended: Row,
     reserved: Decimal,
 ) -> JobEnd:
-    """The job ended as succeeded: store its attempt and images, settle its budget."""
+    """The job ended as succeeded: store its attempt and images, settle its budget (its whole
+    cost, `ended.cost_usd`, earlier billed attempts included: they were only added to the job)."""
     session.execute(_INSERT_ATTEMPT, attempt.model_dump(exclude={"id"}))
     if isinstance(result, ImageResult):
         session.execute(
@@ -246,7 +247,7 @@ def _store_output(
                 for index, image in enumerate(result.images)
             ],
         )
-    settle(session, key_id=ended.key_id, reserved=reserved, cost=attempt.cost_usd)
+    settle(session, key_id=ended.key_id, reserved=reserved, cost=ended.cost_usd)
     return JobEnd(ended.status, ended.kind, call.spec.id, ended.attempts, ended.cost_usd)
 
 

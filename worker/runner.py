@@ -157,27 +157,46 @@ class Runner:
         if job is None or job.claim_token is None:
             bound.info("job.skipped", reason="unknown, already claimed or finished")
             return "skipped"
-        token = job.claim_token
         bound = bound.bind(model=job.model, kind=job.kind)
-        run = self._prepare(job, token, worker)
-        if run is None:
-            finish_owned(
-                self.engine,
-                job_id=job_id,
-                token=token,
-                status=JOB_FAILED,
-                error_type="unknown_model",
-                error=f"model {job.model!r} left the catalogue",
-            )
-            outcome = "failed"
-        else:
-            with self.leases.hold(job_id, token):
-                outcome = self._loop(run, bound)
-            if run.request.stream:
-                self.streaming.ended(job_id, outcome)
+        outcome = self._start(job, job.claim_token, worker, bound)
         if job.request_hash is not None and outcome in ENDED:  # response cache: single flight
             end_followers(self.engine, job_id, self.publish)
         return self._ended(job.batch_id, job.kind, outcome)
+
+    def _start(self, job: Row, token: str, worker: str, bound) -> str:
+        """Run the claimed job, or end it at once: its cancel was requested during an earlier
+        run that gave it back to the queue (reclaimed, rescheduled), or its model is gone."""
+        if job.cancel_requested:  # read by the claim itself: no query, and never a call
+            outcome = self._end_claimed(
+                job, token, CANCELLED, "cancelled", "cancelled while running"
+            )
+            bound.info("job.cancelled", before_call=True)
+            if (job.request or {}).get("stream"):
+                self.streaming.ended(job.id, outcome)
+            return outcome
+        run = self._prepare(job, token, worker)
+        if run is None:
+            return self._end_claimed(
+                job, token, JOB_FAILED, "unknown_model", f"model {job.model!r} left the catalogue"
+            )
+        with self.leases.hold(job.id, token):
+            outcome = self._loop(run, bound)
+        if run.request.stream:
+            self.streaming.ended(job.id, outcome)
+        return outcome
+
+    def _end_claimed(self, job: Row, token: str, status: str, error_type: str, error: str) -> str:
+        """End a job just claimed without calling the model (its budget settled, its webhook
+        opened, by finish_job); what happened to it."""
+        ended = finish_owned(
+            self.engine,
+            job_id=job.id,
+            token=token,
+            status=status,
+            error_type=error_type,
+            error=error,
+        )
+        return status if ended else "lost"
 
     def _ended(self, batch_id: str | None, kind: str, outcome: str) -> str:
         """A batch's job that ended may be its last: say so (a plain job does nothing here)."""
@@ -298,7 +317,7 @@ class Runner:
 
     def _attempt(self, run: Run, bound) -> None:
         self._check_deadline(run)  # no call starts after the deadline (a wait may overshoot)
-        if run.attempts_here and self._cancel_requested(run):  # the claim just checked the first
+        if run.attempts_here and self._cancel_requested(run):  # the claim checked the first
             raise Cancelled
         spec = self._choose_model(run)
         waited = self.limiter.acquire(spec.id, run.tokens_estimate)

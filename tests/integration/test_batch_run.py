@@ -19,8 +19,9 @@ from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope, utcnow
 from models.errors import Conflict
 from models.files import StoredFile, iter_content
-from models.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, finish_job
+from models.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, claim_job, finish_job
 from models.keys import ApiKey, create_key
+from models.lifecycle import reclaim_expired
 from tests.helpers import FakeProvider
 from worker.batches import after_batch_job, sweep_batches
 from worker.retry import RetryPolicy
@@ -327,3 +328,47 @@ def test_each_error_type_shows_its_status_in_the_error_file(engine):
     errors = file_lines(engine, batch_of(engine, batch_id).error_file_id)
     shown = [(e["response"]["body"]["error"]["code"], e["response"]["status_code"]) for e in errors]
     assert shown == STATUS_BY_TYPE
+
+
+def test_a_queued_line_with_billed_attempts_is_charged_them_when_the_batch_is_cancelled(engine):
+    # Given a batch line given back to the queue after a billed attempt
+    batch_id, key_id = make_batch(engine, [QUEUED])
+    with session_scope(engine) as session:
+        job = session.exec(select(Job).where(Job.batch_id == batch_id)).one()
+        job.cost_usd, job.attempts = Decimal("0.003"), 1
+        session.add(job)
+    # When the batch is cancelled
+    with session_scope(engine) as session:
+        cancel_batch(session, batch_id=batch_id, key_id=key_id)
+    # Then the key holds nothing for it and is charged what the line already cost
+    with session_scope(engine) as session:
+        key = session.get(ApiKey, key_id)
+    assert key.reserved_usd == 0 and key.spent_usd == Decimal("0.003")
+
+
+def test_a_running_line_of_a_cancelled_batch_that_is_reclaimed_ends_without_a_call(engine):
+    # Given a batch whose running line's worker died after the batch was cancelled
+    batch_id, key_id = make_batch(engine, [QUEUED])
+    job_id = f"{batch_id[-8:]}{1:024d}"
+    with session_scope(engine) as session:
+        assert claim_job(session, job_id=job_id, worker="dead", lease_s=60)
+    with session_scope(engine) as session:
+        cancel_batch(session, batch_id=batch_id, key_id=key_id)
+    with session_scope(engine) as session:
+        assert reclaim_expired(session, now=utcnow() + timedelta(seconds=120))
+    # When the line is delivered again
+    ended, provider = [], FakeProvider()
+    runner = Runner(
+        engine=engine,
+        provider=provider,
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=1),
+        batch_job_ended=lambda batch, kind: ended.append(batch),
+    )
+    assert runner.run(job_id) == "cancelled"
+    # Then it ends cancelled without a call, its budget released, and the batch is told
+    with session_scope(engine) as session:
+        job, key = session.get(Job, job_id), session.get(ApiKey, key_id)
+    assert provider.calls == 0 and job.status == CANCELLED and job.reserved_usd == 0
+    assert key.reserved_usd == 0 and ended == [batch_id]
+    assert finalize_batch(engine, batch_id=batch_id) == "cancelled"

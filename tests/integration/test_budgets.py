@@ -8,14 +8,21 @@ from decimal import Decimal
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import select
 
 from api.main import create_app
+from models.attempts import Attempt
 from models.budgets import reserve
+from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
-from models.errors import BudgetExceeded
+from models.errors import BudgetExceeded, RetryableProviderError
+from models.jobs import Job
 from models.keys import ApiKey, create_key
-from tests.helpers import auth
+from models.pricing import Usage
+from tests.helpers import FakeProvider, auth
 from tests.integration.test_api_contract import run_all
+from worker.retry import RetryPolicy
+from worker.runner import Runner
 
 #: one job of this shape may cost at most 0.000028 USD on gpt-4.1-nano (see ESTIMATE)
 JOB = {
@@ -134,3 +141,28 @@ def test_a_monthly_budget_starts_again_each_month(settings):
         )
     key = load_key(settings.database_url, key_id)
     assert key.spent_usd == 0 and key.reserved_usd == ESTIMATE
+
+
+def test_a_billed_failed_attempt_then_a_success_charges_the_jobs_whole_cost(settings):
+    # Given a budgeted job whose first call fails after the provider billed it
+    key_id, secret = key_with_budget(settings.database_url, Decimal("1"))
+    billed = Usage(prompt_tokens=100, completion_tokens=50)
+    provider = FakeProvider(outcomes=[RetryableProviderError("bad", status_code=500, usage=billed)])
+    runner = Runner(
+        engine=get_engine(settings.database_url),
+        provider=provider,
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=3, initial_s=0.01, max_s=0.02),
+        sleep=lambda _s: None,
+    )
+    with TestClient(create_app(settings)) as client:
+        job_id = client.post("/v1/jobs", json=JOB, headers=auth(secret)).json()["id"]
+    # When it succeeds on its second attempt
+    assert runner.run(job_id) == "succeeded"
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, job_id)
+        costs = [a.cost_usd for a in session.exec(select(Attempt).where(Attempt.job_id == job_id))]
+    # Then the key is charged both billed calls, exactly once, and holds nothing
+    key = load_key(settings.database_url, key_id)
+    assert len(costs) == 2 and all(cost > 0 for cost in costs)
+    assert key.spent_usd == job.cost_usd == sum(costs) and key.reserved_usd == 0

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import redis
+from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from api.main import create_app
 from models.attempts import Attempt
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope, utcnow
 from models.errors import RetryableProviderError
 from models.jobs import Job, claim_job
-from models.lifecycle import unpublish
+from models.lifecycle import reclaim_expired, unpublish
 from tests.helpers import FakeProvider, auth, new_key
+from tests.integration.test_budgets import key_with_budget, load_key
 from worker import runner as runner_module
 from worker.health import LocalHealth, RedisHealth
 from worker.retry import RetryPolicy
@@ -216,3 +220,53 @@ def test_the_sweeper_requeues_expired_leases_and_publishes_the_unpublished(clien
     assert job.status == "queued" and job.claim_token is None and job.published_at is not None
     # and the old owner can no longer write: its claim token is gone
     assert make_runner(settings, FakeProvider()).run(crashed) == "succeeded"
+
+
+def test_a_job_cancelled_while_running_and_reclaimed_ends_cancelled_without_a_call(settings):
+    # Given a budgeted job whose worker died after its cancel was requested
+    key_id, secret = key_with_budget(settings.database_url, Decimal("1"))
+    engine = get_engine(settings.database_url)
+    with TestClient(create_app(settings)) as client:
+        job_id = submit(client, auth(secret))
+        with session_scope(engine) as session:
+            assert claim_job(session, job_id=job_id, worker="dead", lease_s=60)
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(secret)).json()["status"] == (
+            "running"
+        )
+    with session_scope(engine) as session:
+        reclaimed = reclaim_expired(session, now=utcnow() + timedelta(seconds=120))
+    assert [row[0] for row in reclaimed] == [job_id]
+    # When its message comes back to a worker
+    provider = FakeProvider()
+    assert make_runner(settings, provider).run(job_id) == "cancelled"
+    # Then it ends cancelled, the model never called, its reservation released, nothing charged
+    job, attempts = load(settings, job_id)
+    assert provider.calls == 0 and attempts == []
+    assert job.status == "cancelled" and job.error_type == "cancelled" and job.reserved_usd == 0
+    key = load_key(settings.database_url, key_id)
+    assert key.reserved_usd == 0 and key.spent_usd == 0
+
+
+def test_a_cancel_during_a_call_that_is_rescheduled_stops_before_the_next_call(
+    client, key, settings
+):
+    # Given a job whose call answers 429 (a long Retry-After) while its cancel is requested
+    job_id = submit(client, key)
+
+    class CancelDuringCall(FakeProvider):
+        def generate_text(self, **kwargs):
+            if self.calls == 0:
+                assert client.post(f"/v1/jobs/{job_id}/cancel", headers=key).json()["status"] == (
+                    "running"
+                )
+            return super().generate_text(**kwargs)
+
+    provider = CancelDuringCall(
+        outcomes=[RetryableProviderError("slow down", status_code=429, retry_after_s=30)]
+    )
+    runner = make_runner(settings, provider, retry_inline_max_s=5)
+    assert runner.run(job_id) == "rescheduled"  # given back to the queue, flag still set
+    # When it is delivered again, it ends cancelled without a second call
+    assert runner.run(job_id) == "cancelled"
+    job, attempts = load(settings, job_id)
+    assert provider.calls == 1 and len(attempts) == 1 and job.status == "cancelled"
