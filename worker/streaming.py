@@ -2,9 +2,10 @@
 
 Only stream jobs come here (the Runner asks `request.stream`): a plain job does no per-token
 work and writes no event. Per attempt the worker writes `status running` (and `retry` from the
-second attempt on), then the text in `delta` entries, batched: a batch goes to Redis when
-GENQ_STREAM_FLUSH_MS passed since the last one or it holds 1024 characters, so a stream costs
-at most ~20 Redis round trips a second. Once the job's end is committed it writes `end`.
+second attempt on, or at a first attempt whose stream already holds a dead run's text), then
+the text in `delta` entries, batched: a batch goes to Redis when GENQ_STREAM_FLUSH_MS passed
+since the last one or it holds 1024 characters, so a stream costs at most ~20 Redis round
+trips a second. Once the job's end is committed it writes `end`.
 
 A job whose `policy.moderation` is `block` lets no unchecked text out: its deltas are held and
 published, as one delta, only once the job succeeded (its output passed the check); a blocked
@@ -27,7 +28,7 @@ import structlog
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 
-from models.job_events import DELTA, END, RETRY, STATUS, encode, stream_key
+from models.job_events import DELTA, END, EVENT_FIELD, RETRY, STATUS, encode, stream_key
 from models.jobs import RUNNING, Job
 from models.pricing import Usage
 from models.schemas import JobCreate, TextParams
@@ -70,6 +71,28 @@ class EventLog:
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("stream.publish_failed", job_id=job_id, error=type(exc).__name__)
+
+    def add_after_text(self, job_id: str, *entries: tuple[str, dict]) -> bool:
+        """`add`, in the same round trip reading the stream's last entry first: True when it
+        was a delta (an earlier run's text is there). A Redis failure reads as False."""
+        if self.client is None:
+            return False
+        key = stream_key(job_id)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xrevrange(key, count=1)
+            for event, data in entries:
+                pipe.xadd(key, encode(event, data), maxlen=self.max_events, approximate=True)
+            pipe.expire(key, self.ttl_s)
+            last = pipe.execute()[0]
+        except redis.RedisError as exc:
+            log.warning("stream.publish_failed", job_id=job_id, error=type(exc).__name__)
+            return False
+        fields = last[0][1] if last else {}
+        return (fields.get(EVENT_FIELD) or fields.get(EVENT_FIELD.encode())) in (
+            DELTA,
+            DELTA.encode(),
+        )
 
 
 @dataclass
@@ -128,10 +151,7 @@ class Streaming:
         """One streamed attempt: its deltas published as they come, its answer checked as a
         plain one is. A cancel during the stream returns what came so far: the Runner's record
         of it then finds the cancel and ends the job `cancelled`."""
-        starting = [(STATUS, {"status": RUNNING})]
-        if call.number > 1:
-            starting.append((RETRY, {"attempt": call.number, "model": call.spec.id}))
-        self.events.add(call.job_id, *starting)
+        self._start(call)
         hold = _moderation(request) == "block"
         batch = DeltaBatch(lambda text: self._delta(call.job_id, text), self.flush_s, hold=hold)
         watch = _CancelWatch(self.engine, call, self.cancel_check_s)
@@ -151,6 +171,18 @@ class Streaming:
             with self._lock:
                 self._held[call.job_id] = batch.held
         return result
+
+    def _start(self, call: Call) -> None:
+        """`status running`, and `retry` when text came before: from the second attempt on,
+        and at a first attempt whose stream holds text (a run whose worker died mid-stream
+        recorded no attempt, so its reclaimed run starts at attempt 1 again). One round trip
+        unless that text is there."""
+        retry = (RETRY, {"attempt": call.number, "model": call.spec.id})
+        running = (STATUS, {"status": RUNNING})
+        if call.number > 1:
+            self.events.add(call.job_id, running, retry)
+        elif self.events.add_after_text(call.job_id, running):
+            self.events.add(call.job_id, retry)
 
     def _delta(self, job_id: str, text: str) -> None:
         self.events.add(job_id, (DELTA, {"text": text}))

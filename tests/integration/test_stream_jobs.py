@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 
 import anyio
 import pytest
@@ -17,11 +18,11 @@ from httpx_sse import connect_sse
 from api.events import Feed, StreamSlots
 from api.main import create_app
 from models.catalogue import get_catalogue
-from models.db import get_engine, session_scope
+from models.db import get_engine, session_scope, utcnow
 from models.job_events import Position, decode, stream_key
 from models.jobs import Job, finish_job
 from models.keys import create_key
-from models.lifecycle import cancel_job
+from models.lifecycle import cancel_job, reclaim_expired
 from tests.helpers import free_port, new_key, start_redis_server
 from worker.moderation import ModerationConfig
 from worker.providers.offline import OfflineProvider
@@ -117,6 +118,73 @@ def test_a_failed_attempt_is_followed_by_a_retry_event(client, key, settings, st
         "attempt": 2,
         "model": client.get(f"/v1/jobs/{job_id}", headers=key).json()["model"],
     }
+
+
+class Killed(BaseException):
+    """The worker process dies: nothing of the run is recorded, nothing catches it."""
+
+
+class DiesMidStream(OfflineProvider):
+    """The offline provider, whose worker is killed after `deltas` pieces went out."""
+
+    def __init__(self, simulator: Simulator, *, deltas: int):
+        super().__init__(simulator, get_catalogue())
+        self.deltas = deltas
+
+    def generate_text_stream(self, *, model, messages, params, on_delta):
+        sent = []
+
+        def dying(text: str) -> None:
+            on_delta(text)
+            sent.append(text)
+            if len(sent) == self.deltas:
+                raise Killed
+
+        return super().generate_text_stream(
+            model=model, messages=messages, params=params, on_delta=dying
+        )
+
+
+def text_of(seen: list) -> str:
+    """The text a client shows: deltas, started over at each `retry`."""
+    text = ""
+    for event in seen:
+        if event.event == "retry":
+            text = ""
+        elif event.event == "delta":
+            text += event.json()["text"]
+    return text
+
+
+def test_a_run_reclaimed_after_its_worker_died_mid_stream_starts_its_text_over(
+    client, key, settings, store
+):
+    # Given a stream job whose first run's worker died mid-stream (deltas out, no attempt)
+    job_id = submit(client, key, stream=True, params={"max_tokens": 30})
+    dead = runner(settings, Simulator(latency_ms=0), store)
+    dead.provider = dead.streaming.provider = DiesMidStream(Simulator(latency_ms=0), deltas=3)
+    with pytest.raises(Killed):
+        dead.run(job_id)
+    assert [event for event, _ in entries(store, job_id)] == ["status", "delta", "delta", "delta"]
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:  # its lease ran out: the sweeper requeues it
+        assert [due[0] for due in reclaim_expired(session, now=utcnow() + timedelta(hours=1))] == [
+            job_id
+        ]
+    # When another worker runs it in full (attempt 1 again: the dead run recorded none)
+    assert runner(settings, Simulator(latency_ms=0), store).run(job_id) == "succeeded"
+    # Then a subscriber is told to drop the dead run's text, and shows exactly the stored text
+    shown = client.get(f"/v1/jobs/{job_id}", headers=key).json()
+    assert [a["number"] for a in shown["attempt_log"]] == [1]
+    seen = events(client, key, job_id)
+    assert [e.json() for e in seen if e.event == "retry"] == [
+        {"attempt": 1, "model": shown["model"]}
+    ]
+    assert text_of(seen) == shown["output"]["text"] != ""
+    # and a first run with no text before it writes no retry
+    fresh = submit(client, key, stream=True, params={"max_tokens": 5})
+    assert runner(settings, Simulator(latency_ms=0), store).run(fresh) == "succeeded"
+    assert "retry" not in [event for event, _ in entries(store, fresh)]
 
 
 @pytest.mark.parametrize(("flagged", "outcome"), [("", "succeeded"), ("synthetic", "failed")])
