@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 
-from models.attempts import FAILED, Attempt, add_attempt
+from models.attempts import FAILED, RETRYABLE, Attempt, add_attempt
 from models.db import session_scope, utcnow
 from models.errors import ProviderError
 from models.jobs import CANCELLED, RUNNING, Job, finish_job, owned_job
@@ -43,8 +43,8 @@ from models.settings import Settings
 from worker import metrics
 from worker.providers.base import Provider, TextResult
 from worker.ratelimit import Limiter
-from worker.recording import Call, ClaimLost, finish_owned, owned, record_orphan
-from worker.retry import RetryCounts, RetryPolicy
+from worker.recording import Call, ClaimLost, finish_owned, owned, record, record_orphan
+from worker.retry import Reschedule, RetryCounts, RetryPolicy
 from worker.retry import Verdict as Retry
 
 if TYPE_CHECKING:
@@ -128,6 +128,8 @@ class Moderator:
     limiter: Limiter
     retry: RetryPolicy
     sleep: Callable[[float], None]
+    #: the Runner's rule for a wait before a retry: the seconds to sleep, or Reschedule
+    hold: Callable[[float], float] = float
     config: ModerationConfig = field(default_factory=ModerationConfig)
 
     @classmethod
@@ -139,6 +141,7 @@ class Moderator:
             limiter=runner.limiter,
             retry=runner.retry,
             sleep=runner.sleep,
+            hold=runner.hold,
             config=runner.moderation,
         )
 
@@ -181,7 +184,11 @@ class Moderator:
             return
         screen = run.screen
         texts = output_texts(result.text, result.tool_calls)
-        outcome = self.check(texts, deadline_at=run.deadline_at, job_id=call.job_id)
+        try:
+            outcome = self.check(texts, deadline_at=run.deadline_at, job_id=call.job_id)
+        except Reschedule:
+            self._discard(call, attempt)
+            raise
         ended = self._ends(screen, "output", outcome)
         if ended is None:
             try:
@@ -236,7 +243,7 @@ class Moderator:
                 wait = self._retry_wait(exc, counts, deadline_at, job_id)
                 if isinstance(wait, _Failed):
                     return wait
-                self.sleep(wait)
+                self.sleep(self.hold(wait))  # or give the job back to the queue (Reschedule)
                 continue
             except Exception as exc:  # a bug or an unexpected answer: the check failed
                 return _Failed(reason=redact(f"{type(exc).__name__}: {exc}"))
@@ -263,6 +270,18 @@ class Moderator:
             return decision.wait_s
         detail = f"{exc.kind} (HTTP {exc.status_code})" if exc.status_code else exc.kind
         return _Failed(reason=detail, timeout=decision.verdict is Retry.TIMEOUT)
+
+    def _discard(self, call: Call, attempt: Attempt) -> None:
+        """The answer's check is retried later: its call is recorded (billed) as a retryable
+        attempt and the answer dropped; the job generates again when it runs again."""
+        attempt.outcome, attempt.error_type = RETRYABLE, UNAVAILABLE
+        attempt.error = "moderation of the answer was retried later; the answer was dropped"
+        try:
+            record(self.engine, call, attempt)
+        except ClaimLost:
+            record_orphan(self.engine, attempt)
+            raise
+        metrics.record_attempt(attempt, kind=call.spec.kind)
 
     def _store(self, job_id: str, token: str, verdicts: dict) -> bool:
         """Store the verdicts on the job this run owns; whether a cancel was requested."""

@@ -41,6 +41,14 @@ def is_rate_limited(exc: BaseException) -> bool:
     return _retryable(exc) and (exc.status_code == 429 or exc.kind == RATE_LIMITED)  # type: ignore[attr-defined]
 
 
+class Reschedule(Exception):
+    """Give the job back to the queue, to run again after `delay_s` (worker/runner.py)."""
+
+    def __init__(self, delay_s: float):
+        super().__init__(delay_s)
+        self.delay_s = delay_s
+
+
 class Verdict(StrEnum):
     RETRY = "retry"  #: wait `wait_s`, then call again
     FAIL = "fail"  #: the job fails with this error

@@ -50,7 +50,7 @@ from worker.recording import (
     record_orphan,
     record_output,
 )
-from worker.retry import Decision, RetryCounts, RetryPolicy, Verdict
+from worker.retry import Decision, Reschedule, RetryCounts, RetryPolicy, Verdict
 from worker.streaming import Streaming
 
 log = structlog.get_logger("genq.worker")
@@ -76,12 +76,6 @@ class Cancelled(Exception):
 
 class JobTimeout(Exception):
     pass
-
-
-class Reschedule(Exception):
-    def __init__(self, delay_s: float):
-        super().__init__(delay_s)
-        self.delay_s = delay_s
 
 
 @dataclass(kw_only=True)
@@ -294,7 +288,11 @@ class Runner:
         decision = self._decide(run, state.outcome.exception())
         if decision.verdict is Verdict.TIMEOUT:
             raise JobTimeout
-        delay = decision.wait_s
+        return self.hold(decision.wait_s)
+
+    def hold(self, delay: float) -> float:
+        """`delay` when this thread may wait it out before a retry (of a call or of a
+        moderation check); Reschedule when the worker is shutting down or the wait is long."""
         if SHUTTING_DOWN.is_set():
             raise Reschedule(delay)  # another worker retries it, and not before its Retry-After
         if delay > self.retry_inline_max_s and self.publish is not None:

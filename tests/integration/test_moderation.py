@@ -12,12 +12,14 @@ from prometheus_client import REGISTRY
 from sqlmodel import select
 
 from api.main import create_app
+from models.attempts import Attempt
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.errors import RetryableProviderError
 from models.jobs import Job
 from models.keys import ApiKey, create_key
 from tests.helpers import RecordingProvider, auth
+from worker import runner as runner_module
 from worker.moderation import ModerationConfig
 from worker.ratelimit_redis import RedisLimiter, keys_of
 from worker.retry import RetryPolicy
@@ -347,3 +349,62 @@ def test_a_cancel_requested_during_the_input_check_stops_before_generation(clien
     row = stored(settings, job["id"])
     assert row.status == "cancelled" and row.attempts == 0 and row.cost_usd == 0
     assert row.moderation["input"]["flagged"] is False
+
+
+def give_back_runner(settings, provider: RecordingProvider, slept: list[float]) -> Runner:
+    """A Runner with a queue to give jobs back to (published: what it gave back)."""
+    published: list[tuple] = []
+    runner = Runner(
+        engine=get_engine(settings.database_url),
+        provider=provider,
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=3, initial_s=0.0, max_s=0.0),
+        sleep=slept.append,
+        publish=lambda *args: published.append(args),
+        retry_inline_max_s=5,
+    )
+    runner.published = published  # type: ignore[attr-defined]
+    return runner
+
+
+def test_a_long_moderation_retry_after_gives_the_job_back_instead_of_sleeping(client, settings):
+    # Given a job whose input check answers 429 with a Retry-After longer than an inline wait
+    key = key_with(settings)
+    limited = RetryableProviderError("slow down", status_code=429, retry_after_s=30)
+    provider, slept = RecordingProvider(moderation_outcomes=[limited]), []
+    job = submit(client, key, prompt="Write a tagline", policy={"moderation": "block"})
+    runner = give_back_runner(settings, provider, slept)
+    # When it runs, the thread does not sleep: the job goes back to the queue for 30 s
+    assert runner.run(job["id"]) == "rescheduled"
+    assert (
+        slept == [] and provider.sent == [] and runner.published == [(job["id"], "text", 30, False)]
+    )
+    assert stored(settings, job["id"]).status == "queued"
+    # And it runs on when delivered again
+    assert runner.run(job["id"]) == "succeeded"
+
+
+def test_a_shutting_down_worker_gives_back_a_job_whose_answer_check_waits(client, settings):
+    # Given a job whose answer's check fails once (a short wait) while the worker shuts down
+    key = key_with(settings)
+    provider = RecordingProvider(moderation_outcomes=[None, unavailable()])
+    slept: list[float] = []
+    job = submit(client, key, prompt="Write a tagline", policy={"moderation": "block"})
+    runner = give_back_runner(settings, provider, slept)
+    runner_module.SHUTTING_DOWN.set()
+    try:
+        assert runner.run(job["id"]) == "rescheduled"
+    finally:
+        runner_module.SHUTTING_DOWN.clear()
+    # Then no thread slept, and the billed call is kept as a retryable attempt, answer dropped
+    with session_scope(get_engine(settings.database_url)) as session:
+        attempts = list(session.exec(select(Attempt).where(Attempt.job_id == job["id"])))
+    assert slept == [] and [a.outcome for a in attempts] == ["retryable_error"]
+    assert attempts[0].error_type == "moderation_unavailable" and attempts[0].cost_usd > 0
+    shown = stored(settings, job["id"])
+    assert shown.status == "queued" and shown.output_text is None
+    # When delivered again it generates again and succeeds, charged both calls
+    assert runner.run(job["id"]) == "succeeded"
+    shown = stored(settings, job["id"])
+    assert shown.attempts == 2 and len(provider.sent) == 2
+    assert key_money(settings, key) == (shown.cost_usd, Decimal(0))
