@@ -19,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from models.errors import InvalidRequest, PayloadTooLarge, UnparseableBody
+from models.text_rules import without_controls
 
 #: a text field of the form (`purpose`) is at most this long
 MAX_FIELD_BYTES = 1024
@@ -83,6 +84,7 @@ class _Receiver:
             self._name = options.get(b"name", b"").decode("utf-8", "replace")
             if self._name == "file":
                 filename = options.get(b"filename", b"").decode("utf-8", "replace")
+                filename = without_controls(filename)  # NUL cannot be stored; none is useful
                 self._is_file = True
                 self._open(os.path.basename(filename.replace("\\", "/")) or "upload.jsonl")
         self._header_name, self._header_value = b"", b""

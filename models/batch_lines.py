@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from models.errors import InvalidRequest
 from models.schemas import JobCreate
+from models.text_rules import NUL
 
 #: a custom_id is at most this long (genq's column; OpenAI documents no limit)
 MAX_CUSTOM_ID = 512
@@ -75,6 +76,9 @@ def parse_line(raw: bytes, *, endpoint: str) -> BatchRequest:
 def _check_envelope(custom_id: Any, method: Any, url: Any, body: Any, *, endpoint: str) -> None:
     if not isinstance(custom_id, str) or not custom_id:
         raise LineError("invalid_type", "custom_id must be a non-empty string.", "custom_id")
+    if NUL in custom_id:  # a text column: PostgreSQL cannot store it
+        message = "custom_id must not contain a NUL character (\\u0000)."
+        raise LineError("invalid_value", message, "custom_id")
     if len(custom_id) > MAX_CUSTOM_ID:
         raise LineError(
             "string_above_max_length",

@@ -41,6 +41,7 @@ from models.jsontext import MoneyNumber
 from models.keys import ApiKey  # noqa: F401  (the table conversations.key_id points at)
 from models.lifecycle import cancel_job
 from models.schemas import MAX_METADATA_KEYS, Policy, UsagePublic
+from models.text_rules import StorableText
 
 
 class Conversation(SQLModel, table=True):
@@ -92,7 +93,7 @@ class ConversationCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    system: str | None = Field(default=None, min_length=1)
+    system: StorableText | None = Field(default=None, min_length=1)
     model: str | None = None
     policy: Policy = Field(default_factory=Policy)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -111,8 +112,8 @@ class ToolResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tool_call_id: str = Field(min_length=1, max_length=200)
-    content: str = Field(min_length=1)
+    tool_call_id: StorableText = Field(min_length=1, max_length=200)
+    content: StorableText = Field(min_length=1)
 
 
 class MessageCreate(BaseModel):
@@ -121,7 +122,7 @@ class MessageCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    content: str | None = Field(default=None, min_length=1)
+    content: StorableText | None = Field(default=None, min_length=1)
     tool_results: list[ToolResult] | None = Field(default=None, min_length=1, max_length=128)
     params: dict[str, Any] = Field(default_factory=dict)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from models.errors import InvalidRequest
+from models.text_rules import is_control
 
 #: a URL longer than this is refused (it is stored on every job that names it)
 MAX_URL_LENGTH = 2000
@@ -51,6 +52,8 @@ def syntax_problem(url: str) -> str | None:
     """Why `url` is not an absolute http(s) URL with a host, or None (no network)."""
     if len(url) > MAX_URL_LENGTH:
         return f"is longer than {MAX_URL_LENGTH} characters"
+    if any(is_control(ch) and not ch.isspace() for ch in url):
+        return "contains a control character"  # NUL could not even be stored
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError on a bad port)

@@ -1,0 +1,147 @@
+"""NUL and other control characters in every text a client sends, on both databases.
+
+PostgreSQL's text columns refuse NUL (`\\u0000`) outright, so a NUL reaching one would be a
+500; its `json` columns (not `jsonb`) keep the `\\u0000` escape. Each input is either stored
+intact (JSON text: a prompt, messages, metadata), cleaned (an upload's filename), or refused
+with a 4xx naming the field (a batch line's custom_id, a webhook_url, a conversation's text);
+never a 500, and a refusal stores nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.main import create_app
+from models.conversations import Conversation
+from models.db import get_engine, session_scope
+from models.jobs import Job
+from models.keys import create_key, rotate_webhook_secret
+from tests.helpers import auth
+from tests.integration.batches_helpers import chat_line, counts, create, jsonl, upload
+from tests.integration.test_api_contract import assert_problem
+
+NUL = "\u0000"
+
+
+def stored_jobs(settings) -> int:
+    with get_engine(settings.database_url).connect() as conn:
+        return conn.execute(select(func.count()).select_from(Job.__table__)).scalar_one()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "text", "prompt": f"say{NUL}hi", "metadata": {"k": f"v{NUL}w"}},
+        {"kind": "text", "messages": [{"role": "user", "content": f"a{NUL}b\u0007c"}]},
+        {"kind": "image", "prompt": f"fox{NUL}"},
+    ],
+)
+def test_a_job_with_a_nul_in_its_text_is_stored_intact(client, key, settings, body):
+    answer = client.post("/v1/jobs", json=body, headers=key)
+    assert answer.status_code == 202, answer.text
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, answer.json()["id"])
+        for name in ("prompt", "messages"):
+            if name in body:
+                assert job.request[name] == body[name]
+        assert job.meta == body.get("metadata", {})
+    shown = client.get(f"/v1/jobs/{answer.json()['id']}", headers=key)
+    assert shown.status_code == 200 and shown.json()["metadata"] == body.get("metadata", {})
+
+
+def test_a_webhook_url_with_a_control_character_is_422_and_stores_nothing(settings):
+    private = settings.model_copy(update={"webhook_allow_private": True})
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
+        key, api_secret = create_key(session, name="hooks")
+    with session_scope(engine) as session:
+        rotate_webhook_secret(session, ref=key.id)
+    with TestClient(create_app(private)) as client:
+        for url in (f"http://127.0.0.1:9/hook{NUL}", "http://127.0.0.1:9/h\u007fook"):
+            body = {"kind": "text", "prompt": "hi", "webhook_url": url}
+            answer = client.post("/v1/jobs", json=body, headers=auth(api_secret))
+            problem = assert_problem(answer, 422)
+            assert "webhook_url" in str(problem) and "control character" in str(problem), problem
+    assert stored_jobs(settings) == 0
+
+
+def _upload_raw(client, key, filename: bytes) -> str:
+    """An upload whose part header carries `filename` byte for byte (an SDK would escape it)."""
+    boundary = b"genqB0undary"
+    body = b"".join(
+        [
+            b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n',
+            b"batch\r\n--" + boundary + b"\r\n",
+            b'Content-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n',
+            b"Content-Type: application/jsonl\r\n\r\n" + jsonl(chat_line("a")) + b"\r\n",
+            b"--" + boundary + b"--\r\n",
+        ]
+    )
+    headers = {**key, "Content-Type": "multipart/form-data; boundary=" + boundary.decode()}
+    answer = client.post("/v1/files", headers=headers, content=body)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["id"]
+
+
+def test_an_upload_whose_filename_holds_control_characters_keeps_a_cleaned_name(client, key):
+    file_id = _upload_raw(client, key, b"in\x00put\x01\x7f.jsonl")
+    assert client.get(f"/v1/files/{file_id}", headers=key).json()["filename"] == "input.jsonl"
+    only_control = _upload_raw(client, key, b"\x00")
+    shown = client.get(f"/v1/files/{only_control}", headers=key).json()
+    assert shown["filename"] == "upload.jsonl"
+
+
+def test_a_batch_line_whose_custom_id_holds_a_nul_fails_the_batch_naming_it(client, key, settings):
+    file_id = upload(client, key, jsonl(chat_line("ok"), chat_line(f"b{NUL}ad")))
+    answer = create(client, key, file_id)
+    assert answer.status_code == 200, answer.text
+    batch = answer.json()
+    assert batch["status"] == "failed"
+    errors = [(e["code"], e["line"], e["param"]) for e in batch["errors"]["data"]]
+    assert errors == [("invalid_value", 2, "custom_id")]
+    assert counts(settings.database_url) == (1, 0)
+
+
+def test_a_batch_line_with_a_nul_in_its_content_or_metadata_is_stored(client, key, settings):
+    file_id = upload(client, key, jsonl(chat_line("a", content=f"x{NUL}y")))
+    answer = create(client, key, file_id, metadata={"k": f"v{NUL}"})
+    assert answer.status_code == 200, answer.text
+    batch = answer.json()
+    assert batch["status"] == "in_progress" and batch["metadata"] == {"k": f"v{NUL}"}
+    assert counts(settings.database_url) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"system": f"be{NUL}kind", "model": "gpt-4o-mini"}, "system"),
+        ({"system": "be kind", "model": "gpt-4o-mini", "metadata": {"k": NUL}}, None),
+    ],
+)
+def test_a_conversation_with_a_nul_in_its_system_text_is_422_naming_it(
+    client, key, settings, body, field
+):
+    answer = client.post("/v1/conversations", json=body, headers=key)
+    if field is None:  # metadata is JSON: kept intact
+        assert answer.status_code == 201, answer.text
+        return
+    problem = assert_problem(answer, 422)
+    assert field in str(problem), problem
+    with get_engine(settings.database_url).connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(Conversation.__table__))
+        assert stored.scalar_one() == 0
+
+
+def test_a_conversation_message_with_a_nul_is_422_and_adds_no_turn(client, key, settings):
+    body = {"system": "be kind", "model": "gpt-4o-mini"}
+    conversation = client.post("/v1/conversations", json=body, headers=key).json()["id"]
+    answer = client.post(
+        f"/v1/conversations/{conversation}/messages",
+        json={"content": f"hi{NUL}"},
+        headers=key,
+    )
+    problem = assert_problem(answer, 422)
+    assert "content" in str(problem), problem
+    assert stored_jobs(settings) == 0
