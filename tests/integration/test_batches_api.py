@@ -14,7 +14,7 @@ from api.main import create_app
 from models.db import get_engine, session_scope
 from models.jobs import Job
 from models.keys import ApiKey, create_key
-from models.queue import BATCH_QUEUE_BY_KIND
+from models.queue import BATCH_QUEUE_BY_KIND, FINALIZE_TASK, TEXT_QUEUE
 from tests.helpers import auth, free_port, new_key
 from tests.integration.batches_helpers import (
     IMAGES,
@@ -183,3 +183,22 @@ def test_with_redis_down_the_batch_is_stored_and_left_to_the_sweeper(settings):
     assert batch["status"] == "in_progress"
     jobs = batch_jobs(settings.database_url, batch["id"])
     assert len(jobs) == 2 and all(j.published_at is None for j in jobs)
+
+
+def test_cancelling_a_batchs_last_queued_job_queues_its_finalize_at_once(client, key, settings):
+    # Given a batch of two queued lines (no worker runs them)
+    file_id = upload(client, key, jsonl(chat_line("a"), chat_line("b")))
+    batch = create(client, key, file_id).json()
+    first, second = (job.id for job in batch_jobs(settings.database_url, batch["id"]))
+    queue = redis.Redis.from_url(settings.redis_url)
+
+    def finalizes() -> list[list]:
+        messages = [json.loads(m) for m in queue.lrange(TEXT_QUEUE, 0, -1)]
+        return [m["headers"]["argsrepr"] for m in messages if m["headers"]["task"] == FINALIZE_TASK]
+
+    # When one is cancelled, the batch still has a job: no finalize yet
+    assert client.post(f"/v1/jobs/{first}/cancel", headers=key).status_code == 200
+    assert finalizes() == []
+    # When the last one is cancelled, its finalize is queued by name, not left to the sweeper
+    assert client.post(f"/v1/jobs/{second}/cancel", headers=key).json()["status"] == "cancelled"
+    assert finalizes() == [repr([batch["id"]])]
