@@ -6,6 +6,7 @@ sweeper, or a cancel and a claim) cannot both win.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
@@ -67,21 +68,29 @@ def reclaim_expired(session: Session, *, now: datetime | None = None) -> list[Du
 
 
 def due_for_publish(
-    session: Session, *, redispatch_after_s: int, now: datetime | None = None
+    session: Session,
+    *,
+    redispatch_after_s: int,
+    now: datetime | None = None,
+    busy_batch_kinds: Collection[str] = (),
 ) -> list[Due]:
-    """Queued jobs never published, or published so long ago that the message may be lost."""
+    """Queued jobs never published, or published so long ago that the message may be lost.
+
+    A batch job waits in its lane as long as the lane is long (hours for a large batch): while
+    its kind's lane still holds messages (`busy_batch_kinds`, the sweeper's LLEN), its old
+    message is not presumed lost; once the lane drains, a job still queued is published again.
+    """
     now = now or utcnow()
     unpublished_before = db_moment(session, now - timedelta(seconds=PUBLISH_GRACE_S))
-    stale_before = db_moment(session, now - timedelta(seconds=redispatch_after_s))
+    stale = col(Job.published_at) < db_moment(session, now - timedelta(seconds=redispatch_after_s))
+    if busy_batch_kinds:
+        stale &= col(Job.batch_id).is_(None) | col(Job.kind).not_in(list(busy_batch_kinds))
     query = (
         select(Job.id, Job.kind, Job.batch_id)
         .where(col(Job.status) == QUEUED)
         .where(col(Job.cache_source_id).is_(None))  # a cache follower waits for its leader
         .where(
-            or_(
-                col(Job.published_at).is_(None) & (col(Job.created_at) < unpublished_before),
-                col(Job.published_at) < stale_before,
-            )
+            or_(col(Job.published_at).is_(None) & (col(Job.created_at) < unpublished_before), stale)
         )
         .limit(SWEEP_BATCH)
     )

@@ -4,7 +4,8 @@ It runs as a thread in every worker process; a Redis lock makes one of them swee
 Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue,
 (2) ends the response cache's followers still waiting on a finished leader (worker/flights.py),
 (3) publishes queued jobs that were never published (the broker was down at submit) or whose
-message is presumed lost (published long ago, still queued), and (4) expires, stops and
+message is presumed lost (published long ago, still queued; a batch job only once its kind's
+batch lane is empty: a long lane is not a lost message), and (4) expires, stops and
 finalizes batches (worker/batches.py). (5) Webhooks: it opens the delivery of any webhook job
 that ended on a path that did not, and publishes deliveries whose attempt died with its
 worker (lease over) or whose message is overdue (models/webhooks.py). A duplicate message is
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from models.db import session_scope, utcnow
 from models.lifecycle import due_for_publish, mark_published, reclaim_expired
+from models.queue import BATCH_QUEUE_BY_KIND
 from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
 from worker.flights import end_stranded
 
@@ -57,8 +59,11 @@ class Sweeper:
         with session_scope(self.engine) as session:
             reclaimed = reclaim_expired(session)
         end_stranded(self.engine)  # response cache: followers of a leader whose worker died
+        busy = self.busy_batch_kinds()
         with session_scope(self.engine) as session:
-            due = reclaimed + due_for_publish(session, redispatch_after_s=self.redispatch_after_s)
+            due = reclaimed + due_for_publish(
+                session, redispatch_after_s=self.redispatch_after_s, busy_batch_kinds=busy
+            )
         published = []
         for job_id, kind, batch in due:
             try:
@@ -76,6 +81,16 @@ class Sweeper:
         if self.publish_webhook is not None:
             swept["webhooks"] = self.sweep_webhooks()
         return {"reclaimed": len(reclaimed), "published": len(published), **swept}
+
+    def busy_batch_kinds(self) -> list[str]:
+        """The kinds whose batch lane still holds messages (one LLEN each, one round trip):
+        their batch jobs are waiting their turn, not lost."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in BATCH_QUEUE_BY_KIND.values():
+            pipe.llen(queue)
+        return [
+            kind for kind, held in zip(BATCH_QUEUE_BY_KIND, pipe.execute(), strict=True) if held
+        ]
 
     def sweep_webhooks(self) -> int:
         """Open the deliveries missed by a finishing path, then publish every delivery that is

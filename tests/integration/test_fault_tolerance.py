@@ -16,6 +16,7 @@ from models.db import get_engine, session_scope, utcnow
 from models.errors import RetryableProviderError
 from models.jobs import Job, claim_job
 from models.lifecycle import reclaim_expired, unpublish
+from models.queue import queue_for
 from tests.helpers import FakeProvider, auth, new_key
 from tests.integration.test_budgets import key_with_budget, load_key
 from worker import runner as runner_module
@@ -270,3 +271,33 @@ def test_a_cancel_during_a_call_that_is_rescheduled_stops_before_the_next_call(
     assert runner.run(job_id) == "cancelled"
     job, attempts = load(settings, job_id)
     assert provider.calls == 1 and len(attempts) == 1 and job.status == "cancelled"
+
+
+def test_the_sweeper_republishes_a_batch_job_only_once_its_lane_has_drained(client, key, settings):
+    # Given two batch jobs queued long ago: `waiting`'s message is in the lane, `lost`'s is gone
+    engine, lane = get_engine(settings.database_url), redis.Redis.from_url(settings.redis_url)
+    waiting, lost, plain = submit(client, key), submit(client, key), submit(client, key)
+    long_ago = utcnow() - timedelta(seconds=400)
+    with session_scope(engine) as session:
+        for job_id in (waiting, lost, plain):
+            job = session.get(Job, job_id)
+            job.published_at, job.batch_id = long_ago, None if job_id == plain else "batch_x"
+    lane.rpush(queue_for("text", batch=True), waiting)
+    published: list[str] = []
+
+    def publish(job_id, kind, _delay, batch):  # as the real dispatch: onto the job's queue
+        lane.rpush(queue_for(kind, batch=batch), job_id)
+        published.append(job_id)
+
+    sweeper = Sweeper(engine, lane, publish, interval_s=1, redispatch_after_s=300)
+    # When the sweeper runs while the lane holds messages: no duplicate for the batch jobs
+    # (an interactive job long queued is still published again)
+    assert sweeper.sweep_once()["published"] == 1 and published == [plain]
+    # When the lane drains (a worker takes and runs `waiting`), the lost message is republished
+    assert lane.lpop(queue_for("text", batch=True)) == waiting.encode()
+    assert make_runner(settings, FakeProvider()).run(waiting) == "succeeded"
+    assert sweeper.sweep_once()["published"] == 1 and published == [plain, lost]
+    # …once: its new message waits in the lane, even when it is old
+    with session_scope(engine) as session:
+        session.get(Job, lost).published_at = long_ago
+    assert sweeper.sweep_once()["published"] == 0 and published == [plain, lost]
