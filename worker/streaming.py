@@ -162,9 +162,9 @@ class Streaming:
                 params=params,
                 on_delta=lambda text: (watch.check(), batch.add(text)),
             )
-        except StreamStopped:
-            # billed what the provider reported so far: nothing (the usage comes last)
-            return TextResult(text="", usage=Usage(), finish_reason=None)
+        except StreamStopped as stop:
+            # billed the prompt and the text so far (counted when the provider sent no usage)
+            return TextResult(text="", usage=stop.usage or Usage(), finish_reason=None)
         batch.flush()
         result = result if params.response_format is None else checked(result, params)
         if hold:

@@ -189,8 +189,13 @@ def test_a_broken_provider_stream_is_retried(live, breakage):
     assert [a["outcome"] for a in log] == ["retryable_error", "succeeded"]
     expected_kind = "timeout" if breakage == "stall" else "stream_broken"
     assert log[0]["error_type"] == expected_kind
+    # the broken attempt sent no usage: billed its prompt and the text received, counted
+    assert log[0]["prompt_tokens"] > 0
+    assert 0 < log[0]["completion_tokens"] < log[1]["completion_tokens"]
     costs = [Decimal(str(a["cost_usd"])) for a in log]
-    assert costs[0] == 0 and Decimal(str(job["cost_usd"])) == sum(costs) > 0
+    assert costs[0] > 0 and Decimal(str(job["cost_usd"])) == sum(costs)
+    usage = job["usage"]
+    assert usage["completion_tokens"] == sum(a["completion_tokens"] for a in log)
 
 
 def test_another_keys_job_is_404_and_a_bad_id_too(live):
@@ -267,9 +272,12 @@ def test_a_cancel_during_a_stream_ends_with_done_cancelled(live):
     assert time.monotonic() - cancelled_at < 3  # the stream stopped, it did not run to its end
     job = live.job(headers, job_id)
     assert job["status"] == "cancelled" and job["output"] is None
-    # stopped mid-stream: the provider never sent its usage, so the call is billed nothing
+    # stopped mid-stream, before the provider's usage: billed the prompt and the text received
     [attempt] = job["attempt_log"]
-    assert attempt["outcome"] == "cancelled" and attempt["completion_tokens"] == 0
+    assert attempt["outcome"] == "cancelled"
+    assert attempt["prompt_tokens"] > 0 and 0 < attempt["completion_tokens"] < 200
+    cost = Decimal(str(attempt["cost_usd"]))
+    assert cost > 0 and Decimal(str(job["cost_usd"])) == cost
 
 
 def test_genq_submit_stream_prints_the_text_as_it_comes(live):

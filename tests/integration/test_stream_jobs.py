@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 
 import anyio
 import pytest
@@ -23,6 +25,7 @@ from models.job_events import Position, decode, stream_key
 from models.jobs import Job, finish_job
 from models.keys import create_key
 from models.lifecycle import cancel_job, reclaim_expired
+from models.tokens import count_text
 from tests.helpers import free_port, new_key, start_redis_server
 from worker.moderation import ModerationConfig
 from worker.providers.offline import OfflineProvider
@@ -124,25 +127,30 @@ class Killed(BaseException):
     """The worker process dies: nothing of the run is recorded, nothing catches it."""
 
 
-class DiesMidStream(OfflineProvider):
-    """The offline provider, whose worker is killed after `deltas` pieces went out."""
+class MidStream(OfflineProvider):
+    """The offline provider, which calls `then` once `deltas` pieces went out (a worker
+    killed there, a cancel requested there)."""
 
-    def __init__(self, simulator: Simulator, *, deltas: int):
+    def __init__(self, simulator: Simulator, *, deltas: int, then: Callable[[], None]):
         super().__init__(simulator, get_catalogue())
-        self.deltas = deltas
+        self.deltas, self.then = deltas, then
 
     def generate_text_stream(self, *, model, messages, params, on_delta):
         sent = []
 
-        def dying(text: str) -> None:
+        def hooked(text: str) -> None:
             on_delta(text)
             sent.append(text)
             if len(sent) == self.deltas:
-                raise Killed
+                self.then()
 
         return super().generate_text_stream(
-            model=model, messages=messages, params=params, on_delta=dying
+            model=model, messages=messages, params=params, on_delta=hooked
         )
+
+
+def killed() -> None:
+    raise Killed
 
 
 def text_of(seen: list) -> str:
@@ -162,7 +170,7 @@ def test_a_run_reclaimed_after_its_worker_died_mid_stream_starts_its_text_over(
     # Given a stream job whose first run's worker died mid-stream (deltas out, no attempt)
     job_id = submit(client, key, stream=True, params={"max_tokens": 30})
     dead = runner(settings, Simulator(latency_ms=0), store)
-    dead.provider = dead.streaming.provider = DiesMidStream(Simulator(latency_ms=0), deltas=3)
+    dead.provider = dead.streaming.provider = MidStream(Simulator(), deltas=3, then=killed)
     with pytest.raises(Killed):
         dead.run(job_id)
     assert [event for event, _ in entries(store, job_id)] == ["status", "delta", "delta", "delta"]
@@ -185,6 +193,29 @@ def test_a_run_reclaimed_after_its_worker_died_mid_stream_starts_its_text_over(
     fresh = submit(client, key, stream=True, params={"max_tokens": 5})
     assert runner(settings, Simulator(latency_ms=0), store).run(fresh) == "succeeded"
     assert "retry" not in [event for event, _ in entries(store, fresh)]
+
+
+def test_a_cancel_mid_stream_bills_the_prompt_and_the_text_so_far(client, key, settings, store):
+    # Given a stream job cancelled (over the API) once 3 pieces of its text went out
+    job_id = submit(client, key, stream=True, params={"max_tokens": 40})
+    work = runner(settings, Simulator(latency_ms=0), store)
+
+    def cancel() -> None:
+        client.post(f"/v1/jobs/{job_id}/cancel", headers=key).raise_for_status()
+
+    work.provider = work.streaming.provider = MidStream(Simulator(), deltas=3, then=cancel)
+    work.streaming.cancel_check_s = 0.0
+    # When it runs
+    assert work.run(job_id) == "cancelled"
+    # Then its one attempt, stopped before any usage came, is billed its prompt and 3 pieces
+    shown = client.get(f"/v1/jobs/{job_id}", headers=key).json()
+    [attempt] = shown["attempt_log"]
+    assert attempt["outcome"] == "cancelled" and attempt["prompt_tokens"] > 0
+    sent = "".join(data["text"] for event, data in entries(store, job_id) if event == "delta")
+    # (the piece whose delivery found the cancel was received, and billed, not published)
+    assert 0 < count_text(sent, "o200k_base") <= attempt["completion_tokens"] < 40
+    assert Decimal(str(attempt["cost_usd"])) > 0
+    assert Decimal(str(shown["cost_usd"])) == Decimal(str(attempt["cost_usd"]))
 
 
 @pytest.mark.parametrize(("flagged", "outcome"), [("", "succeeded"), ("synthetic", "failed")])

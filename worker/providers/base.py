@@ -53,7 +53,10 @@ OnDelta = Callable[[str], None]
 
 class StreamStopped(Exception):
     """Raised by an OnDelta to end a stream early (the job was cancelled): the provider closes
-    the stream and lets it through."""
+    the stream and lets it through, with `usage` set to what the call is billed (the provider's
+    report, else the prompt and the text so far, counted)."""
+
+    usage: Usage | None = None
 
 
 class Provider(Protocol):

@@ -9,10 +9,12 @@ from models.errors import PermanentProviderError, RetryableProviderError
 from models.moderation import Verdict, verdict_of
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
+from models.tokens import count_text
 from worker.providers.base import (
     GeneratedImage,
     ImageResult,
     OnDelta,
+    StreamStopped,
     TextResult,
     parse_size,
 )
@@ -57,10 +59,21 @@ class OfflineProvider:
         pause = self.simulator.latency_ms / 1000 / max(len(pieces), 1)
         if not pieces:
             time.sleep(pause)
-        for piece in pieces:
+        for sent, piece in enumerate(pieces):
             time.sleep(pause)
-            on_delta(piece)
+            try:
+                on_delta(piece)
+            except StreamStopped as stop:  # cancelled: billed the prompt and the text so far
+                stop.usage = self._stopped_usage(model, result, "".join(pieces[: sent + 1]))
+                raise
         return result
+
+    def _stopped_usage(self, model: str, result: TextResult, text: str) -> Usage:
+        spec = self.catalogue.get(model) if self.catalogue else None
+        return Usage(
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=count_text(text, spec.encoding if spec else "o200k_base"),
+        )
 
     def _answer(self, model: str, messages: list[dict], params: TextParams) -> TextResult:
         spec = self.catalogue.get(model) if self.catalogue else None

@@ -22,7 +22,7 @@ from models.schemas import ImageParams, TextParams
 from models.settings import Settings
 from models.tokens import count_request, count_text
 from worker.image_fetch import ImageFetcher
-from worker.providers.base import ImageResult, OnDelta, TextResult
+from worker.providers.base import ImageResult, OnDelta, StreamStopped, TextResult
 from worker.providers.http_shards import sharded_http_client
 from worker.providers.stream_chunks import ChunkFolder
 from worker.retry import is_retryable_status
@@ -181,17 +181,24 @@ class OpenAIProvider:
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
         folder = ChunkFolder()
+
+        def billed() -> Usage:
+            return folder.usage or self._counted(model, messages, params, partial(folder))
+
         with stream:
             try:
                 for chunk in stream:
                     if text := folder.add(chunk):
                         on_delta(text)
+            except StreamStopped as stop:  # cancelled: billed the prompt and the text so far
+                stop.usage = billed()
+                raise
             except (openai.OpenAIError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                raise broken_stream(exc, folder) from exc
-        result = streamed_result(folder)
-        if folder.usage is None:  # a server that ignores include_usage: count it as tiktoken does
-            result = replace(result, usage=self._counted(model, messages, params, result))
-        return result
+                raise broken_stream(exc, billed()) from exc
+        if folder.finish_reason is None:
+            raise cut_short(billed())
+        # a server that ignores include_usage (or a stream cut before its usage chunk): counted
+        return replace(streamed_result(folder), usage=billed())
 
     def _counted(
         self, model: str, messages: list[dict], params: TextParams, result: TextResult
@@ -274,10 +281,10 @@ def _image_usage(response, count: int, params: ImageParams) -> Usage:
     )
 
 
-def broken_stream(exc: Exception, folder: ChunkFolder) -> RetryableProviderError:
+def broken_stream(exc: Exception, usage: Usage) -> RetryableProviderError:
     """A stream that broke after it started (a drop, a stall, an error event, a chunk that is
-    not a chunk) is a retryable attempt, billed what the provider reported (usually nothing:
-    the usage comes last)."""
+    not a chunk) is a retryable attempt, billed `usage`: what the provider reported, or (as it
+    usually sent none: the usage comes last) the prompt and the text received, counted."""
     if isinstance(exc, openai.APITimeoutError):
         reason, kind = "the model's stream stalled", "timeout"
     elif isinstance(exc, openai.APIConnectionError):
@@ -289,17 +296,23 @@ def broken_stream(exc: Exception, folder: ChunkFolder) -> RetryableProviderError
             f"the model's stream sent a malformed chunk ({type(exc).__name__})",
             ("stream_broken"),
         )
-    return RetryableProviderError(reason, kind=kind, usage=folder.usage)
+    return RetryableProviderError(reason, kind=kind, usage=usage)
+
+
+def cut_short(usage: Usage) -> RetryableProviderError:
+    """A stream that ended without a finish reason was truncated: retryable, billed `usage`."""
+    return RetryableProviderError(
+        "the model's stream ended before its last chunk", kind="stream_broken", usage=usage
+    )
+
+
+def partial(folder: ChunkFolder) -> TextResult:
+    """What came so far, as a result to count (tool calls' pieces included)."""
+    return TextResult(text=folder.full_text, usage=Usage(), tool_calls=folder.tool_calls())
 
 
 def streamed_result(folder: ChunkFolder) -> TextResult:
-    """The whole answer; a stream that ended without a finish reason was truncated."""
-    if folder.finish_reason is None:
-        raise RetryableProviderError(
-            "the model's stream ended before its last chunk",
-            kind="stream_broken",
-            usage=folder.usage,
-        )
+    """The whole answer of a stream that came to its finish reason."""
     return TextResult(
         text=folder.full_text,
         usage=folder.usage or Usage(),
