@@ -33,12 +33,19 @@ def renew_lease(session: Session, *, job_id: str, token: str, lease_s: int) -> b
     return result.rowcount == 1
 
 
-def release(session: Session, *, job_id: str, token: str) -> bool:
-    """Give a running job back to the queue (shutdown, long wait); the caller republishes it."""
+def release(session: Session, *, job_id: str, token: str, publishing: bool = False) -> bool:
+    """Give a running job back to the queue (shutdown, long wait). `publishing`: the caller
+    publishes it now with its countdown, so it is marked published (the sweeper must not publish
+    it again before the countdown, a retry before Retry-After); otherwise the sweeper does."""
     result = session.execute(
         update(Job)
         .where(col(Job.id) == job_id, col(Job.status) == RUNNING, col(Job.claim_token) == token)
-        .values(status=QUEUED, claim_token=None, lease_until=None, published_at=None)
+        .values(
+            status=QUEUED,
+            claim_token=None,
+            lease_until=None,
+            published_at=utcnow() if publishing else None,
+        )
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

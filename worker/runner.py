@@ -28,7 +28,7 @@ from models.errors import PermanentProviderError, ProviderError
 from models.jobs import CANCELLED, Job, aware, claim_job
 from models.jobs import FAILED as JOB_FAILED
 from models.jobs import SUCCEEDED as JOB_SUCCEEDED
-from models.lifecycle import release
+from models.lifecycle import release, unpublish
 from models.logging import redact
 from models.money import money
 from models.pricing import Usage
@@ -447,9 +447,15 @@ class Runner:
 
     def _reschedule(self, run: Run, delay_s: float, bound) -> str:
         """Hand the job back to the queue, to be picked up again after `delay_s`."""
+        publishing = self.publish is not None
         with session_scope(self.engine) as session:
-            released = release(session, job_id=run.job_id, token=run.token)
-        if released and self.publish is not None:
-            self.publish(run.job_id, run.kind, delay_s, run.batch_id is not None)
+            released = release(session, job_id=run.job_id, token=run.token, publishing=publishing)
+        if released and publishing:
+            try:
+                self.publish(run.job_id, run.kind, delay_s, run.batch_id is not None)
+            except Exception:  # the broker is down: the sweeper publishes it once it is back
+                with session_scope(self.engine) as session:
+                    unpublish(session, job_id=run.job_id)
+                raise
         bound.info("job.rescheduled", delay_s=round(delay_s, 2), released=released)
         return "rescheduled"

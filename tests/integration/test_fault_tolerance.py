@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlmodel import select
@@ -301,3 +302,39 @@ def test_the_sweeper_republishes_a_batch_job_only_once_its_lane_has_drained(clie
     with session_scope(engine) as session:
         session.get(Job, lost).published_at = long_ago
     assert sweeper.sweep_once()["published"] == 0 and published == [plain, lost]
+
+
+def test_the_sweeper_does_not_publish_a_rescheduled_job_before_its_countdown(client, key, settings):
+    # Given a job given back to the queue for a 30 s Retry-After (published with that countdown)
+    engine = get_engine(settings.database_url)
+    job_id = submit(client, key)
+    with session_scope(engine) as session:
+        session.get(Job, job_id).created_at = utcnow() - timedelta(seconds=60)
+    provider = FakeProvider(
+        outcomes=[RetryableProviderError("slow down", status_code=429, retry_after_s=30)]
+    )
+    runner = make_runner(settings, provider, retry_inline_max_s=5)
+    assert runner.run(job_id) == "rescheduled" and runner.published == [(job_id, "text", 30, False)]
+    # When the sweeper runs, it does not publish it again (that would retry before Retry-After)
+    published = []
+    sweeper = Sweeper(
+        engine,
+        redis.Redis.from_url(settings.redis_url),
+        lambda job_id, kind, _delay, _batch: published.append(job_id),
+        interval_s=1,
+        redispatch_after_s=300,
+    )
+    assert sweeper.sweep_once()["published"] == 0 and published == []
+    # But when that publish fails (the broker is down), the sweeper publishes the job
+    other = submit(client, key)
+    with session_scope(engine) as session:
+        session.get(Job, other).created_at = utcnow() - timedelta(seconds=60)
+
+    def broker_down(*_args):
+        raise ConnectionError("broker down")
+
+    provider.outcomes = [RetryableProviderError("slow down", status_code=429, retry_after_s=30)]
+    runner.publish = broker_down
+    with pytest.raises(ConnectionError):
+        runner.run(other)
+    assert sweeper.sweep_once()["published"] == 1 and published == [other]
