@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from api.services import Services
+from api.url_guard import refuse_nul_in_url
 from models.db import session_scope
 from models.errors import Unauthorized
 from models.keys import ApiKey, authenticate
@@ -37,8 +38,9 @@ bearer = HTTPBearer(
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def current_key(credentials: BearerDep, services: ServicesDep) -> ApiKey:
-    """The key named by `Authorization: Bearer <secret>`, or 401.
+def current_key(request: Request, credentials: BearerDep, services: ServicesDep) -> ApiKey:
+    """The key named by `Authorization: Bearer <secret>`, or 401; then a URL holding a NUL is
+    refused (api/url_guard.py) before the route queries by it.
 
     It uses its own short session: were it to share the request's, a submit would hold that
     connection while storing the job through another, and enough concurrent submits would
@@ -50,6 +52,7 @@ def current_key(credentials: BearerDep, services: ServicesDep) -> ApiKey:
         key = authenticate(session, secret=credentials.credentials)
     if key is None:
         raise Unauthorized("the API key is unknown or revoked")
+    refuse_nul_in_url(request.scope)
     return key
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.jsontext import MoneyNumber
+from models.text_rules import StorableText
 
 BatchEndpoint = Literal["/v1/chat/completions", "/v1/images/generations"]
 ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/images/generations")
@@ -50,7 +51,7 @@ class BatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_file_id: str = Field(min_length=1, max_length=64)
+    input_file_id: StorableText = Field(min_length=1, max_length=64)
     endpoint: BatchEndpoint
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = None

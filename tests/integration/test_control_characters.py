@@ -19,7 +19,7 @@ from models.db import get_engine, session_scope
 from models.jobs import Job
 from models.keys import create_key, rotate_webhook_secret
 from tests.helpers import auth
-from tests.integration.batches_helpers import chat_line, counts, create, jsonl, upload
+from tests.integration.batches_helpers import CHAT, chat_line, counts, create, jsonl, upload
 from tests.integration.test_api_contract import assert_problem
 
 NUL = "\u0000"
@@ -145,3 +145,47 @@ def test_a_conversation_message_with_a_nul_is_422_and_adds_no_turn(client, key, 
     problem = assert_problem(answer, 422)
     assert "content" in str(problem), problem
     assert stored_jobs(settings) == 0
+
+
+#: (method, URL with a NUL, status): an id holding NUL is unknown (404, as on SQLite), a query
+#: value holding one a 422 naming it; on PostgreSQL either was a DataError, a 500
+NUL_URLS = [
+    ("GET", "/v1/jobs/a%00b", 404),
+    ("POST", "/v1/jobs/a%00b/cancel", 404),
+    ("GET", "/v1/jobs/a%00b/events", 404),
+    ("GET", "/v1/jobs/a%00b/webhooks", 404),
+    ("GET", "/v1/jobs/a%00b/images/0", 404),
+    ("GET", "/v1/files/file-%00", 404),
+    ("GET", "/v1/files/file-%00/content", 404),
+    ("DELETE", "/v1/files/file-%00", 404),
+    ("GET", "/v1/batches/batch_%00", 404),
+    ("POST", "/v1/batches/batch_%00/cancel", 404),
+    ("GET", "/v1/conversations/c%00", 404),
+    ("DELETE", "/v1/conversations/c%00", 404),
+    ("GET", "/v1/jobs?batch_id=batch_%00", 422),
+    ("GET", "/v1/files?after=file-%00", 422),
+    ("GET", "/v1/batches?after=batch_%00", 422),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "status"), NUL_URLS)
+def test_a_nul_in_the_url_is_a_4xx_problem_never_a_500(client, key, method, url, status):
+    problem = assert_problem(client.request(method, url, headers=key), status)
+    assert "NUL" in problem["detail"]
+    if status == 422:
+        assert url.split("?")[1].split("=")[0] in problem["detail"]
+
+
+def test_a_message_to_a_conversation_id_with_a_nul_is_404(client, key, settings):
+    url = "/v1/conversations/c%00/messages"
+    assert_problem(client.post(url, json={"content": "hi"}, headers=key), 404)
+    assert stored_jobs(settings) == 0
+
+
+def test_a_batch_naming_an_input_file_id_with_a_nul_is_422_and_stores_nothing(
+    client, key, settings
+):
+    body = {"input_file_id": f"file-{NUL}", "endpoint": CHAT, "completion_window": "24h"}
+    problem = assert_problem(client.post("/v1/batches", json=body, headers=key), 422)
+    assert "input_file_id" in str(problem)
+    assert counts(settings.database_url) == (0, 0)
