@@ -20,7 +20,7 @@ from models.jobs import Job
 from models.keys import create_key, rotate_webhook_secret
 from tests.helpers import auth
 from tests.integration.batches_helpers import CHAT, chat_line, counts, create, jsonl, upload
-from tests.integration.test_api_contract import assert_problem
+from tests.integration.test_api_contract import assert_problem, run_all
 
 NUL = "\u0000"
 
@@ -189,3 +189,13 @@ def test_a_batch_naming_an_input_file_id_with_a_nul_is_422_and_stores_nothing(
     problem = assert_problem(client.post("/v1/batches", json=body, headers=key), 422)
     assert "input_file_id" in str(problem)
     assert counts(settings.database_url) == (0, 0)
+
+
+def test_an_answer_holding_a_nul_is_stored_with_a_replacement_mark(client, key, settings):
+    # Given a job whose model answer holds a NUL (the fake provider echoes the prompt)
+    job = client.post("/v1/jobs", json={"kind": "text", "prompt": f"a{NUL}b"}, headers=key).json()
+    # When a worker runs it, the job ends (it was stuck running on PostgreSQL: the end failed)
+    assert run_all(settings, [job["id"]]) == ["succeeded"]
+    shown = client.get(f"/v1/jobs/{job['id']}", headers=key).json()
+    assert shown["status"] == "succeeded" and shown["attempts"] == 1
+    assert shown["output"]["text"] == "reply to a\ufffdb"

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from models.moderation import Verdict
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
+from models.text_rules import NUL
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +22,12 @@ class TextResult:
     tool_calls: list[dict] | None = None
     #: the parsed answer, set once genq checked it against the asked JSON format
     json: Any = None
+
+    def __post_init__(self) -> None:
+        # a NUL cannot be stored in a text column on PostgreSQL (the job's end would fail,
+        # and the job be run and billed again): it becomes U+FFFD, the unrepresentable mark
+        if NUL in self.text:
+            object.__setattr__(self, "text", self.text.replace(NUL, "\ufffd"))
 
     def extra(self) -> dict | None:
         """What a text output holds beyond its text and finish reason, stored as it is."""
