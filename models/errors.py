@@ -136,7 +136,8 @@ class ProviderError(GenqError):
         kind: str = "provider_error",
         usage: Usage | None = None,
     ):
-        super().__init__(detail)
+        # a provider's message may quote the request back, NUL included: stored in text columns
+        super().__init__(detail.replace("\x00", "\ufffd"))
         self.status_code = status_code
         self.retry_after_s = retry_after_s
         self.kind = kind

@@ -16,9 +16,10 @@ from sqlalchemy import func, select
 from api.main import create_app
 from models.conversations import Conversation
 from models.db import get_engine, session_scope
+from models.errors import PermanentProviderError
 from models.jobs import Job
 from models.keys import create_key, rotate_webhook_secret
-from tests.helpers import auth
+from tests.helpers import FakeProvider, auth
 from tests.integration.batches_helpers import CHAT, chat_line, counts, create, jsonl, upload
 from tests.integration.test_api_contract import assert_problem, run_all
 
@@ -199,3 +200,15 @@ def test_an_answer_holding_a_nul_is_stored_with_a_replacement_mark(client, key, 
     shown = client.get(f"/v1/jobs/{job['id']}", headers=key).json()
     assert shown["status"] == "succeeded" and shown["attempts"] == 1
     assert shown["output"]["text"] == "reply to a\ufffdb"
+
+
+def test_a_provider_error_quoting_a_nul_fails_the_job_with_a_replacement_mark(
+    client, key, settings
+):
+    # Given a provider that refuses the request, quoting its NUL back in the message
+    refusal = PermanentProviderError(f"Invalid value: 'a{NUL}b'", status_code=400)
+    job = client.post("/v1/jobs", json={"kind": "text", "prompt": f"a{NUL}b"}, headers=key).json()
+    # When a worker runs it, the job fails with the message (not stuck running on PostgreSQL)
+    assert run_all(settings, [job["id"]], FakeProvider(outcomes=[refusal])) == ["failed"]
+    shown = client.get(f"/v1/jobs/{job['id']}", headers=key).json()
+    assert shown["status"] == "failed" and "a\ufffdb" in shown["error"]["message"]
