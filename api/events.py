@@ -150,6 +150,7 @@ class Feed:
     #: the worker wrote `end`: the database has the job's end
     end_seen: bool = False
     refreshed: float = field(default_factory=time.monotonic)
+    released: bool = False
 
     async def events(self) -> AsyncIterator[ServerSentEvent]:
         """Missed entries, then live ones, until `done`."""
@@ -172,7 +173,7 @@ class Feed:
                 block = True
         finally:
             with anyio.CancelScope(shield=True):
-                await self._release()
+                await self.release()
 
     async def _read(self, block: bool) -> list[ServerSentEvent]:
         """The stream's entries after the position (waiting up to a tick for one)."""
@@ -242,7 +243,12 @@ class Feed:
         except redis.RedisError:
             log.warning("events.slot_refresh_failed", job_id=self.job_id)
 
-    async def _release(self) -> None:
+    async def release(self) -> None:
+        """Give the slot back, once: when the stream ends, and (the response's background
+        task) when the client left before the stream started, so `events()` never ran."""
+        if self.released:
+            return
+        self.released = True
         try:
             await self.slots.release(self.key_id, self.slot)
         except redis.RedisError:  # it lapses by itself

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, ServicesDep
@@ -68,4 +69,8 @@ async def events(
         position=Position.parse(last_event_id),
         poll_s=services.settings.sse_poll_s,
     )
-    return EventSourceResponse(feed.events(), ping=services.settings.sse_keepalive_s)
+    return EventSourceResponse(
+        feed.events(),
+        ping=services.settings.sse_keepalive_s,
+        background=BackgroundTask(feed.release),  # also when the stream never started
+    )
