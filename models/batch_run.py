@@ -122,7 +122,11 @@ def final_status(batch: Batch) -> str:
 
 def stop_jobs(session: Session, *, batch_id: str, code: str, message: str) -> int:
     """Cancel the batch's queued jobs at once (their budget released) and ask its running ones
-    to stop at their next safe point; returns how many queued jobs were cancelled."""
+    to stop at their next safe point; returns how many queued jobs were cancelled.
+
+    Lock order: every job row first, the key's budget row last. A worker finishing one of the
+    running jobs holds that job's row and then takes the key's row; taking the key's row before
+    the running jobs' rows here deadlocked with it on PostgreSQL (the cancel answered 503)."""
     now = utcnow()
     params = {"the_batch": batch_id, "code": code, "message": message, "now": now}
     released: dict[str, tuple[Decimal, Decimal]] = {}
@@ -133,9 +137,9 @@ def stop_jobs(session: Session, *, batch_id: str, code: str, message: str) -> in
         count += 1
     if count:
         session.execute(_RELEASED, {"the_batch": batch_id})
+    session.execute(_STOP_RUNNING, {"the_batch": batch_id})
     for key_id, (reserved, cost) in released.items():
         settle(session, key_id=key_id, reserved=reserved, cost=cost)
-    session.execute(_STOP_RUNNING, {"the_batch": batch_id})
     return count
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlmodel import select
 
 from models.attempts import Attempt, Image
@@ -22,7 +23,7 @@ from models.files import StoredFile, iter_content
 from models.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, claim_job, finish_job
 from models.keys import ApiKey, create_key
 from models.lifecycle import reclaim_expired
-from tests.helpers import FakeProvider
+from tests.helpers import FakeProvider, wait_until
 from worker.batches import after_batch_job, sweep_batches
 from worker.retry import RetryPolicy
 from worker.runner import Runner
@@ -372,3 +373,53 @@ def test_a_running_line_of_a_cancelled_batch_that_is_reclaimed_ends_without_a_ca
     assert provider.calls == 0 and job.status == CANCELLED and job.reserved_usd == 0
     assert key.reserved_usd == 0 and ended == [batch_id]
     assert finalize_batch(engine, batch_id=batch_id) == "cancelled"
+
+
+@pytest.fixture
+def postgres_engine(tmp_path, monkeypatch):
+    """Row locks are PostgreSQL's (SQLite locks the whole database: no lock order to get wrong)."""
+    from models.migrate import upgrade
+    from tests.conftest import _postgres_database
+
+    monkeypatch.chdir(tmp_path)
+    database = _postgres_database()
+    url = next(database)
+    upgrade(url)
+    yield get_engine(url)
+    database.close()
+
+
+def test_a_batch_cancel_never_deadlocks_with_a_worker_finishing_one_of_its_lines(postgres_engine):
+    # Given a batch with a queued and a running line, and a worker in the middle of finishing the
+    # running one: it holds that job's row and will take the key's budget row next (as every end)
+    engine = postgres_engine
+    batch_id, key_id = make_batch(engine, [QUEUED, RUNNING])
+    running_id = job_of(batch_of(engine, batch_id), 2, RUNNING).id
+    worker = engine.connect()
+    worker.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = :id"), {"id": running_id})
+    outcome: list = []
+
+    def cancel() -> None:
+        try:
+            with session_scope(engine) as session:
+                outcome.append(cancel_batch(session, batch_id=batch_id, key_id=key_id).status)
+        except Exception as exc:  # noqa: BLE001 (the assertion below names it)
+            outcome.append(exc)
+
+    # When the batch is cancelled meanwhile (it waits for the running line's row)
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    with engine.connect() as watch:
+        wait_until(
+            lambda: watch.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar(),
+            what="the cancel to wait for the running line's row",
+        )
+    # and the worker then settles the key's budget and commits
+    worker.execute(text("UPDATE api_keys SET spent_usd = spent_usd WHERE id = :id"), {"id": key_id})
+    worker.commit()
+    worker.close()
+    canceller.join(timeout=30)
+    # Then neither was chosen as a deadlock's victim: the cancel went through
+    assert outcome == ["cancelling"], outcome
