@@ -403,7 +403,7 @@ def test_a_batch_cancel_never_deadlocks_with_a_worker_finishing_one_of_its_lines
         try:
             with session_scope(engine) as session:
                 outcome.append(cancel_batch(session, batch_id=batch_id, key_id=key_id).status)
-        except Exception as exc:  # noqa: BLE001 (the assertion below names it)
+        except Exception as exc:  # the assertion below names it
             outcome.append(exc)
 
     # When the batch is cancelled meanwhile (it waits for the running line's row)
