@@ -389,6 +389,18 @@ def postgres_engine(tmp_path, monkeypatch):
     database.close()
 
 
+def lock_waits(engine) -> int:
+    """Sessions waiting for a lock now (pg_stat_activity is a snapshot per transaction: each look
+    is its own)."""
+    with engine.connect() as watch:
+        return watch.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        ).scalar()
+
+
 def test_a_batch_cancel_never_deadlocks_with_a_worker_finishing_one_of_its_lines(postgres_engine):
     # Given a batch with a queued and a running line, and a worker in the middle of finishing the
     # running one: it holds that job's row and will take the key's budget row next (as every end)
@@ -409,13 +421,7 @@ def test_a_batch_cancel_never_deadlocks_with_a_worker_finishing_one_of_its_lines
     # When the batch is cancelled meanwhile (it waits for the running line's row)
     canceller = threading.Thread(target=cancel)
     canceller.start()
-    with engine.connect() as watch:
-        wait_until(
-            lambda: watch.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            ).scalar(),
-            what="the cancel to wait for the running line's row",
-        )
+    wait_until(lambda: lock_waits(engine), what="the cancel to wait for the running line's row")
     # and the worker then settles the key's budget and commits
     worker.execute(text("UPDATE api_keys SET spent_usd = spent_usd WHERE id = :id"), {"id": key_id})
     worker.commit()
