@@ -80,34 +80,32 @@ class Publisher:
     def queue_finalize(self, batch_id: str) -> None:
         """Ask a worker to finalize the batch (a no-op until its jobs all ended); when the broker
         is down the workers' sweeper finalizes it anyway, so a failure is only logged."""
-        try:
-            self.app.send_task(
-                FINALIZE_TASK,
-                args=[batch_id],
-                queue=TEXT_QUEUE,
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-            )
-        except Exception as exc:  # kombu raises many transport-specific types
-            log.warning("batch.finalize_not_queued", batch_id=batch_id, error=type(exc).__name__)
+        self._send_or_log(FINALIZE_TASK, TEXT_QUEUE, "batch.finalize_not_queued", batch_id=batch_id)
 
     def publish_webhooks(self, delivery_ids: list[str]) -> None:
         """Send the messages of deliveries a request opened (a cancelled queued job's); a
         failure only delays them: the workers' sweeper publishes overdue deliveries."""
         for delivery_id in delivery_ids:
-            try:
-                self.app.send_task(
-                    WEBHOOK_TASK,
-                    args=[delivery_id],
-                    queue=WEBHOOK_QUEUE,
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY,
-                )
-            except Exception as exc:  # kombu raises many transport-specific types
-                log.warning(
-                    "webhook.publish_deferred", webhook_id=delivery_id, error=type(exc).__name__
-                )
+            if not self._send_or_log(
+                WEBHOOK_TASK, WEBHOOK_QUEUE, "webhook.publish_deferred", webhook_id=delivery_id
+            ):
                 return
+
+    def _send_or_log(self, task: str, queue: str, event: str, **ref: str) -> bool:
+        """Send a task (its one argument: `ref`'s value) that the sweeper would also do later: a
+        broker failure is logged with `ref`, not raised."""
+        try:
+            self.app.send_task(
+                task,
+                args=list(ref.values()),
+                queue=queue,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception as exc:  # kombu raises many transport-specific types
+            log.warning(event, error=type(exc).__name__, **ref)
+            return False
+        return True
 
     def close(self) -> None:
         self.app.close()
