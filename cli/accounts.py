@@ -24,17 +24,13 @@ keys_app = typer.Typer(help="Manage API keys and their budgets.", no_args_is_hel
 
 def _engine():
     """The database, once it answers at this genq's schema; else one line and exit 1."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from models.migrate import SchemaCheck
+    from cli.database import DatabaseUnreachable, schema_problem
 
     engine = get_engine(get_settings().database_url)
     try:
-        reason = SchemaCheck(engine).problem()
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        first_line = (str(cause).splitlines() or [""])[0]
-        reason = f"cannot reach the database ({type(cause).__name__}: {first_line})"
+        reason = schema_problem(engine)
+    except DatabaseUnreachable as exc:
+        reason = str(exc)
     if reason:
         raise fail(reason)
     return engine

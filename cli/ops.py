@@ -55,6 +55,16 @@ def flower_argv(settings: Settings, args: list[str], *, unauthenticated: bool) -
     )
 
 
+def refuse_unmigrated(settings: Settings) -> None:
+    """A long-running process on a database behind this genq's schema (or empty) would fail
+    every request or job it takes: it does not start (one read of `alembic_version`)."""
+    from cli.database import refuse_behind
+    from models.db import get_engine
+
+    if reason := refuse_behind(get_engine(settings.database_url)):
+        raise OpsError(reason)
+
+
 def run_api(*, host: str, port: int, workers: int) -> None:
     """uvicorn with `workers` processes on one port; with several, metrics are summed over all.
 
@@ -71,8 +81,9 @@ def run_api(*, host: str, port: int, workers: int) -> None:
     from api.routes.health import MULTIPROC_ENV
     from cli.ports import bind_error
 
-    get_settings()
+    settings = get_settings()
     with one_line_errors():
+        refuse_unmigrated(settings)
         if reason := bind_error(host, port):
             raise OpsError(
                 f"cannot serve the API on {host}:{port}: {reason} (another genq api may "
@@ -135,6 +146,7 @@ def run_worker(args: list[str], *, metrics_port: int | None) -> None:
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
         args = ["-Q", ",".join(ALL_QUEUES), *args]
     with one_line_errors():
+        refuse_unmigrated(settings)
         check_autoscale(args)
         start_worker_metrics(settings, metrics_port, args)
     celery_app.worker_main(["worker", "--loglevel", settings.log_level, *args])
