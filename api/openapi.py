@@ -96,6 +96,12 @@ def problem_responses(*statuses: int, notes: dict[int, str] | None = None) -> di
     return responses
 
 
+def cancel_problems(conflict: str) -> dict[int | str, Any]:
+    """`responses=` for a `POST …/{id}/cancel` route: the key's problems, 404 (not this key's),
+    and 409 with `conflict`, why nothing is left to cancel."""
+    return problem_responses(*KEYED, 404, 409, notes={409: conflict})
+
+
 def install_openapi(app: FastAPI) -> None:
     """Build the document with the `Problem` component and without FastAPI's default 422."""
     generate = app.openapi

@@ -108,6 +108,14 @@ def _model_and_policy(body: dict[str, Any]) -> dict[str, Any]:
     return {"policy": {"tier": model}} if model in TIERS else {"model": model}
 
 
+def _required(body: dict[str, Any], name: str) -> Any:
+    """Take the body's `name` out of it; missing, the line is OpenAI's missing parameter."""
+    if name not in body:
+        message = f"Missing required parameter: '{name}'."
+        raise LineError("missing_required_parameter", message, f"body.{name}")
+    return body.pop(name)
+
+
 def _text_content(content: Any, index: int) -> Any:
     """OpenAI's content parts, when all are text, as the one string genq takes."""
     if not isinstance(content, list):
@@ -132,11 +140,7 @@ def _drop_defaults(body: dict[str, Any]) -> None:
 def chat_job(body: dict[str, Any]) -> JobCreate:
     """A `/v1/chat/completions` body as a genq text job."""
     head = _model_and_policy(body)
-    if "messages" not in body:
-        raise LineError(
-            "missing_required_parameter", "Missing required parameter: 'messages'.", "body.messages"
-        )
-    messages = body.pop("messages")
+    messages = _required(body, "messages")
     if isinstance(messages, list):
         messages = [
             {**m, "content": _text_content(m.get("content"), i)} if isinstance(m, dict) else m
@@ -157,11 +161,7 @@ def chat_job(body: dict[str, Any]) -> JobCreate:
 def image_job(body: dict[str, Any]) -> JobCreate:
     """A `/v1/images/generations` body as a genq image job."""
     head = _model_and_policy(body)
-    if "prompt" not in body:
-        raise LineError(
-            "missing_required_parameter", "Missing required parameter: 'prompt'.", "body.prompt"
-        )
-    prompt = body.pop("prompt")
+    prompt = _required(body, "prompt")
     body.pop("user", None)
     metadata = {}
     if "response_format" in body:

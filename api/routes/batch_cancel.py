@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import KeyDep, ServicesDep
-from api.openapi import KEYED, problem_responses
+from api.openapi import cancel_problems
 from api.responses import model_response
 from models.batch_run import cancel_batch
 from models.batch_schemas import BatchPublic
@@ -18,14 +18,9 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 @router.post(
     "/{batch_id}/cancel",
     response_model=BatchPublic,
-    responses=problem_responses(
-        *KEYED,
-        404,
-        409,
-        notes={
-            409: "The batch already ended (completed, failed, expired, cancelled) or is "
-            "finalizing: nothing is left to cancel."
-        },
+    responses=cancel_problems(
+        "The batch already ended (completed, failed, expired, cancelled) or is finalizing: "
+        "nothing is left to cancel."
     ),
 )
 def cancel(batch_id: str, key: KeyDep, services: ServicesDep) -> Response:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from api.batch_intake import create_batch
 from api.deps import KeyDep, ServicesDep, SessionDep
 from api.openapi import BODY, KEYED, problem_responses
-from api.responses import model_response
+from api.responses import After, model_response, page_response
 from models.batch_schemas import BatchCreate, BatchList, BatchPublic
 from models.batches import batch_public, get_batch, list_batches
 from models.db import session_scope
@@ -41,20 +41,12 @@ def create(body: BatchCreate, key: KeyDep, services: ServicesDep) -> Response:
 def index(
     key: KeyDep,
     session: SessionDep,
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: After = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     """The key's batches, newest first; page on with `after` (the last id of a page)."""
     batches, more = list_batches(session, key_id=key.id, limit=limit, after=after)
-    data = [batch_public(session, batch) for batch in batches]
-    return model_response(
-        BatchList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=more,
-        )
-    )
+    return page_response(BatchList, [batch_public(session, b) for b in batches], more=more)
 
 
 @router.get("/{batch_id}", response_model=BatchPublic, responses=problem_responses(*KEYED, 404))

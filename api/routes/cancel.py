@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 
 from api.cache import after_cancel, publish_promoted
 from api.deps import KeyDep, ServicesDep
-from api.openapi import KEYED, problem_responses
+from api.openapi import cancel_problems
 from api.responses import model_response
 from models.batch_run import has_unfinished_jobs
 from models.db import session_scope
@@ -24,12 +24,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
-    responses=problem_responses(
-        *KEYED,
-        404,
-        409,
-        notes={409: "The job already finished; only queued or running jobs cancel."},
-    ),
+    responses=cancel_problems("The job already finished; only queued or running jobs cancel."),
 )
 def cancel(job_id: str, key: KeyDep, services: ServicesDep) -> Response:
     """200 with the job (`cancelled`, or still `running` with the stop requested); 409 if done."""

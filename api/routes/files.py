@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, ServicesDep, SessionDep
 from api.openapi import BODY, KEYED, problem_responses
-from api.responses import model_response
+from api.responses import After, model_response, page_response
 from api.uploads import receive_upload
 from models.batch_schemas import FileDeleted, FileList, FilePublic
 from models.db import session_scope
@@ -97,22 +97,14 @@ def index(
     session: SessionDep,
     purpose: Literal["batch", "batch_output"] | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: After = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> Response:
     """The key's files, newest first (`order=asc`: oldest first); page on with `after`."""
     files, more = list_files(
         session, key_id=key.id, purpose=purpose, limit=limit, after=after, order=order
     )
-    data = [file_public(f) for f in files]
-    return model_response(
-        FileList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=more,
-        )
-    )
+    return page_response(FileList, [file_public(f) for f in files], more=more)
 
 
 @router.get("/{file_id}", response_model=FilePublic, responses=problem_responses(*KEYED, 404))
