@@ -7,6 +7,10 @@ started meanwhile), the others following it. Every change is conditional on the 
 still waiting, so the worker that ended the leader, the sweeper and a cancel can race on it:
 each follower is ended once, its budget reservation released once, and its webhook's
 delivery opened in the transaction that ends it (published on its commit).
+
+A follower is never claimed, so no worker checks its deadline: the sweeper fails the followers
+whose `deadline_at` passed while their leader still ran (`timeout`, like a job that ran out of
+time; nothing spent), and the leader's end then finds them no longer waiting.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from sqlmodel import Session
 
 from models.budgets import settle
 from models.cache import find_leader
-from models.db import utcnow
+from models.db import db_moment, utcnow
 from models.jobs import CANCELLED, FAILED, FINISHED, QUEUED, SUCCEEDED, Job
 from models.webhooks import open_delivery
 
-#: at most this many leaders per sweep
+#: at most this many leaders (and this many overdue followers) per sweep
 SWEEP_BATCH = 200
+#: the end of a follower whose deadline passed while it waited, as a run's timeout says it
+TIMEOUT, TIMEOUT_MESSAGE = "timeout", "the job's deadline passed before it finished"
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,25 @@ class Resolution:
 
 _JOBS = Job.__table__.c
 _WAITING = (
-    select(_JOBS.id, _JOBS.reserved_usd, _JOBS.kind, _JOBS.webhook_url)
+    select(_JOBS.id, _JOBS.key_id, _JOBS.reserved_usd, _JOBS.kind, _JOBS.webhook_url)
     .where(_JOBS.cache_source_id == bindparam("leader_id"), _JOBS.status == QUEUED)
     .order_by(_JOBS.created_at, _JOBS.id)
     .with_for_update()
+)
+
+
+#: followers still waiting past their deadline, oldest first; a row a resolver holds is left
+#: to it (it ends the follower now) or to the next sweep
+_OVERDUE = (
+    select(_JOBS.id, _JOBS.key_id, _JOBS.reserved_usd, _JOBS.webhook_url)
+    .where(
+        _JOBS.cache_source_id.is_not(None),
+        _JOBS.status == QUEUED,
+        _JOBS.deadline_at <= bindparam("now"),
+    )
+    .order_by(_JOBS.created_at, _JOBS.id)
+    .limit(SWEEP_BATCH)
+    .with_for_update(skip_locked=True)
 )
 
 
@@ -92,15 +113,56 @@ def resolve_followers(session: Session, *, leader_id: str) -> Resolution:
             "error_message": leader.error_message,
         }
     ended = list(session.execute(_end_waiting(leader_id, ids, **values)).scalars())
-    rows = {row.id: row for row in waiting}
-    released = sum((rows[job_id].reserved_usd for job_id in ended), Decimal(0))
-    settle(session, key_id=leader.key_id, reserved=released, cost=Decimal(0))
-    for job_id in ended:  # each follower's end is a job end: its webhook, if it has one
-        if (url := rows[job_id].webhook_url) is not None:
-            open_delivery(
-                session, job_id=job_id, key_id=leader.key_id, status=values["status"], url=url
-            )
+    _after_end(session, waiting, ended, status=values["status"])
     return Resolution(ended=ended)
+
+
+def _after_end(session: Session, rows: list, ended: list[str], *, status: str) -> None:
+    """What every end of followers does: their reservations released (nothing spent), and
+    each one's webhook opened (a follower's end is a job end)."""
+    by_id = {row.id: row for row in rows}
+    released: dict[str, Decimal] = {}
+    for job_id in ended:
+        row = by_id[job_id]
+        released[row.key_id] = released.get(row.key_id, Decimal(0)) + row.reserved_usd
+    for key_id, reserved in sorted(released.items()):
+        settle(session, key_id=key_id, reserved=reserved, cost=Decimal(0))
+    for job_id in ended:
+        row = by_id[job_id]
+        if row.webhook_url is not None:
+            open_delivery(
+                session, job_id=job_id, key_id=row.key_id, status=status, url=row.webhook_url
+            )
+
+
+def end_overdue_followers(session: Session) -> list[str]:
+    """Fail the followers whose deadline passed before their leader ended (`timeout`, cost 0,
+    reservation released, webhook opened); the ids ended."""
+    now = utcnow()
+    overdue = session.execute(_OVERDUE, {"now": db_moment(session, now)}).all()
+    if not overdue:
+        return []
+    ended = list(
+        session.execute(
+            update(Job.__table__)
+            .where(
+                _JOBS.id.in_([row.id for row in overdue]),
+                _JOBS.cache_source_id.is_not(None),
+                _JOBS.status == QUEUED,
+            )
+            .values(
+                status=FAILED,
+                error_type=TIMEOUT,
+                error_message=TIMEOUT_MESSAGE,
+                reserved_usd=Decimal(0),
+                lease_until=None,
+                finished_at=now,
+            )
+            .returning(_JOBS.id)
+        ).scalars()
+    )
+    _after_end(session, overdue, ended, status=FAILED)
+    return ended
 
 
 def _hand_on(session: Session, leader: Job, waiting: list) -> Resolution:

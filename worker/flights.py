@@ -14,7 +14,12 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from models.cache_flight import Resolution, resolve_followers, stranded_leaders
+from models.cache_flight import (
+    Resolution,
+    end_overdue_followers,
+    resolve_followers,
+    stranded_leaders,
+)
 from models.db import session_scope
 from models.lifecycle import mark_published
 
@@ -50,7 +55,12 @@ def end_followers(engine: Engine, leader_id: str, publish: Publish | None) -> Re
 def end_stranded(engine: Engine) -> int:
     """The sweeper's part: followers still waiting on a finished leader (its worker died
     before ending them) are ended now; a promoted one is left unpublished, which the same
-    sweep's outbox pass publishes. Returns how many leaders were resolved."""
+    sweep's outbox pass publishes. Followers past their deadline fail first (`timeout`): no
+    worker ever claims a follower to check it. Returns how many leaders were resolved."""
+    with session_scope(engine) as session:
+        timed_out = end_overdue_followers(session)
+    if timed_out:
+        log.warning("cache.followers_timed_out", followers=len(timed_out))
     with session_scope(engine) as session:
         leaders = stranded_leaders(session)
     for leader_id in leaders:

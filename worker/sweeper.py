@@ -2,7 +2,8 @@
 
 It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time.
 Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue,
-(2) ends the response cache's followers still waiting on a finished leader (worker/flights.py),
+(2) ends the response cache's followers still waiting on a finished leader, and fails those
+whose own deadline passed meanwhile (`timeout`; worker/flights.py),
 (3) publishes queued jobs that were never published (the broker was down at submit) or whose
 message is presumed lost (published long ago, still queued; a batch job only once its kind's
 batch lane is empty: a long lane is not a lost message), and (4) expires, stops and

@@ -249,3 +249,68 @@ def test_an_image_follower_serves_its_leaders_bytes(client, key, settings):
     mine = client.get(f"/v1/jobs/{follower['id']}/images/0", headers=key)
     theirs = client.get(f"/v1/jobs/{leader['id']}/images/0", headers=key)
     assert mine.status_code == 200 and mine.content == theirs.content
+
+
+def test_a_follower_past_its_deadline_times_out_and_its_leader_leaves_it_alone(settings):
+    # Given a budgeted key with a webhook, a leader and two followers still waiting for it
+    from datetime import timedelta
+
+    from models.keys import rotate_webhook_secret
+    from models.webhooks import WebhookDelivery
+
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
+        row, secret = create_key(
+            session, name="late", budget_usd=Decimal("1"), webhook_url="http://127.0.0.1:9/hook"
+        )
+    with session_scope(engine) as session:
+        rotate_webhook_secret(session, ref=row.id)
+    key = auth(secret)
+    allowed = settings.model_copy(update={"webhook_allow_private": True})
+    with TestClient(create_app(allowed)) as client:
+        leader, late, patient = (submit(client, key) for _ in range(3))
+        assert {late["cache"]["source_job_id"], patient["cache"]["source_job_id"]} == {leader["id"]}
+        # and one follower's deadline passes while the leader has not ended
+        with session_scope(engine) as session:
+            job = session.get(Job, late["id"])
+            job.deadline_at = utcnow() - timedelta(seconds=1)
+            session.add(job)
+        # When the sweeper runs
+        sweeper = Sweeper(
+            engine,
+            redis.Redis.from_url(settings.redis_url),
+            lambda *_message: None,
+            interval_s=1,
+            redispatch_after_s=300,
+        )
+        sweeper.sweep_once()
+        # Then that follower failed with `timeout`, spent nothing and holds nothing
+        shown = client.get(f"/v1/jobs/{late['id']}", headers=key).json()
+        assert shown["status"] == "failed" and shown["error"]["type"] == "timeout"
+        assert shown["cost_usd"] == 0 and shown["attempts"] == 0
+        stored = jobs_of(settings, [leader["id"], late["id"], patient["id"]])
+        assert stored[late["id"]].reserved_usd == 0
+        assert stored[leader["id"]].status == stored[patient["id"]].status == "queued"
+        with session_scope(engine) as session:
+            held = session.get(ApiKey, row.id).reserved_usd
+        assert held == stored[leader["id"]].reserved_usd + stored[patient["id"]].reserved_usd
+        # When the leader ends afterwards (one call)
+        provider = FakeProvider()
+        run_every(settings, provider, [leader["id"], late["id"], patient["id"]])
+        assert provider.calls == 1
+        # Then the follower still waiting got its answer; the timed-out one was left as it was
+        after = jobs_of(settings, [late["id"], patient["id"]])
+        assert after[patient["id"]].status == "succeeded"
+        timed_out = after[late["id"]]
+        assert (timed_out.status, timed_out.error_type) == ("failed", "timeout")
+        assert timed_out.output_text is None and timed_out.cache_saved_usd is None
+    with session_scope(engine) as session:
+        budget = session.get(ApiKey, row.id)
+        assert budget.reserved_usd == 0 and budget.spent_usd == leader_cost(settings, leader["id"])
+        events = {d.job_id: d.event for d in session.exec(select(WebhookDelivery))}
+    # and each job's end opened one delivery, the timed-out follower's `job.failed`
+    assert events == {
+        leader["id"]: "job.succeeded",
+        late["id"]: "job.failed",
+        patient["id"]: "job.succeeded",
+    }
