@@ -13,6 +13,9 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 NUL = "\x00"
+#: what a NUL in a text genq stores (a model's answer, an error) becomes: U+FFFD, the mark
+#: of a character that cannot be represented
+REPLACEMENT = "\ufffd"
 
 
 def is_control(ch: str) -> bool:
@@ -23,6 +26,12 @@ def is_control(ch: str) -> bool:
 def without_controls(text: str) -> str:
     """`text` with every control character dropped (an upload's filename)."""
     return "".join(ch for ch in text if not is_control(ch))
+
+
+def storable(text: str) -> str:
+    """`text` as a text column can hold it (and as it is shown while it streams): each NUL
+    replaced by U+FFFD, so the length is the same."""
+    return text.replace(NUL, REPLACEMENT) if NUL in text else text
 
 
 def refuse_nul(value: str) -> str:

@@ -33,6 +33,7 @@ from models.jobs import RUNNING, Job
 from models.pricing import Usage
 from models.schemas import JobCreate, TextParams
 from models.settings import Settings
+from models.text_rules import storable
 from worker.output import checked
 from worker.providers.base import Provider, StreamStopped, TextResult
 from worker.recording import Call, ClaimLost
@@ -108,6 +109,7 @@ class DeltaBatch:
     last: float = float("-inf")
 
     def add(self, text: str) -> None:
+        text = storable(text)  # a NUL is stored as U+FFFD: the deltas show the stored text
         self.pending.append(text)
         self.size += len(text)
         if not self.hold and (self.size >= FLUSH_CHARS or self.clock() - self.last >= self.flush_s):

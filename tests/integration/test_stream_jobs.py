@@ -3,6 +3,7 @@ Runner with the offline simulator streaming, the events read back with `httpx_ss
 
 from __future__ import annotations
 
+import http.server
 import json
 import threading
 import time
@@ -29,6 +30,7 @@ from models.tokens import count_text
 from tests.helpers import free_port, new_key, start_redis_server
 from worker.moderation import ModerationConfig
 from worker.providers.offline import OfflineProvider
+from worker.providers.openai_provider import OpenAIProvider
 from worker.providers.simulator import Simulator
 from worker.retry import RetryPolicy
 from worker.runner import Runner
@@ -382,3 +384,61 @@ def test_a_client_gone_before_its_stream_started_frees_its_slot(client, key, set
     assert client.portal.call(leave_at_once) == [200]
     # Then its slot was given back at once (not left to lapse after 30 s)
     assert store.zcard(slots) == 0
+
+
+#: a model answer streamed with a NUL in its second piece (the stored text has U+FFFD there)
+NUL_PIECES = ["Rivers", " run\u0000", " deep"]
+
+
+class NulAnswer(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible `POST /v1/chat/completions` streaming NUL_PIECES as SSE chunks."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1}
+        base["model"] = "gpt-4o-mini"
+        choices = [
+            [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
+            for piece in NUL_PIECES
+        ]
+        choices.append([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        chunks = [{**base, "choices": c} for c in choices]
+        usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+        chunks.append({**base, "choices": [], "usage": usage})
+        for chunk in chunks:
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+def test_a_streamed_nul_reaches_the_deltas_as_the_stored_text_has_it(client, key, settings, store):
+    # Given a model that streams an answer holding a NUL, called through the openai SDK
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NulAnswer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = OpenAIProvider(
+            api_key="sk-test",
+            base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+            timeout_s=10,
+            catalogue=get_catalogue(),
+        )
+        work = runner(settings, Simulator(), store)
+        work.provider = work.streaming.provider = provider
+        job_id = submit(client, key, stream=True, model="gpt-4o-mini")
+        # When a worker runs the stream job
+        assert work.run(job_id) == "succeeded"
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Then the stored text has U+FFFD for the NUL, and the deltas add up to exactly that text
+    shown = client.get(f"/v1/jobs/{job_id}", headers=key).json()
+    assert shown["output"]["text"] == "Rivers run\ufffd deep"
+    deltas = [data["text"] for event, data in entries(store, job_id) if event == "delta"]
+    assert "".join(deltas) == shown["output"]["text"]
+    streamed = "".join(e.json()["text"] for e in events(client, key, job_id) if e.event == "delta")
+    assert streamed == shown["output"]["text"]
