@@ -15,7 +15,7 @@ from sqlmodel import select
 from models.attempts import Attempt, Image
 from models.batch_output import finalize_batch
 from models.batch_run import cancel_batch, claim_finalizing
-from models.batches import Batch
+from models.batches import Batch, batch_public, get_batch
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope, utcnow
 from models.errors import Conflict
@@ -213,6 +213,27 @@ def test_the_sweeper_expires_a_batch_past_its_window(engine):
     with session_scope(engine) as session:
         assert session.get(ApiKey, key_id).reserved_usd == 0
     assert sweep_batches(engine) == {"expired": 0, "stopped": 0, "finalized": 0}
+
+
+@pytest.mark.parametrize("stop", ["cancel", "expiry"])
+def test_a_stopped_batch_counts_only_the_lines_that_ran_as_completed_or_failed(engine, stop):
+    # Given a batch with a succeeded, a failed and two queued lines, stopped by a cancel or
+    # by its completion window
+    batch_id, key_id = make_batch(
+        engine, [SUCCEEDED, FAILED, QUEUED, QUEUED], expires_in_s=-1 if stop == "expiry" else 3600
+    )
+    if stop == "cancel":
+        with session_scope(engine) as session:
+            cancel_batch(session, batch_id=batch_id, key_id=key_id)
+    sweep_batches(engine)
+    with session_scope(engine) as session:
+        batch = get_batch(session, batch_id=batch_id, key_id=key_id)
+        public = batch_public(session, batch)
+    # Then the lines that never ran are in neither count (as OpenAI reports a cancelling batch:
+    # completed + failed < total), though the error file holds them
+    assert public.status == ("cancelled" if stop == "cancel" else "expired")
+    assert public.request_counts.model_dump() == {"total": 4, "completed": 1, "failed": 1}
+    assert len(file_lines(engine, public.error_file_id)) == 3
 
 
 def test_the_sweeper_finalizes_a_done_batch_and_rebuilds_one_whose_builder_died(engine):
