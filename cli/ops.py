@@ -56,8 +56,8 @@ def flower_argv(settings: Settings, args: list[str], *, unauthenticated: bool) -
 
 
 def refuse_unmigrated(settings: Settings) -> None:
-    """A long-running process on a database behind this genq's schema (or empty) would fail
-    every request or job it takes: it does not start (one read of `alembic_version`)."""
+    """A worker on a database behind this genq's schema (or empty) would fail every job it
+    takes: it does not start (one read of `alembic_version`)."""
     from cli.database import refuse_behind
     from models.db import get_engine
 
@@ -81,9 +81,8 @@ def run_api(*, host: str, port: int, workers: int) -> None:
     from api.routes.health import MULTIPROC_ENV
     from cli.ports import bind_error
 
-    settings = get_settings()
+    get_settings()
     with one_line_errors():
-        refuse_unmigrated(settings)
         if reason := bind_error(host, port):
             raise OpsError(
                 f"cannot serve the API on {host}:{port}: {reason} (another genq api may "

@@ -1,4 +1,4 @@
-"""`genq api` and `genq worker` on a database behind the code: they refuse to start, in one line.
+"""`genq worker` on a database behind the code: it refuses to start, in one line.
 
 Started anyway they would fail every request or job later (a missing table or column); the check
 is one read of `alembic_version` at start. On SQLite and PostgreSQL, empty and one revision
@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
-import httpx
 import pytest
 from alembic.script import ScriptDirectory
 
 from models.migrate import NOT_MIGRATED, alembic_config, current_revision, upgrade
-from tests.helpers import free_port, genq, wait_until
+from tests.helpers import free_port, genq
 
 pytestmark = pytest.mark.e2e
 
 COMMANDS = {
-    "api": lambda: ("api", "--port", str(free_port())),
     "worker": lambda: ("worker", "--concurrency", "1", "--without-mingle", "--without-gossip"),
 }
 
@@ -69,34 +66,9 @@ def test_a_long_running_process_refuses_a_database_behind_the_code(
     assert current_revision(empty_database_url) == before
 
 
-def test_an_api_whose_database_does_not_answer_yet_starts_and_says_so(
-    clean_redis, tiktoken_dir, tmp_path
-):
+def test_a_worker_whose_database_does_not_answer_yet_starts_and_says_so(stack, clean_redis):
     # Given a PostgreSQL URL nothing listens on (the database is still starting, say)
     silent = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/genq"
-    port = free_port()
-    # When the API starts on it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "api", "--port", str(port)],
-        env=process_env(silent, clean_redis, tiktoken_dir),
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-
-        def readiness() -> httpx.Response | None:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-            except httpx.HTTPError:
-                return None
-
-        # Then it serves anyway, not ready until the database answers (an outage, not a refusal)
-        ready = wait_until(readiness, what="the API", timeout_s=60)
-        assert ready.status_code == 503
-        assert ready.json()["detail"].startswith("database unavailable")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-    assert "genq: WARNING: cannot reach the database (OperationalError" in proc.stderr.read()
+    # When a worker starts on it, then it starts anyway (an outage, not a refusal), and says so
+    stack.worker(env={"GENQ_DATABASE_URL": silent})
+    assert "genq: WARNING: cannot reach the database (OperationalError" in stack.log("worker")
