@@ -213,20 +213,45 @@ async def image_reply(catalogue: Catalogue, body: ImageRequest) -> dict | JSONRe
     return answer
 
 
+class Admitted:
+    """A model call let in: its parsed body, or the error to answer with, and when it is due."""
+
+    def __init__(self, body: BaseModel | JSONResponse, due: float | None):
+        self.body, self.due = body, due
+
+    async def answer(self, reply: Any) -> Any:
+        """`reply` once the model's latency has passed since the request arrived.
+
+        The reply is built while the simulated model "thinks" (a real model's latency includes
+        its own work), so a call takes L plus only the HTTP and client time around it, not L
+        plus the simulator's token counting and serialization on top.
+        """
+        if isinstance(reply, dict):  # plain JSON already: skip FastAPI's jsonable_encoder walk
+            reply = JSONResponse(reply)
+        if self.due is not None:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(self.due - loop.time(), 0.0))
+        return reply
+
+
 def _admission(simulator: Simulator, calls: Counter[str]):
     """What every model route does first."""
 
-    async def admit(request: Request, route: str, schema: type[BaseModel]):
-        """Count the call, check auth, wait the latency (a stream spreads it over its chunks),
-        draw a fault, parse the body."""
+    async def admit(request: Request, route: str, schema: type[BaseModel]) -> Admitted:
+        """Count the call, check auth, draw a fault, parse the body; the answer is due the
+        latency after arrival (a stream spreads it over its chunks instead)."""
+        arrived = asyncio.get_running_loop().time()
         calls[route] += 1
         if not request.headers.get("authorization", "").startswith("Bearer "):
-            return _error(401, "missing bearer token", kind="invalid_api_key")
+            return Admitted(_error(401, "missing bearer token", kind="invalid_api_key"), None)
         body = await _parse(request, schema)
-        if simulator.latency_ms and not getattr(body, "stream", False):
-            await asyncio.sleep(simulator.latency_ms / 1000)
+        if isinstance(body, JSONResponse):
+            return Admitted(body, None)
+        due = arrived + simulator.latency_ms / 1000
+        if not simulator.latency_ms or getattr(body, "stream", False):
+            due = None
         fault = simulator.next_fault()
-        return _fault_response(fault) if fault else body
+        return Admitted(_fault_response(fault) if fault else body, due)
 
     return admit
 
@@ -297,21 +322,28 @@ def create_simulator_app(simulator: Simulator, catalogue: Catalogue) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         with flight.call():  # a streamed answer counts until its headers are sent
-            body = await admit(request, "chat", ChatRequest)
+            admitted = await admit(request, "chat", ChatRequest)
+            body = admitted.body
             if isinstance(body, JSONResponse):
-                return body
-            return _chat(simulator, catalogue, body, streams)
+                return await admitted.answer(body)
+            return await admitted.answer(_chat(simulator, catalogue, body, streams))
 
     @app.post("/v1/images/generations")
     async def images(request: Request):
         with flight.call():
-            body = await admit(request, "images", ImageRequest)
-            return body if isinstance(body, JSONResponse) else await image_reply(catalogue, body)
+            admitted = await admit(request, "images", ImageRequest)
+            body = admitted.body
+            if isinstance(body, JSONResponse):
+                return await admitted.answer(body)
+            return await admitted.answer(await image_reply(catalogue, body))
 
     @app.post("/v1/moderations")
     async def moderations(request: Request):
-        body = await admit(request, "moderations", ModerationRequest)
-        return body if isinstance(body, JSONResponse) else moderation_reply(simulator, body)
+        admitted = await admit(request, "moderations", ModerationRequest)
+        body = admitted.body
+        if isinstance(body, JSONResponse):
+            return await admitted.answer(body)
+        return await admitted.answer(moderation_reply(simulator, body))
 
     @app.get("/v1/models")
     async def models():
