@@ -139,29 +139,15 @@ class OpenAIProvider:
     def generate_text(self, *, model: str, messages: list[dict], params: TextParams) -> TextResult:
         body = {"model": model, "messages": messages, **params.model_dump(exclude_none=True)}
         try:
-            # The SDK's own request path (auth, headers, timeouts, errors, typed response)
-            # without `create()`'s TypedDict transform of the arguments: that walks the typing
-            # annotations of every message on every call, ~1.5 ms of CPU for a body that is
-            # already plain JSON.
-            response = self.client_for(model).post(
-                "/chat/completions", body=body, cast_to=ChatCompletion
-            )
+            # The SDK's own request path (auth, headers, timeouts, errors) without `create()`'s
+            # TypedDict transform of the arguments (it walks the typing annotations of every
+            # message on every call, ~1.5 ms of CPU for a body that is already plain JSON), and
+            # the answer as its parsed JSON (`cast_to=object`) instead of a ChatCompletion built
+            # field by field: ~0.28 ms of CPU per call less (issue 17), and genq reads 6 fields.
+            answer = self.client_for(model).post("/chat/completions", body=body, cast_to=object)
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
-        usage = response.usage
-        details = getattr(usage, "prompt_tokens_details", None) if usage else None
-        choice = response.choices[0]
-        calls = choice.message.tool_calls
-        return TextResult(
-            text=choice.message.content or "",
-            usage=Usage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                cached_tokens=(getattr(details, "cached_tokens", 0) or 0),
-                completion_tokens=usage.completion_tokens if usage else 0,
-            ),
-            finish_reason=choice.finish_reason,
-            tool_calls=[_tool_call(c) for c in calls] if calls else None,
-        )
+        return text_result(answer)
 
     def generate_text_stream(
         self, *, model: str, messages: list[dict], params: TextParams, on_delta: OnDelta
@@ -256,15 +242,35 @@ class OpenAIProvider:
         return verdict_of(results, model=response.model or model)
 
 
-def _tool_call(call) -> dict:
+def text_result(answer: dict) -> TextResult:
+    """A chat completion's JSON as genq's result; absent or null fields read as the SDK's
+    unvalidated model reads them (None, then genq's defaults)."""
+    usage = answer.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    choice = answer["choices"][0]
+    message = choice.get("message") or {}
+    calls = message.get("tool_calls")
+    return TextResult(
+        text=message.get("content") or "",
+        usage=Usage(
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            cached_tokens=details.get("cached_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
+        ),
+        finish_reason=choice.get("finish_reason"),
+        tool_calls=[_tool_call(c) for c in calls] if calls else None,
+    )
+
+
+def _tool_call(call: dict) -> dict:
     """A tool call as the model returned it, in the contract's shape (function tools only)."""
-    function = getattr(call, "function", None)
+    function = call.get("function") or {}
     return {
-        "id": call.id,
+        "id": call.get("id"),
         "type": "function",
         "function": {
-            "name": getattr(function, "name", ""),
-            "arguments": getattr(function, "arguments", "") or "",
+            "name": function.get("name") or "",
+            "arguments": function.get("arguments") or "",
         },
     }
 
