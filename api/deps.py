@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.services import Services
 from api.url_guard import refuse_nul_in_url
 from models.db import session_scope
 from models.errors import Unauthorized
-from models.keys import ApiKey, authenticate
+from models.keys import ApiKey, hash_secret, key_by_digest
 
 
 async def get_services(request: Request) -> Services:
@@ -38,21 +39,33 @@ bearer = HTTPBearer(
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def current_key(request: Request, credentials: BearerDep, services: ServicesDep) -> ApiKey:
+async def current_key(request: Request, credentials: BearerDep, services: ServicesDep) -> ApiKey:
     """The key named by `Authorization: Bearer <secret>`, or 401; then a URL holding a NUL is
     refused (api/url_guard.py) before the route queries by it.
 
-    It uses its own short session: were it to share the request's, a submit would hold that
-    connection while storing the job through another, and enough concurrent submits would
-    exhaust the pool with every request waiting for a second connection.
+    A key verified in the last `GENQ_AUTH_CACHE_S` seconds comes from memory (api/key_cache.py),
+    without leaving the event loop; any other is read in the thread pool, in its own short
+    session: were it to share the request's, a submit would hold that connection while storing
+    the job through another, and enough concurrent submits would exhaust the pool with every
+    request waiting for a second connection.
     """
     if credentials is None:
         raise Unauthorized("send `Authorization: Bearer <api key>`")
-    with session_scope(services.engine) as session:
-        key = authenticate(session, secret=credentials.credentials)
+    digest = hash_secret(credentials.credentials)
+    key = services.verified_keys.get(digest)
+    if key is None:
+        key = await run_in_threadpool(_read_key, services, digest)
     if key is None:
         raise Unauthorized("the API key is unknown or revoked")
     refuse_nul_in_url(request.scope)
+    return key
+
+
+def _read_key(services: Services, digest: str) -> ApiKey | None:
+    with session_scope(services.engine) as session:
+        key = key_by_digest(session, digest=digest)
+    if key is not None:
+        services.verified_keys.put(digest, key)
     return key
 
 

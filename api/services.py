@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from api.enqueue import Publisher
 from api.events import StreamSlots
+from api.key_cache import VerifiedKeys
 from models.catalogue import Catalogue, get_catalogue
 from models.db import get_engine
 from models.migrate import SchemaCheck
@@ -36,6 +37,10 @@ class Services:
             deadline_s=self.settings.job_deadline_s,
             max_deadline_s=self.settings.max_job_deadline_s,
         )
+
+    @cached_property
+    def verified_keys(self) -> VerifiedKeys:
+        return VerifiedKeys(self.settings.auth_cache_s)
 
     @cached_property
     def stream_slots(self) -> StreamSlots:

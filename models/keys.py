@@ -130,9 +130,9 @@ def rotate_webhook_secret(session: Session, *, ref: str) -> tuple[ApiKey, str]:
 _BY_SECRET_HASH = select(ApiKey).where(col(ApiKey.secret_hash) == bindparam("secret_hash"))
 
 
-def authenticate(session: Session, *, secret: str) -> ApiKey | None:
-    """The live key this secret belongs to, if any."""
-    found = session.execute(_BY_SECRET_HASH, {"secret_hash": hash_secret(secret)})
+def key_by_digest(session: Session, *, digest: str) -> ApiKey | None:
+    """The live key whose secret hashes to `digest` (`hash_secret`), if any."""
+    found = session.execute(_BY_SECRET_HASH, {"secret_hash": digest})
     key = found.scalars().first()
     if key is None or key.revoked_at is not None:
         return None

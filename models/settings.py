@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     #: keep-alive comments on an event stream at least this often
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=15)
     max_streams_per_key: int = Field(default=100, ge=1)
+    #: an API process serves a key it verified from memory for this long (api/key_cache.py):
+    #: a revoked key still works there for up to this many seconds; 0 = read it every request
+    auth_cache_s: float = Field(default=5.0, ge=0, le=60)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Used by the `genq submit` / `genq status` client commands.

@@ -7,6 +7,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from api.key_cache import VerifiedKeys
 from api.main import create_app
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
@@ -196,6 +197,56 @@ def test_revoked_key_is_401(client, settings):
         for key in session.exec(select(ApiKey)).all():
             key.revoked_at = key.created_at
     assert_problem(client.get("/v1/jobs", headers=auth(secret)), 401, "revoked")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def revoke_all(settings) -> None:
+    with session_scope(get_engine(settings.database_url)) as session:
+        for key in session.exec(select(ApiKey)).all():
+            key.revoked_at = key.created_at
+
+
+def test_a_revoked_key_works_at_most_auth_cache_s_longer(settings):
+    # Given an API whose verified-key cache keeps a key 5 s, on a clock the test moves
+    clock = Clock()
+    app = create_app(settings.model_copy(update={"auth_cache_s": 5}))
+    app.state.services.verified_keys = VerifiedKeys(5, clock=clock)
+    secret = new_key(settings.database_url)
+    with TestClient(app) as client:
+        assert client.get("/v1/jobs", headers=auth(secret)).status_code == 200
+        # When the key is revoked, it is still served from memory within the 5 s
+        revoke_all(settings)
+        clock.now = 4.9
+        assert client.get("/v1/jobs", headers=auth(secret)).status_code == 200
+        # Then from 5 s on it is read again: 401
+        clock.now = 5.0
+        assert_problem(client.get("/v1/jobs", headers=auth(secret)), 401, "revoked")
+        clock.now = 0.0
+        assert_problem(client.get("/v1/jobs", headers=auth(secret)), 401, "revoked")
+
+
+def test_with_auth_cache_s_zero_a_revoked_key_is_401_at_once(settings):
+    secret = new_key(settings.database_url)
+    with TestClient(create_app(settings.model_copy(update={"auth_cache_s": 0}))) as client:
+        assert client.get("/v1/jobs", headers=auth(secret)).status_code == 200
+        revoke_all(settings)
+        assert_problem(client.get("/v1/jobs", headers=auth(secret)), 401, "revoked")
+
+
+def test_a_cached_key_is_still_only_its_own(client, settings):
+    # two keys used in turn, both cached: each sees its own jobs only
+    mine, other = auth(new_key(settings.database_url)), auth(new_key(settings.database_url, "b"))
+    job = client.post("/v1/jobs", json={"kind": "text", "prompt": "hi"}, headers=mine).json()
+    for _ in range(2):
+        assert client.get(f"/v1/jobs/{job['id']}", headers=mine).status_code == 200
+        assert_problem(client.get(f"/v1/jobs/{job['id']}", headers=other), 404)
 
 
 def test_another_keys_job_is_404(client, key, settings):
