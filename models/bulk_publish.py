@@ -1,4 +1,5 @@
-"""Publishing many jobs at once to their batch lanes: Celery messages pushed in Redis pipelines.
+"""Publishing jobs as prebuilt Celery messages: many at once to their batch lanes, in Redis
+pipelines, or one interactive job in one LPUSH.
 
 `Celery.send_task` costs ~0.3 ms of CPU per message here (building the message, kombu's publish
 path, one round trip each): ~3,000 jobs/s at best. A batch of 50,000 lines must be queued at
@@ -9,7 +10,8 @@ cannot tell them apart from `send_task`'s (the e2e tests run them through real w
 
 It is the one publish function for batch jobs: the API uses it at batch create
 (`api/enqueue.py` `Publisher.publish_batch`), the workers when they republish a batch job
-(`worker/tasks.py` `dispatch`).
+(`worker/tasks.py` `dispatch`). A single submit publishes through `push_job` too: `send_task`
+was ~0.5 ms of its CPU (README "Performance").
 """
 
 from __future__ import annotations
@@ -115,3 +117,12 @@ def push_batch_jobs(
                 pipe.lpush(queue, *waiting)
         pipe.execute()
     return count
+
+
+def push_job(client: redis.Redis, *, job_id: str, kind: str, request_id: str | None = None) -> str:
+    """Queue one job on its kind's interactive queue (one LPUSH); returns the queue's name.
+
+    Raises redis.RedisError when Redis cannot take it."""
+    queue = queue_for(kind)
+    client.lpush(queue, _message(_template(TASK_BY_KIND[kind], queue, request_id), job_id))
+    return queue

@@ -31,3 +31,42 @@ def test_jobs_are_queued_on_their_lanes_in_order(clean_redis):
     assert len({m["headers"]["id"] for m in taken}) == len(taken)
     assert len({m["properties"]["delivery_tag"] for m in taken}) == len(taken)
     assert client.llen("text") == client.llen("images") == 0
+
+
+def test_a_single_job_is_the_message_send_task_would_store(clean_redis):
+    # Given the message Celery's send_task stores for a job, and push_job's for another
+    from api.enqueue import Publisher
+    from api.request_id import _current
+
+    client = redis.Redis.from_url(clean_redis)
+    publisher = Publisher(clean_redis)
+    token = _current.set("req-7")
+    try:
+        publisher.app.send_task(
+            "genq.generate_text",
+            args=["a" * 32],
+            queue="text",
+            headers={REQUEST_ID_HEADER: "req-7"},
+        )
+        publisher.publish(job_id="b" * 32, kind="text")
+    finally:
+        _current.reset(token)
+        publisher.close()
+    # Then both are on the kind's interactive queue, the same but for their ids and argument
+    by_celery, ours = (json.loads(raw) for raw in reversed(client.lrange("text", 0, -1)))
+    assert client.llen("text.batch") == 0
+    random = {"id", "root_id", "correlation_id", "reply_to", "delivery_tag", "argsrepr", "origin"}
+
+    def fixed(message: dict) -> dict:
+        flat = {**message, **message["headers"], **message["properties"]}
+        return {k: v for k, v in flat.items() if k not in random | {"body", "headers", "properties"}}
+
+    assert fixed(ours) == fixed(by_celery)
+    assert ours["headers"]["task"] == "genq.generate_text"
+    assert ours["headers"][REQUEST_ID_HEADER] == "req-7"
+    assert json.loads(base64.b64decode(ours["body"])) == [
+        ["b" * 32],
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
+    assert ours["headers"]["argsrepr"] == f"['{'b' * 32}']"
