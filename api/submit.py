@@ -21,7 +21,7 @@ from models.budgets import reserve
 from models.db import session_scope
 from models.errors import InvalidRequest, NotReady
 from models.idempotency import replay, request_fingerprint
-from models.jobs import Job, job_from_plan
+from models.jobs import Job, job_from_plan, store_jobs
 from models.keys import ApiKey
 from models.lifecycle import unpublish
 from models.moderation import resolve_mode, with_mode
@@ -144,7 +144,7 @@ def _store(
         if before_store is not None:
             before_store(session, jobs)
         decisions = ttls and answer(session, key=key, jobs=jobs, ttls=ttls)
-        session.add_all(jobs)
+        store_jobs(session, jobs)
         reserve(session, key=key, amount=sum(job.reserved_usd for job in jobs))
         if decisions:
             open_hit_webhooks(session, jobs)

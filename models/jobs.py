@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
+    insert,
     text,
     update,
 )
@@ -239,6 +240,19 @@ def job_values(
         "reserved_usd": plan.estimated_cost_usd,
         "routing": plan.routing.record(),
     }
+
+
+#: built once: a submit stores its jobs through it (the ORM's unit of work, ~0.6 ms of CPU per
+#: job, keeps nothing a submit needs: the jobs are not read again in its transaction)
+_INSERT_JOB = insert(Job.__table__)
+#: each column's (attribute, column key): `meta` is the column `metadata`
+_COLUMNS = [(prop.key, prop.columns[0].key) for prop in Job.__mapper__.column_attrs]
+
+
+def store_jobs(session: Session, jobs: list[Job]) -> None:
+    """Insert new jobs, as they are, in the session's transaction (they stay out of it)."""
+    rows = [{column: getattr(job, attr) for attr, column in _COLUMNS} for job in jobs]
+    session.execute(_INSERT_JOB, rows[0] if len(rows) == 1 else rows)
 
 
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:

@@ -385,3 +385,28 @@ def test_a_database_outage_is_503_with_retry_after(settings, tmp_path):
         assert_problem(response, 503, "nothing was stored")
         assert response.headers["retry-after"] == "5"
         assert_problem(client.get("/readyz"), 503, "database")
+
+
+def test_a_plain_submit_of_a_verified_key_runs_one_statement(client, key, settings):
+    # Given a key already verified (cached) and without a budget
+    from sqlalchemy import event
+
+    assert client.get("/v1/jobs", headers=key).status_code == 200
+    statements: list[str] = []
+    engine = get_engine(settings.database_url)
+
+    def seen(_conn, _cursor, statement, *_args):
+        statements.append(statement.split()[0])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        # When it submits a job
+        job = client.post("/v1/jobs", json={"kind": "text", "prompt": "hi"}, headers=key)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    # Then the one statement is the job's INSERT (no key lookup, no ORM flush of other rows)
+    assert job.status_code == 202
+    assert statements == ["INSERT"]
+    with session_scope(engine) as session:
+        stored = session.get(Job, job.json()["id"])
+    assert stored.status == "queued" and stored.meta == {} and stored.request["prompt"] == "hi"
