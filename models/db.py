@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from functools import lru_cache
 
 from sqlalchemy import BigInteger, Numeric, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, create_engine
 
@@ -64,19 +66,43 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+#: an idle connection's socket has nothing to read unless the server hung up (it sends its
+#: FATAL "terminating connection" and closes on a restart or pg_terminate_backend)
+_HUNG_UP = select.POLLIN | select.POLLERR | select.POLLHUP
+
+
+def hung_up(dbapi_conn) -> bool:
+    """Whether PostgreSQL closed this idle psycopg connection: one poll(2) of its socket."""
+    if dbapi_conn.closed:
+        return True
+    poller = select.poll()
+    poller.register(dbapi_conn.pgconn.socket, _HUNG_UP)
+    return bool(poller.poll(0))
+
+
+def _check_on_checkout(dbapi_conn, _record, _proxy) -> None:
+    """The pre-ping, without its round trip: a connection the server hung up on is replaced
+    before use (the pool retries the checkout with a fresh connection)."""
+    if hung_up(dbapi_conn):
+        raise DisconnectionError("the server closed the connection")
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned per backend; SQLite gets WAL so API and workers can share the file."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    # No pool_pre_ping (a `SELECT 1` round trip on every checkout, ~0.3 ms of CPU each, twice
+    # per job): the checkout polls the socket instead (README Performance).
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
         connect_args={"options": "-c timezone=UTC"},
     )
+    event.listen(engine, "checkout", _check_on_checkout)
+    return engine
 
 
 @lru_cache
