@@ -25,7 +25,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
@@ -320,13 +320,48 @@ _CLAIM = (
         started_at=bindparam("now"),
         lease_until=bindparam("lease_until"),
     )
-    .returning(*_JOBS)
+    # what running the job reads, not the whole row (each column returned is decoded: the
+    # JSON ones parsed)
+    .returning(
+        *(
+            _JOBS[name]
+            for name in (
+                "id",
+                "claim_token",
+                "kind",
+                "model",
+                "request",
+                "routing",
+                "attempts",
+                "deadline_at",
+                "reserved_usd",
+                "cancel_requested",
+                "conversation_id",
+                "context",
+                "batch_id",
+                "moderation",
+                "request_hash",
+            )
+        )
+    )
 )
 
 
-def claim_job(session: Session, *, job_id: str, worker: str, lease_s: int) -> Row | None:
-    """Atomically move a queued job to running; the claimed job's row (columns by name; its
-    `claim_token` is the claim), or None if another delivery took it or it is not queued.
+def claim(engine: Engine, *, job_id: str, worker: str, lease_s: int) -> Row | None:
+    """`claim_job` as its own statement in autocommit: the one UPDATE is atomic by itself, so
+    it needs no BEGIN and no COMMIT (on PostgreSQL one round trip instead of three), and it is
+    as durable (each autocommit statement commits synchronously)."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        return claim_job(conn, job_id=job_id, worker=worker, lease_s=lease_s)
+
+
+def claim_job(
+    session: Session | Connection, *, job_id: str, worker: str, lease_s: int
+) -> Row | None:
+    """Atomically move a queued job to running; the claimed job's row (what the Runner reads,
+    columns by name; its `claim_token` is the claim), or None if another delivery took it or
+    it is not queued.
 
     One `UPDATE … RETURNING` both claims and loads the job (PostgreSQL, SQLite ≥ 3.35).
     """

@@ -25,7 +25,7 @@ from models.attempts import FAILED, RETRYABLE, SUCCEEDED, failed_attempts
 from models.catalogue import Catalogue, ModelSpec
 from models.db import session_scope, utcnow
 from models.errors import PermanentProviderError, ProviderError
-from models.jobs import CANCELLED, Job, aware, claim_job
+from models.jobs import CANCELLED, Job, aware, claim
 from models.jobs import FAILED as JOB_FAILED
 from models.jobs import SUCCEEDED as JOB_SUCCEEDED
 from models.lifecycle import release, unpublish
@@ -145,8 +145,7 @@ class Runner:
 
     def run(self, job_id: str, *, worker: str = "local") -> str:
         """Run the job unless another delivery claimed it; returns what happened."""
-        with session_scope(self.engine) as session:
-            job = claim_job(session, job_id=job_id, worker=worker, lease_s=self.lease_s)
+        job = claim(self.engine, job_id=job_id, worker=worker, lease_s=self.lease_s)
         bound = log.bind(job_id=job_id, worker=worker)
         if job is None or job.claim_token is None:
             bound.info("job.skipped", reason="unknown, already claimed or finished")
