@@ -97,11 +97,8 @@ def make_engine(url: str) -> Engine:
     # per job): the checkout polls the socket instead (README Performance).
     engine = create_engine(
         url,
-        # 30 kept, none made and closed per checkout: with overflow, each connection above the
-        # pool size was closed at checkin and reopened by the next busy checkout (a worker's
-        # 16+ threads do that continuously); the most a process opens is 30 as before
-        pool_size=30,
-        max_overflow=0,
+        pool_size=10,
+        max_overflow=20,
         connect_args={"options": "-c timezone=UTC"},
     )
     event.listen(engine, "checkout", _check_on_checkout)
