@@ -18,9 +18,10 @@ def engine():
 
 
 def terminate(pid: int) -> None:
+    """End the backend and wait until it is gone (with a timeout it waits, PostgreSQL ≥ 14)."""
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
     admin.dispose()
 
 
