@@ -28,7 +28,8 @@ PUBLISH_RETRY_POLICY = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
-#: the same for the messages pushed on the Redis client: 2 more tries, 0.2 s then 0.4 s later
+#: the same for the messages pushed on the Redis client: 2 more tries, 0.2 s then 0.4 s later,
+#: each read bounded by 2 s as kombu's was
 #: (redis-py's default of 10 tries of a 2 s connect would hold a submit for ~20 s)
 PUSH_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.1), retries=2)
 log = structlog.get_logger("genq.api")
@@ -47,7 +48,7 @@ class Publisher:
             broker_transport_options={"socket_timeout": 2, "socket_connect_timeout": 2},
         )
         self.redis = redis.Redis.from_url(
-            redis_url, socket_timeout=5, socket_connect_timeout=2, retry=PUSH_RETRY
+            redis_url, socket_timeout=2, socket_connect_timeout=2, retry=PUSH_RETRY
         )
 
     def publish(self, *, job_id: str, kind: str) -> None:

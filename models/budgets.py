@@ -69,18 +69,24 @@ def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | N
         )
 
 
-_SETTLE = (
-    update(ApiKey.__table__)
-    .where(_KEYS.id == bindparam("key_id"))
-    .values(
-        # keys without a budget reserved nothing at submit, so only their spending moves
-        reserved_usd=_KEYS.reserved_usd
+def settle_values(cost) -> dict:
+    """The key row's SET clause for a finished job: release its reservation (a key without a
+    budget reserved nothing at submit, so only its spending moves) and charge `cost`, a bound
+    value or, in the worker's one-statement end on PostgreSQL, the ended job's column."""
+    return {
+        "reserved_usd": _KEYS.reserved_usd
         - case(
             (_KEYS.budget_usd.is_(None), literal(Decimal(0), Money())),
             else_=bindparam("reserved", type_=Money()),
         ),
-        spent_usd=_KEYS.spent_usd + bindparam("cost", type_=Money()),
-    )
+        "spent_usd": _KEYS.spent_usd + cost,
+    }
+
+
+_SETTLE = (
+    update(ApiKey.__table__)
+    .where(_KEYS.id == bindparam("key_id"))
+    .values(**settle_values(bindparam("cost", type_=Money())))
 )
 
 

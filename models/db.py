@@ -87,19 +87,34 @@ def _check_on_checkout(dbapi_conn, _record, _proxy) -> None:
         raise DisconnectionError("the server closed the connection")
 
 
+#: libpq's TCP keepalives: a probe after 30 s idle, every 10 s, 3 unanswered = dead
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned per backend; SQLite gets WAL so API and workers can share the file."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # No pool_pre_ping (a `SELECT 1` round trip on every checkout, ~0.3 ms of CPU each, twice
-    # per job): the checkout polls the socket instead (README Performance).
+    # No pool_pre_ping by default (a `SELECT 1` round trip on every checkout, ~0.3 ms of CPU
+    # each, twice per job): the checkout polls the socket instead, TCP keepalives keep an idle
+    # connection's path open through NATs and firewalls (and find a dead peer), and connections
+    # are renewed after 30 min (README Performance; GENQ_DB_PRE_PING=true adds the ping back).
+    from models.settings import get_settings  # here: settings import what imports this module
+
     engine = create_engine(
         url,
         pool_size=10,
         max_overflow=20,
-        connect_args={"options": "-c timezone=UTC"},
+        pool_recycle=1800,
+        pool_pre_ping=get_settings().db_pre_ping,
+        connect_args={"options": "-c timezone=UTC", **KEEPALIVES},
     )
     event.listen(engine, "checkout", _check_on_checkout)
     return engine

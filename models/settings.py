@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=8, ge=1, le=2000)
     #: Celery task events: what Flower's task list and task pages are built from
     task_events: bool = True
+    #: PostgreSQL: SQLAlchemy's pre-ping (a `SELECT 1` per checkout) on top of the socket check
+    db_pre_ping: bool = False
     # Fault tolerance (README "Guarantees"): leases, the sweeper, deadlines, fallbacks.
     lease_s: int = Field(default=60, ge=3)
     sweep_interval_s: float = Field(default=5.0, gt=0)

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Integer, bindparam, case, insert, literal, select, update
+from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.engine import Engine, Row
 from sqlmodel import Session
 
 from models.attempts import Attempt, Image, add_attempt
-from models.budgets import settle
+from models.budgets import settle, settle_values
 from models.catalogue import ModelSpec
 from models.conversations import add_exchange
 from models.db import Money, session_scope, utcnow
@@ -159,14 +159,7 @@ def _succeed_in_one() -> object:
     settled = (
         update(ApiKey.__table__)
         .where(keys.id == ended.c.key_id)
-        .values(  # as models/budgets.py settles: a key without a budget reserved nothing
-            reserved_usd=keys.reserved_usd
-            - case(
-                (keys.budget_usd.is_(None), literal(Decimal(0), Money())),
-                else_=bindparam("reserved", type_=Money()),
-            ),
-            spent_usd=keys.spent_usd + ended.c.cost_usd,
-        )
+        .values(**settle_values(ended.c.cost_usd))  # the job's whole cost, as settle charges
     )
     return select(ended).add_cte(
         insert(attempts).from_select(columns, row).cte("attempt"), settled.cte("settled")

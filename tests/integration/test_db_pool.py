@@ -52,3 +52,37 @@ def test_a_checkout_sends_no_ping(engine):
     finally:
         engine.dialect.do_ping = original
     assert sent == ["SELECT 2"] and dbapi_calls == []
+
+
+def test_connections_keep_their_path_alive_with_tcp_keepalives(engine):
+    # an idle pooled connection probes its peer: a NAT or firewall keeps its path, and a
+    # silently dead peer turns the socket into an error the checkout's poll sees
+    with engine.connect() as conn:
+        params = conn.connection.dbapi_connection.info.get_parameters()
+    assert params["keepalives"] == "1" and params["keepalives_idle"] == "30"
+    assert engine.pool._recycle == 1800
+
+
+def test_genq_db_pre_ping_adds_the_ping_back(monkeypatch):
+    # Given GENQ_DB_PRE_PING=true, for networks where keepalives are not enough
+    from models.db import make_engine
+    from models.settings import get_settings
+
+    monkeypatch.setenv("GENQ_DB_PRE_PING", "true")
+    get_settings.cache_clear()
+    database = _postgres_database()
+    engine = make_engine(next(database))
+    pings: list[str] = []
+    original = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda conn: pings.append("ping") or original(conn)
+    try:
+        # When two units of work run (the second checks out the pooled connection)
+        for _ in range(2):
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        # Then the pooled connection was pinged at its checkout
+        assert pings == ["ping"]
+    finally:
+        engine.dispose()
+        database.close()
+        get_settings.cache_clear()
