@@ -62,10 +62,12 @@ async def current_key(request: Request, credentials: BearerDep, services: Servic
 
 
 def _read_key(services: Services, digest: str) -> ApiKey | None:
+    cache = services.verified_keys
+    read_after = cache.evictions
     with session_scope(services.engine) as session:
         key = key_by_digest(session, digest=digest)
     if key is not None:
-        services.verified_keys.put(digest, key)
+        cache.put(digest, key, read_after=read_after)
     return key
 
 

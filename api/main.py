@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import asyncio
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
@@ -26,12 +27,15 @@ from api.routes import (
     webhooks,
 )
 from api.services import Services
+from models.key_events import follow_key_changes
 from models.logging import configure_logging
 from models.settings import Settings, get_settings
 from models.webhooks import publish_on_commit
 
 #: room for the multipart envelope (boundaries, part headers, `purpose`) around an upload
 UPLOAD_ENVELOPE_BYTES = 65_536
+#: how long the API's start waits for its subscription to key changes (models/key_events.py)
+KEY_CHANGES_WAIT_S = 3.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,7 +45,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # a key changed with `genq keys` leaves every process's cache at once (not by TTL)
+        follower = None
+        if settings.auth_cache_s > 0:
+            settled = asyncio.Event()
+            follower = asyncio.create_task(
+                follow_key_changes(
+                    settings.redis_url,
+                    changed=lambda key_id: services.verified_keys.evict(key_id),
+                    resubscribed=lambda: services.verified_keys.clear(),
+                    settled=settled,
+                ),
+                name="genq key changes",
+            )
+            # serve once subscribed (no change is missed from the first request on), or once
+            # Redis has failed (the follower keeps trying; the TTL bounds what it misses)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(settled.wait(), KEY_CHANGES_WAIT_S)
         yield
+        if follower is not None:
+            follower.cancel()
+            with suppress(asyncio.CancelledError):
+                await follower
         services.publisher.close()
         await services.events.aclose()
 

@@ -136,8 +136,25 @@ def keys_webhook_secret(
             key_id = key.id
     except GenqError as exc:
         raise fail(exc.detail) from None
+    _announce_change(key_id)
     console.print(f"new webhook signing secret of key {key_id}; it is shown only once")
     print(secret)
+
+
+def _announce_change(key_id: str) -> None:
+    """Tell the API processes (after the commit) to drop their cached copy of the key; when
+    Redis cannot take it the change stands, and the cache's TTL bounds the delay."""
+    from models.key_events import announce_key_changed
+
+    settings = get_settings()
+    reason = announce_key_changed(settings.redis_url, key_id)
+    if reason is not None:
+        console.print(
+            f"warning: could not tell the API processes through Redis ({reason}); one that "
+            f"served key {key_id} in the last GENQ_AUTH_CACHE_S ({settings.auth_cache_s:g} s "
+            "here) keeps its old state until then",
+            markup=False,
+        )
 
 
 def _key_row(key) -> dict:
@@ -210,6 +227,7 @@ def keys_revoke(
             row = _key_row(key)
     except GenqError as exc:
         raise fail(exc.detail) from None
+    _announce_change(row["id"])
     if json_out:
         print_json(row)
     else:

@@ -48,3 +48,35 @@ def test_the_cache_starts_again_when_full():
         cache.put(digest, key(digest))
     cache.put("d", key("d"))
     assert [cache.get(d) is not None for d in "abcd"] == [False, False, False, True]
+
+
+def test_evict_drops_only_that_keys_entry():
+    cache = VerifiedKeys(60)
+    changed, other = key("a"), key("b")
+    cache.put("da", changed)
+    cache.put("db", other)
+    cache.evict(changed.id)
+    assert cache.get("da") is None
+    assert cache.get("db") is other
+
+
+def test_clear_drops_every_entry():
+    cache = VerifiedKeys(60)
+    cache.put("da", key("a"))
+    cache.put("db", key("b"))
+    cache.clear()
+    assert cache.get("da") is None
+    assert cache.get("db") is None
+
+
+def test_a_read_begun_before_an_eviction_is_not_kept():
+    # a row read before the change was committed (and its message evicted the key) is stale
+    cache = VerifiedKeys(60)
+    stale = key()
+    read_after = cache.evictions
+    cache.evict(stale.id)
+    cache.put("digest", stale, read_after=read_after)
+    assert cache.get("digest") is None
+    # a read begun after it is kept
+    cache.put("digest", stale, read_after=cache.evictions)
+    assert cache.get("digest") is stale
