@@ -12,9 +12,10 @@ from api.main import create_app
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.jobs import Job
-from models.keys import ApiKey
+from models.key_events import announce_key_changed
+from models.keys import ApiKey, create_key, rotate_webhook_secret
 from models.queue import TASK_BY_KIND
-from tests.helpers import FakeProvider, auth, new_key
+from tests.helpers import FakeProvider, auth, new_key, wait_until
 from worker.retry import RetryPolicy
 from worker.runner import Runner
 
@@ -238,6 +239,29 @@ def test_with_auth_cache_s_zero_a_revoked_key_is_401_at_once(settings):
         assert client.get("/v1/jobs", headers=auth(secret)).status_code == 200
         revoke_all(settings)
         assert_problem(client.get("/v1/jobs", headers=auth(secret)), 401, "revoked")
+
+
+def test_a_new_webhook_secret_reaches_a_cached_key_at_once(settings):
+    # Given an API that keeps a verified key 60 s, and a key cached there without a webhook secret
+    app = create_app(
+        settings.model_copy(update={"auth_cache_s": 60, "webhook_allow_private": True})
+    )
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
+        row, secret = create_key(session, name="hooks")
+    job = {"kind": "text", "prompt": "hi", "webhook_url": "http://127.0.0.1:9/hook"}
+    with TestClient(app) as client:
+        assert_problem(client.post("/v1/jobs", json=job, headers=auth(secret)), 422, "secret")
+        # When `genq keys webhook-secret` does its part: commit, then publish the key's id
+        with session_scope(engine) as session:
+            rotate_webhook_secret(session, ref=row.id)
+        assert announce_key_changed(settings.redis_url, row.id) is None
+        # Then the API reads the key again at once (a bounded wait for the message, not the TTL)
+        wait_until(
+            lambda: client.post("/v1/jobs", json=job, headers=auth(secret)).status_code == 202,
+            timeout_s=5,
+            what="the submit accepted with the new secret",
+        )
 
 
 def test_a_cached_key_is_still_only_its_own(client, settings):
