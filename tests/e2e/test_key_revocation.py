@@ -47,6 +47,17 @@ def served_by_both(api: str, key: dict[str, str], directory: Path, status: int) 
     return len([c for c in counts.values() if c > 0]) >= 2
 
 
+def only_401_until_both_answered(api: str, key: dict[str, str], directory: Path) -> None:
+    """Requests until both processes have answered 401: every one is 401, none is a 200."""
+    served = answers_by_process(directory, 200)
+    wait_until(
+        lambda: served_by_both(api, key, directory, 401),
+        timeout_s=60,
+        what="401 from both API processes",
+    )
+    assert answers_by_process(directory, 200) == served
+
+
 def start_api(stack, ttl_s: int) -> tuple[str, Path]:
     """`genq api --workers 2` keeping verified keys `ttl_s`, and its metrics directory."""
     stack.env["GENQ_AUTH_CACHE_S"] = str(ttl_s)
@@ -83,13 +94,7 @@ def test_a_revoked_key_is_401_on_every_api_process_at_once(stack, env):
     # Then, once the message is there (a bounded wait, far inside the 60 s TTL), every request
     # on either process is 401: none is served from memory any more
     wait_until(lambda: get_jobs(api, key) == 401, timeout_s=5, what="the first 401")
-    served = answers_by_process(directory, 200)
-    wait_until(
-        lambda: served_by_both(api, key, directory, 401),
-        timeout_s=60,
-        what="401 from both API processes",
-    )
-    assert answers_by_process(directory, 200) == served
+    only_401_until_both_answered(api, key, directory)
 
 
 def test_a_lost_message_is_still_bounded_by_the_ttl(stack, env):
@@ -113,10 +118,4 @@ def test_a_lost_message_is_still_bounded_by_the_ttl(stack, env):
     # every request on either process is 401 (entries were put before the commit, so they
     # are TTL old by then; 0.5 s covers a read begun just before it)
     time.sleep(max(0.0, committed + ttl_s + 0.5 - time.monotonic()))
-    served = answers_by_process(directory, 200)
-    wait_until(
-        lambda: served_by_both(api, key, directory, 401),
-        timeout_s=60,
-        what="401 from both API processes",
-    )
-    assert answers_by_process(directory, 200) == served
+    only_401_until_both_answered(api, key, directory)
