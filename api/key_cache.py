@@ -1,12 +1,12 @@
 """Recently verified API keys, in process, for at most `GENQ_AUTH_CACHE_S` seconds.
 
-Every request names its key; looking it up costs a pooled connection, a query and a thread hop: ~1 ms of CPU of a submit's ~6 ms. A key found live is kept here by the
-SHA-256 of its secret (the secret itself is never held) and served from memory until its entry
-is `ttl_s` old, then read again. A key changed with `genq keys` (revoked, given a webhook
-secret) is dropped at once by its id (`evict`, from the `genq:keys:changed` channel,
-models/key_events.py); only when that message is lost does it still work for up to `ttl_s`
-seconds. `0` turns the cache off. Unknown and revoked secrets are never kept: a new key works at
-once, and guessing fills nothing.
+Every request names its key; looking it up costs a pooled connection, a query and a thread hop:
+~1 ms of CPU of a submit's ~6 ms. A key found live is kept here by the SHA-256 of its secret
+(the secret itself is never held) and served from memory until its entry is `ttl_s` old, then
+read again. A key changed with `genq keys` (revoked, given a webhook secret) is dropped at once
+by its id (`evict`, from the `genq:keys:changed` channel, models/key_events.py); only when that
+message is lost does it still work for up to `ttl_s` seconds. `0` turns the cache off. Unknown
+and revoked secrets are never kept: a new key works at once, and guessing fills nothing.
 """
 
 from __future__ import annotations
