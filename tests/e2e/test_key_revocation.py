@@ -14,7 +14,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from tests.e2e.test_api_workers import children_of, metrics_dir_of
 from tests.helpers import auth, free_port, genq, wait_until
 
-pytestmark = pytest.mark.e2e
+#: PostgreSQL only: the channel and the cache do not depend on the database (the key cache's
+#: integration tests run on both), and each case starts `genq api --workers 2` (~40 s)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("empty_database_url", ["postgres"], indirect=True),
+]
 
 
 def answers_by_process(directory: Path, status: int) -> dict[str, float]:
