@@ -207,3 +207,14 @@ def genq(*args: str, env: dict[str, str], cwd=None, timeout: float = 120):
         text=True,
         timeout=timeout,
     )
+
+
+def text_of(events: list) -> str:
+    """The text a client shows: deltas, started over at each `retry`."""
+    text = ""
+    for event in events:
+        if event.event == "retry":
+            text = ""
+        elif event.event == "delta":
+            text += event.json()["text"]
+    return text

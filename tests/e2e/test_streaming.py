@@ -21,7 +21,7 @@ from httpx_sse import connect_sse
 
 from models.migrate import upgrade
 from tests.e2e.conftest import Stack
-from tests.helpers import auth, genq, new_key, wait_until
+from tests.helpers import auth, genq, new_key, text_of, wait_until
 
 pytestmark = pytest.mark.e2e
 OPENAI_KEY = "sk-test-stream-abcdefghijklmnopqrstuvwxyz0123456789"
@@ -103,17 +103,6 @@ def read_events(
                 if event.event == "done" or len(seen) == stop_after:
                     break
     return seen
-
-
-def text_of(events: list) -> str:
-    """The text a client shows: deltas, started over at each `retry`."""
-    text = ""
-    for event in events:
-        if event.event == "retry":
-            text = ""
-        elif event.event == "delta":
-            text += event.json()["text"]
-    return text
 
 
 def test_the_deltas_make_the_stored_text(live):

@@ -207,14 +207,8 @@ def test_the_sweeper_requeues_expired_leases_and_publishes_the_unpublished(clien
         # the broker was down when `stranded` was submitted, long enough ago
         unpublish(session, job_id=stranded)
         session.get(Job, stranded).created_at = utcnow() - timedelta(seconds=60)
-    published = []
-    sweeper = Sweeper(
-        engine,
-        redis.Redis.from_url(settings.redis_url),
-        lambda job_id, kind, _delay, _batch: published.append(job_id),
-        interval_s=1,
-        redispatch_after_s=300,
-    )
+    published: list[str] = []
+    sweeper = recording_sweeper(engine, settings, published)
     assert sweeper.sweep_once() == {"reclaimed": 1, "published": 2}
     assert sorted(published) == sorted([crashed, stranded])
     assert sweeper.sweep_once() == {"reclaimed": 0, "published": 0}  # nothing twice
@@ -316,14 +310,8 @@ def test_the_sweeper_does_not_publish_a_rescheduled_job_before_its_countdown(cli
     runner = make_runner(settings, provider, retry_inline_max_s=5)
     assert runner.run(job_id) == "rescheduled" and runner.published == [(job_id, "text", 30, False)]
     # When the sweeper runs, it does not publish it again (that would retry before Retry-After)
-    published = []
-    sweeper = Sweeper(
-        engine,
-        redis.Redis.from_url(settings.redis_url),
-        lambda job_id, kind, _delay, _batch: published.append(job_id),
-        interval_s=1,
-        redispatch_after_s=300,
-    )
+    published: list[str] = []
+    sweeper = recording_sweeper(engine, settings, published)
     assert sweeper.sweep_once()["published"] == 0 and published == []
     # But when that publish fails (the broker is down), the sweeper publishes the job
     other = submit(client, key)
@@ -338,3 +326,14 @@ def test_the_sweeper_does_not_publish_a_rescheduled_job_before_its_countdown(cli
     with pytest.raises(ConnectionError):
         runner.run(other)
     assert sweeper.sweep_once()["published"] == 1 and published == [other]
+
+
+def recording_sweeper(engine, settings, published: list[str]) -> Sweeper:
+    """A sweeper on the test's Redis that records the job ids it publishes."""
+    return Sweeper(
+        engine,
+        redis.Redis.from_url(settings.redis_url),
+        lambda job_id, kind, _delay, _batch: published.append(job_id),
+        interval_s=1,
+        redispatch_after_s=300,
+    )

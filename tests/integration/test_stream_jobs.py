@@ -27,7 +27,7 @@ from models.jobs import Job, finish_job
 from models.keys import create_key
 from models.lifecycle import cancel_job, reclaim_expired
 from models.tokens import count_text
-from tests.helpers import free_port, new_key, start_redis_server
+from tests.helpers import free_port, new_key, start_redis_server, text_of
 from worker.moderation import ModerationConfig
 from worker.providers.offline import OfflineProvider
 from worker.providers.openai_provider import OpenAIProvider
@@ -153,17 +153,6 @@ class MidStream(OfflineProvider):
 
 def killed() -> None:
     raise Killed
-
-
-def text_of(seen: list) -> str:
-    """The text a client shows: deltas, started over at each `retry`."""
-    text = ""
-    for event in seen:
-        if event.event == "retry":
-            text = ""
-        elif event.event == "delta":
-            text += event.json()["text"]
-    return text
 
 
 def test_a_run_reclaimed_after_its_worker_died_mid_stream_starts_its_text_over(
