@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from models.moderation import Verdict
 from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
-from models.text_rules import NUL
+from models.text_rules import storable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,9 +25,8 @@ class TextResult:
 
     def __post_init__(self) -> None:
         # a NUL cannot be stored in a text column on PostgreSQL (the job's end would fail,
-        # and the job be run and billed again): it becomes U+FFFD, the unrepresentable mark
-        if NUL in self.text:
-            object.__setattr__(self, "text", self.text.replace(NUL, "\ufffd"))
+        # and the job be run and billed again): the one rule of what a stored text holds
+        object.__setattr__(self, "text", storable(self.text))
 
     def extra(self) -> dict | None:
         """What a text output holds beyond its text and finish reason, stored as it is."""
