@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.errors import ProviderError
 from models.keys import create_key
@@ -23,6 +24,8 @@ from models.pricing import Usage
 from models.schemas import ImageParams, TextParams
 from worker.providers.base import GeneratedImage, ImageResult, TextResult
 from worker.providers.simulator import draw_png
+from worker.retry import RetryPolicy
+from worker.runner import Runner
 
 
 def new_key(database_url: str, name: str = "test") -> str:
@@ -195,6 +198,19 @@ class RecordingProvider:
     def generate_image(self, *, model: str, prompt: str, params: ImageParams) -> ImageResult:
         self.image_prompts.append(prompt)
         return self.inner.generate_image(model=model, prompt=prompt, params=params)
+
+
+def quick_runner(database_url: str, provider, *, retry: RetryPolicy | None = None, **options):
+    """The Runner of an in-process test on its database: retries are not waited for (three
+    attempts unless `retry` says otherwise); other Runner options (publish, moderation) pass."""
+    return Runner(
+        engine=get_engine(database_url),
+        provider=provider,
+        catalogue=get_catalogue(),
+        retry=retry or RetryPolicy(max_attempts=3, initial_s=0.01, max_s=0.02),
+        sleep=lambda _s: None,
+        **options,
+    )
 
 
 def genq(*args: str, env: dict[str, str], cwd=None, timeout: float = 120):

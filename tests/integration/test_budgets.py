@@ -13,16 +13,13 @@ from sqlmodel import select
 from api.main import create_app
 from models.attempts import Attempt
 from models.budgets import reserve
-from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.errors import BudgetExceeded, RetryableProviderError
 from models.jobs import Job
 from models.keys import ApiKey, create_key
 from models.pricing import Usage
-from tests.helpers import FakeProvider, auth
+from tests.helpers import FakeProvider, auth, quick_runner
 from tests.integration.test_api_contract import run_all
-from worker.retry import RetryPolicy
-from worker.runner import Runner
 
 #: one job of this shape may cost at most 0.000028 USD on gpt-4.1-nano (see ESTIMATE)
 JOB = {
@@ -148,13 +145,7 @@ def test_a_billed_failed_attempt_then_a_success_charges_the_jobs_whole_cost(sett
     key_id, secret = key_with_budget(settings.database_url, Decimal("1"))
     billed = Usage(prompt_tokens=100, completion_tokens=50)
     provider = FakeProvider(outcomes=[RetryableProviderError("bad", status_code=500, usage=billed)])
-    runner = Runner(
-        engine=get_engine(settings.database_url),
-        provider=provider,
-        catalogue=get_catalogue(),
-        retry=RetryPolicy(max_attempts=3, initial_s=0.01, max_s=0.02),
-        sleep=lambda _s: None,
-    )
+    runner = quick_runner(settings.database_url, provider)
     with TestClient(create_app(settings)) as client:
         job_id = client.post("/v1/jobs", json=JOB, headers=auth(secret)).json()["id"]
     # When it succeeds on its second attempt

@@ -12,7 +12,6 @@ from sqlmodel import select
 
 from api.main import create_app
 from models.attempts import Attempt
-from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.jobs import Job
 from models.keys import create_key
@@ -27,11 +26,9 @@ from tests.fake_images import (
     WEBP,
     fake_images_server,
 )
-from tests.helpers import auth
+from tests.helpers import auth, quick_runner
 from worker.image_fetch import ImageFetcher
 from worker.providers.openai_provider import OpenAIProvider
-from worker.retry import RetryPolicy
-from worker.runner import Runner
 
 PER_IMAGE = Decimal("0.016")  # dall-e-2 at 256x256
 CAP = 16_384
@@ -50,13 +47,7 @@ def runner(settings, fake):
     provider = OpenAIProvider(
         api_key="sk-test-images", base_url=f"{fake.url}/v1", timeout_s=5, images=fetcher
     )
-    return Runner(
-        engine=get_engine(settings.database_url),
-        provider=provider,
-        catalogue=get_catalogue(),
-        retry=RetryPolicy(max_attempts=3, initial_s=0.01, max_s=0.02),
-        sleep=lambda _s: None,
-    )
+    return quick_runner(settings.database_url, provider)
 
 
 @pytest.fixture
@@ -172,13 +163,7 @@ def test_permanent_image_failures_fail_at_once_naming_the_reason(
 def test_links_are_downloaded_over_https_only_unless_allowed(settings, api, fake):
     # Given the default schemes (https) and a server answering with an http link
     provider = OpenAIProvider(api_key="sk-test-images", base_url=f"{fake.url}/v1", timeout_s=5)
-    runner = Runner(
-        engine=get_engine(settings.database_url),
-        provider=provider,
-        catalogue=get_catalogue(),
-        retry=RetryPolicy(max_attempts=3, initial_s=0.01, max_s=0.02),
-        sleep=lambda _s: None,
-    )
+    runner = quick_runner(settings.database_url, provider)
     job_id, headers = run_image_job(settings, runner, "url-png")
     # Then the link is refused without a request, naming the setting
     job = api.get(f"/v1/jobs/{job_id}", headers=headers).json()

@@ -18,7 +18,7 @@ from models.db import get_engine, session_scope
 from models.errors import RetryableProviderError
 from models.jobs import Job
 from models.keys import ApiKey, create_key
-from tests.helpers import RecordingProvider, auth
+from tests.helpers import RecordingProvider, auth, quick_runner
 from worker import runner as runner_module
 from worker.moderation import ModerationConfig
 from worker.ratelimit_redis import RedisLimiter, keys_of
@@ -44,13 +44,9 @@ def key_with(settings, moderation: str | None = None) -> dict[str, str]:
 
 
 def run(settings, job_id: str, provider: RecordingProvider, **config) -> str:
-    runner = Runner(
-        engine=get_engine(settings.database_url),
-        provider=provider,
-        catalogue=get_catalogue(),
-        retry=RetryPolicy(max_attempts=3, initial_s=0.0, max_s=0.0),
-        sleep=lambda _s: None,
-        moderation=ModerationConfig(**config),
+    retry = RetryPolicy(max_attempts=3, initial_s=0.0, max_s=0.0)
+    runner = quick_runner(
+        settings.database_url, provider, retry=retry, moderation=ModerationConfig(**config)
     )
     return runner.run(job_id)
 
@@ -315,12 +311,10 @@ def test_a_job_given_back_to_the_queue_keeps_its_input_verdict(client, settings)
     provider = RecordingProvider(outcomes=[limited])
     job = submit(client, key, prompt="Write a tagline", policy={"moderation": "block"})
     published: list = []
-    runner = Runner(
-        engine=get_engine(settings.database_url),
-        provider=provider,
-        catalogue=get_catalogue(),
+    runner = quick_runner(
+        settings.database_url,
+        provider,
         retry=RetryPolicy(max_attempts=3),
-        sleep=lambda _s: None,
         publish=lambda *args: published.append(args),
         retry_inline_max_s=1,
     )
