@@ -1,9 +1,11 @@
 """The database check a command makes before it uses the database: is it at this genq's schema?
 
 `genq keys …` and `genq usage` read and write it at once, so a database behind the code or one
-that does not answer ends them in one line. `genq worker` runs for a long time: behind the code
-it would start and then fail job after job, so it refuses to start too; a database that does not
-answer yet is waited out as any outage is (a warning). (`genq api` answers 503 naming the fix.)
+that does not answer ends them in one line. `genq api` and `genq worker` run for a long time:
+behind the code they would start and then fail request after request (job after job), so they
+refuse to start too; a database that does not answer yet is waited out as any outage is (a
+warning; the API's `/readyz` and routes answer 503, naming `genq migrate` should it answer
+unmigrated).
 """
 
 from __future__ import annotations

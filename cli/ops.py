@@ -56,8 +56,9 @@ def flower_argv(settings: Settings, args: list[str], *, unauthenticated: bool) -
 
 
 def refuse_unmigrated(settings: Settings) -> None:
-    """A worker on a database behind this genq's schema (or empty) would fail every job it
-    takes: it does not start (one read of `alembic_version`)."""
+    """An API or a worker on a database behind this genq's schema (or empty) would fail every
+    request or job it takes: it does not start (one read of `alembic_version`, in the command's
+    own process, before uvicorn or Celery starts any other)."""
     from cli.database import refuse_behind
     from models.db import get_engine
 
@@ -68,21 +69,24 @@ def refuse_unmigrated(settings: Settings) -> None:
 def run_api(*, host: str, port: int, workers: int) -> None:
     """uvicorn with `workers` processes on one port; with several, metrics are summed over all.
 
-    Settings and the port are checked here, before any process starts, so a bad setting or a
-    taken port is one line. prometheus_client's multiprocess mode keeps each process's counters
-    in files of a directory named by PROMETHEUS_MULTIPROC_DIR; it must be empty at start, so
-    every run gets a fresh one.
+    Settings, the schema and the port are checked here, before any process starts, so a bad
+    setting, a database behind the code or a taken port is one line; the check's engine is
+    disposed before uvicorn starts (API processes are spawned, and open their own). This
+    supervisor imports no route: whatever it imports delays the first API process.
+    prometheus_client's multiprocess mode keeps each process's counters in files of a directory
+    named by PROMETHEUS_MULTIPROC_DIR; it must be empty at start, so every run gets a fresh one.
     """
     import os
     import tempfile
 
     import uvicorn
 
-    from api.routes.health import MULTIPROC_ENV
+    from api.multiproc import MULTIPROC_ENV
     from cli.ports import bind_error
 
-    get_settings()
+    settings = get_settings()
     with one_line_errors():
+        refuse_unmigrated(settings)
         if reason := bind_error(host, port):
             raise OpsError(
                 f"cannot serve the API on {host}:{port}: {reason} (another genq api may "

@@ -11,13 +11,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from api.deps import ServicesDep
+from api.multiproc import MULTIPROC_ENV
 from api.openapi import problem_responses
 from api.openapi_schemas import Health, Ready
 from models.errors import NotReady
 
 router = APIRouter(tags=["health"])
-#: set by `genq api --workers N`: each process writes its metrics to files in this directory
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @router.get("/healthz", response_model=None, responses={200: {"model": Health}})
