@@ -1,0 +1,112 @@
+"""worker/health.py: the circuit shared through Redis, whose successes send nothing when clean.
+
+Each RedisHealth here stands for one worker process (its own listener and memory of what it
+cleared); they share one Redis, as worker processes do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from worker.health import RedisHealth
+
+
+def eventually(check: Callable[[], bool], within_s: float = 3.0) -> None:
+    until = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < until, "not within the time"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def client(clean_redis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(clean_redis)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def processes(client) -> Iterator[Callable[[], RedisHealth]]:
+    made: list[RedisHealth] = []
+
+    def process() -> RedisHealth:
+        health = RedisHealth(client, failures=2, cooldown_s=30, ping_s=0.1)
+        made.append(health)
+        return health
+
+    yield process
+    for health in made:
+        health.close()
+
+
+def clean_and_listening(health: RedisHealth, model: str) -> None:
+    """A success, once this process's listener hears every failure: the model is clean here."""
+    health.record_success(model)
+    eventually(lambda: health._listening is not None)
+    health.record_success(model)
+
+
+def test_successes_on_a_closed_circuit_send_nothing(client, processes):
+    health = processes()
+    clean_and_listening(health, "m")
+    sent: list[tuple] = []
+    delete = client.delete
+    client.delete = lambda *keys: sent.append(keys) or delete(*keys)  # type: ignore[method-assign]
+    for _ in range(50):
+        health.record_success("m")
+    assert sent == []
+
+
+def test_a_success_clears_a_failure_another_process_recorded(client, processes):
+    one, two = processes(), processes()
+    clean_and_listening(one, "m")  # one knows "m" is clean…
+    two.record_failure("m")  # …until two's failure is announced
+    eventually(lambda: "m" not in one._clean)
+    one.record_success("m")
+    assert client.exists("genq:health:m:failures") == 0
+    two.record_failure("m")  # one failure since the success: below the threshold of 2
+    assert one.available("m") and two.available("m")
+
+
+def test_a_success_clears_an_open_circuit_another_process_opened(client, processes):
+    one, two = processes(), processes()
+    clean_and_listening(one, "m")
+    two.record_failure("m")
+    two.record_failure("m")
+    assert not two.available("m")
+    eventually(lambda: "m" not in one._clean)
+    one.record_success("m")  # a job without fallbacks called it anyway, and it answered
+    assert two.available("m") and one.available("m")
+
+
+def test_a_lost_subscription_makes_the_next_success_clear(client, processes):
+    one, two = processes(), processes()
+    clean_and_listening(one, "m")
+    client.client_kill_filter(_type="pubsub")  # one's listener is cut off
+    eventually(lambda: one._listening is None)
+    two.record_failure("m")  # announced while nobody listens: one never hears it
+    one.record_success("m")
+    assert client.exists("genq:health:m:failures") == 0
+    # and once subscribed again, clean successes send nothing again
+    eventually(lambda: one._listening is not None)
+    clean_and_listening(one, "m")
+    assert client.exists("genq:health:m:failures") == 0
+
+
+def test_a_failed_clear_is_tried_again(client, processes, monkeypatch):
+    health = processes()
+    clean_and_listening(health, "m")
+    health.record_failure("m")
+
+    def down(*_keys):
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(client, "delete", down)
+    health.record_success("m")  # Redis down: nothing cleared, never blocks the job
+    monkeypatch.undo()
+    health.record_success("m")
+    assert client.exists("genq:health:m:failures") == 0
