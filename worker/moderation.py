@@ -48,7 +48,8 @@ from worker.retry import Reschedule, RetryCounts, RetryPolicy
 from worker.retry import Verdict as Retry
 
 if TYPE_CHECKING:
-    from worker.runner import Run, Runner
+    from worker.run import Run
+    from worker.runner import Runner
 
 log = structlog.get_logger("genq.worker")
 

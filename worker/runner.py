@@ -14,14 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 
 import structlog
 from sqlalchemy.engine import Engine, Row
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from models.attempts import FAILED, RETRYABLE, SUCCEEDED, failed_attempts
+from models.cache_flight import TIMEOUT, TIMEOUT_MESSAGE
 from models.catalogue import Catalogue, ModelSpec
 from models.db import session_scope, utcnow
 from models.errors import PermanentProviderError, ProviderError
@@ -38,7 +37,7 @@ from worker import metrics
 from worker.flights import end_followers
 from worker.health import LocalHealth, ModelHealth
 from worker.lease import LeaseKeeper
-from worker.moderation import ModerationConfig, ModerationEnded, Moderator, Screen, screen_of
+from worker.moderation import ModerationConfig, ModerationEnded, Moderator, screen_of
 from worker.output import InvalidOutput, checked
 from worker.providers.base import ImageResult, Provider, TextResult
 from worker.ratelimit import Limiter, NoLimiter
@@ -51,6 +50,7 @@ from worker.recording import (
     record_output,
 )
 from worker.retry import Decision, Reschedule, RetryCounts, RetryPolicy, Verdict
+from worker.run import Cancelled, JobTimeout, Run, said_by
 from worker.streaming import Streaming
 
 log = structlog.get_logger("genq.worker")
@@ -60,62 +60,6 @@ SHUTTING_DOWN = threading.Event()
 #: what `Runner.run` returns when the job ended (not skipped, lost or given back to the queue)
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 Publish = Callable[[str, str, float, bool], None]  # (job id, kind, countdown s, batch lane)
-
-
-def _said(run: Run) -> list[dict]:
-    """What a conversation's job adds besides the reply: its messages after the system message
-    and the stored turns it sent (the user message, or tool results)."""
-    messages = run.request.chat_messages()
-    first = (messages[0]["role"] == "system") + (run.context or {}).get("turns_sent", 0)
-    return messages[first:]
-
-
-class Cancelled(Exception):
-    pass
-
-
-class JobTimeout(Exception):
-    pass
-
-
-@dataclass(kw_only=True)
-class Run:
-    """What one run of one job knows between attempts."""
-
-    job_id: str
-    token: str
-    kind: str
-    worker: str
-    request: JobCreate
-    models: list[ModelSpec]
-    attempts_before: int
-    deadline_at: datetime | None
-    #: prompt + max_tokens when a model of the run has a tokens-per-minute limit, else 0
-    tokens_estimate: int
-    #: what the job holds against its key's budget (fixed from submit until the job ends)
-    reserved_usd: Decimal
-    #: a conversation's job: its turns are stored when it succeeds
-    conversation_id: str | None = None
-    #: its `context` (how many stored turns it sent)
-    context: dict | None = None
-    #: a batch's job: republished to the batch lane, and its end may finish the batch
-    batch_id: str | None = None
-    #: its moderation (worker/moderation.py), None when off
-    screen: Screen | None = None
-    #: the job's failed attempts over all its runs, as the retry policy counts them
-    counts: RetryCounts = field(default_factory=RetryCounts)
-    #: the retry policy's decision on the last failure, and which attempt of this run failed
-    decided: tuple[int, Decision] | None = None
-    failures_here: int = 0
-    attempts_here: int = 0
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.models[0]
-
-    @property
-    def number(self) -> int:
-        return self.attempts_before + self.attempts_here + 1
 
 
 @dataclass(kw_only=True)
@@ -268,7 +212,7 @@ class Runner:
                 self._end(run, CANCELLED, "cancelled", "cancelled while running")
             return "cancelled"
         except JobTimeout:
-            self._end(run, JOB_FAILED, "timeout", "the job's deadline passed before it finished")
+            self._end(run, JOB_FAILED, TIMEOUT, TIMEOUT_MESSAGE)
             return "failed"
         except Reschedule as again:
             return self._reschedule(run, again.delay_s, bound)
@@ -402,7 +346,7 @@ class Runner:
         if run.screen is not None:
             self.moderator.check_output(run, call, attempt, result)
         try:
-            said = _said(run) if run.conversation_id else None
+            said = said_by(run) if run.conversation_id else None
             end = record_output(
                 self.engine,
                 call,
