@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from models.budgets import settle
@@ -188,19 +187,23 @@ def _hand_on(session: Session, leader: Job, waiting: list) -> Resolution:
     return Resolution(promoted=promoted)
 
 
+#: finished leaders that still have waiting followers; built once: `aliased(Job)` per call made
+#: every sweep miss SQLAlchemy's compiled cache (~6 ms of CPU a sweep, README "Performance")
+_FOLLOWER, _LEADER = Job.__table__.alias("follower"), Job.__table__.alias("leader")
+_STRANDED = (
+    select(_FOLLOWER.c.cache_source_id)
+    .join(_LEADER, _LEADER.c.id == _FOLLOWER.c.cache_source_id)
+    .where(
+        _FOLLOWER.c.cache_source_id.is_not(None),
+        _FOLLOWER.c.status == QUEUED,
+        _LEADER.c.status.in_(FINISHED),
+    )
+    .distinct()
+    .limit(SWEEP_BATCH)
+)
+
+
 def stranded_leaders(session: Session) -> list[str]:
     """Finished leaders that still have waiting followers (their worker died before ending
     them): what the sweeper resolves."""
-    follower, leader = aliased(Job), aliased(Job)
-    query = (
-        select(follower.cache_source_id)
-        .join(leader, leader.id == follower.cache_source_id)
-        .where(
-            follower.cache_source_id.is_not(None),
-            follower.status == QUEUED,
-            leader.status.in_(FINISHED),
-        )
-        .distinct()
-        .limit(SWEEP_BATCH)
-    )
-    return [leader_id for leader_id in session.execute(query).scalars()]
+    return list(session.execute(_STRANDED).scalars())
