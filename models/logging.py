@@ -18,8 +18,17 @@ def redact(text: str) -> str:
     return SECRET_PATTERN.sub(lambda m: m.group(0)[:5] + "***", text)
 
 
-#: libraries that log every HTTP request at INFO (the OpenAI SDK's HTTP client)
-CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+#: libraries that log every HTTP request at INFO (the OpenAI SDK's HTTP client), and Celery's
+#: per-task INFO lines ("Task … received", "Task … succeeded in …s: …"), which repeat genq's own
+#: `job.*` lines; their warnings and errors (a task that raised) still show
+CHATTY_LOGGERS = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "celery.worker.strategy",
+    "celery.app.trace",
+)
 
 #: event fields that carry prompt text: written only when GENQ_LOG_PROMPTS=true
 PROMPT_FIELDS = frozenset({"prompt", "messages"})
@@ -88,8 +97,9 @@ def configure_logging(settings: Settings) -> None:
         logger_factory=lambda *_args: writer,
         cache_logger_on_first_use=True,
     )
-    # One INFO line per HTTP call from the SDK's client repeats genq's own attempt lines (which
-    # carry job, model and outcome); it costs a busy worker CPU. GENQ_LOG_LEVEL=DEBUG shows it.
+    # One INFO line per HTTP call from the SDK's client, and Celery's two per task, repeat genq's
+    # own job and attempt lines (which carry job, model and outcome); they cost a busy worker CPU.
+    # GENQ_LOG_LEVEL=DEBUG shows them. Celery reads these levels once, when its worker starts.
     quiet = root.level if root.level <= logging.DEBUG else max(root.level, logging.WARNING)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(quiet)

@@ -182,6 +182,25 @@ def test_the_sdk_http_clients_request_lines_show_only_at_debug(log_lines, level,
     assert "connection pool full" in events
 
 
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_celerys_per_task_lines_show_only_at_debug_and_its_errors_always(log_lines, level, shown):
+    from celery.app import trace
+    from celery.worker import strategy
+
+    configure, read = log_lines
+    configure(log_level=level)
+    # what Celery checks once when its worker starts, before it writes either line
+    assert trace.logger.isEnabledFor(logging.INFO) is shown
+    assert strategy.logger.isEnabledFor(logging.INFO) is shown
+    strategy.logger.info("Task genq.generate_text[t1] received")
+    trace.logger.info("Task genq.generate_text[t1] succeeded in 0.1s: None")
+    trace.logger.error("Task genq.generate_text[t2] raised unexpected: KeyError()")
+    events = [line["event"] for line in read()]
+    assert any(e.endswith("received") for e in events) is shown
+    assert any("succeeded in" in e for e in events) is shown
+    assert any("raised unexpected" in e for e in events)
+
+
 @pytest.mark.parametrize("events", [True, False])
 def test_task_events_follow_the_setting(events):
     from worker.celery_app import make_celery
