@@ -5,12 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 
 from models.attempts import list_attempts
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
-from models.jobs import Job
+from models.jobs import Job, new_job
 from models.keys import ApiKey, create_key
 from models.pricing import Usage
 from tests.helpers import FakeProvider
@@ -107,3 +107,49 @@ def test_a_key_without_a_budget_only_spends(engine):
         key = session.get(ApiKey, job.key_id)
         cost = session.get(Job, job.id).cost_usd
     assert key.spent_usd == cost > 0 and key.reserved_usd == Decimal(0)
+
+
+def planned_values(**extra) -> dict:
+    return {
+        "key_id": "k" * 32,
+        "kind": "text",
+        "model": "gpt-4o-mini",
+        "request": {"kind": "text", "prompt": "Write a haiku"},
+        "reserved_usd": Decimal("0.01"),
+        **extra,
+    }
+
+
+def test_a_new_job_is_what_the_constructor_makes():
+    made, built = new_job(planned_values()), Job(**planned_values())
+    # every field and default as the constructor sets it; the per-job defaults made fresh
+    fields = {name: getattr(built, name) for name in Job.model_fields}
+    assert {name: getattr(made, name) for name in Job.model_fields} == {
+        **fields,
+        "id": made.id,
+        "created_at": made.created_at,
+    }
+    assert made.id != built.id and len(made.id) == 32 and made.created_at.tzinfo is not None
+    assert made.meta == {} and made.meta is not new_job(planned_values()).meta
+    assert made.model_fields_set == built.model_fields_set
+    assert made.model_dump() == {**built.model_dump(), "id": made.id, "created_at": made.created_at}
+
+
+def test_a_new_job_is_a_transient_orm_object_the_session_stores(engine):
+    with session_scope(engine) as session:
+        key, _ = create_key(session, name="new-job")
+        key_id = key.id
+    job = new_job(planned_values(key_id=key_id, meta={"campaign": "spring"}))
+    assert inspect(job).transient
+    job.status = "running"  # a change is tracked as on any new job
+    assert inspect(job).attrs.status.history.added == ["running"]
+    with session_scope(engine) as session:
+        session.add(job)
+    with session_scope(engine) as session:
+        stored = session.get(Job, job.id)
+        assert (stored.status, stored.meta, stored.reserved_usd) == (
+            "running",
+            {"campaign": "spring"},
+            Decimal("0.01"),
+        )
+        assert stored.attempts == 0 and stored.cancel_requested is False
