@@ -21,7 +21,7 @@ from models.budgets import reserve
 from models.db import session_scope
 from models.errors import InvalidRequest, NotReady
 from models.idempotency import replay, request_fingerprint
-from models.jobs import Job, job_from_plan, store_jobs
+from models.jobs import Job, job_from_plan, store_job_alone, store_jobs
 from models.keys import ApiKey
 from models.lifecycle import unpublish
 from models.moderation import resolve_mode, with_mode
@@ -138,6 +138,9 @@ def _store(
     """One transaction: the replayed first jobs (then nothing else), or the jobs stored with
     their budget reserved and, with the cache on, its decisions (a hit's webhook is opened
     here and published on the commit)."""
+    if _insert_only(key, jobs, ttls, idempotency, before_store):
+        store_job_alone(services.engine, jobs[0])
+        return [], None
     with session_scope(services.engine) as session:
         if idempotency and (first := _replay(session, key, idempotency)):
             return first, None
@@ -149,6 +152,25 @@ def _store(
         if decisions:
             open_hit_webhooks(session, jobs)
     return [], decisions or None
+
+
+def _insert_only(
+    key: ApiKey,
+    jobs: list[Job],
+    ttls: list[int] | None,
+    idempotency: _Idempotency | None,
+    before_store: BeforeStore | None,
+) -> bool:
+    """Whether storing is the one job's INSERT and nothing else: no Idempotency-Key to look
+    up, no turn to claim, no cache decision, no budget to reserve (a key without one
+    reserves nothing)."""
+    return (
+        len(jobs) == 1
+        and idempotency is None
+        and before_store is None
+        and not ttls
+        and key.budget_usd is None
+    )
 
 
 def _check_webhooks(services: Services, key: ApiKey, bodies: list[JobCreate]) -> None:

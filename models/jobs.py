@@ -289,6 +289,16 @@ def store_jobs(session: Session, jobs: list[Job]) -> None:
     session.execute(_INSERT_JOB, rows[0] if len(rows) == 1 else rows)
 
 
+def store_job_alone(engine: Engine, job: Job) -> None:
+    """Insert one new job as its own statement in autocommit, when it is all its transaction
+    would hold: one INSERT is atomic by itself, so it needs no BEGIN and no COMMIT (on
+    PostgreSQL one round trip instead of three), and it is as durable (an autocommit
+    statement commits synchronously before it returns)."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(_INSERT_JOB, {column: getattr(job, attr) for attr, column in _COLUMNS})
+
+
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:
     """The job, seen through `key_id` when given: another key's job does not exist for it."""
     job = session.get(Job, job_id)

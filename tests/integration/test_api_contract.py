@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -411,26 +413,54 @@ def test_a_database_outage_is_503_with_retry_after(settings, tmp_path):
         assert_problem(client.get("/readyz"), 503, "database")
 
 
-def test_a_plain_submit_of_a_verified_key_runs_one_statement(client, key, settings):
-    # Given a key already verified (cached) and without a budget
+def watched_submit(client, settings, headers, **extra) -> tuple[object, list[tuple[str, bool]]]:
+    """A submit, and each statement it ran: its verb, and whether it ran in autocommit."""
     from sqlalchemy import event
 
-    assert client.get("/v1/jobs", headers=key).status_code == 200
-    statements: list[str] = []
+    statements: list[tuple[str, bool]] = []
     engine = get_engine(settings.database_url)
 
-    def seen(_conn, _cursor, statement, *_args):
-        statements.append(statement.split()[0])
+    def seen(conn, _cursor, statement, *_args):
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        statements.append((statement.split()[0], autocommit))
 
     event.listen(engine, "before_cursor_execute", seen)
     try:
-        # When it submits a job
-        job = client.post("/v1/jobs", json={"kind": "text", "prompt": "hi"}, headers=key)
+        job = client.post(
+            "/v1/jobs", json={"kind": "text", "prompt": "hi"}, headers={**headers, **extra}
+        )
     finally:
         event.remove(engine, "before_cursor_execute", seen)
-    # Then the one statement is the job's INSERT (no key lookup, no ORM flush of other rows)
+    return job, statements
+
+
+def test_a_plain_submit_of_a_verified_key_runs_one_statement(client, key, settings):
+    # Given a key already verified (cached) and without a budget
+    assert client.get("/v1/jobs", headers=key).status_code == 200
+    # When it submits a job
+    job, statements = watched_submit(client, settings, key)
+    # Then the one statement is the job's INSERT (no key lookup, no ORM flush of other rows),
+    # in autocommit: no BEGIN and no COMMIT around it
     assert job.status_code == 202
-    assert statements == ["INSERT"]
-    with session_scope(engine) as session:
+    assert statements == [("INSERT", True)]
+    with session_scope(get_engine(settings.database_url)) as session:
         stored = session.get(Job, job.json()["id"])
     assert stored.status == "queued" and stored.meta == {} and stored.request["prompt"] == "hi"
+
+
+def test_a_submit_that_reads_or_reserves_stores_in_one_transaction(client, key, settings):
+    # Given a verified key without a budget, and one with a budget
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
+        _budgeted, secret = create_key(session, name="budgeted", budget_usd=Decimal("5"))
+    budgeted = auth(secret)
+    for headers in (key, budgeted):
+        assert client.get("/v1/jobs", headers=headers).status_code == 200
+    # When one submits with an Idempotency-Key (a lookup first), the other a plain job
+    replayable, looked_up = watched_submit(client, settings, key, **{"Idempotency-Key": "k-1"})
+    reserved, reserving = watched_submit(client, settings, budgeted)
+    # Then each INSERT shares a transaction with the statements around it
+    assert replayable.status_code == reserved.status_code == 202
+    assert ("INSERT", False) in looked_up and len(looked_up) > 1
+    assert ("INSERT", False) in reserving and ("UPDATE", False) in reserving
+    assert not any(autocommit for _verb, autocommit in looked_up + reserving)
