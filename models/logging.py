@@ -40,9 +40,13 @@ def _withhold_prompts(_logger, _name, event_dict: dict) -> dict:
     return event_dict
 
 
+#: what every secret SECRET_PATTERN masks starts with: a value holding neither is left as it is
+_SECRET_PREFIXES = ("sk-", "genq_")
+
+
 def _redact_event(_logger, _name, event_dict: dict) -> dict:
     for key, value in event_dict.items():
-        if isinstance(value, str):
+        if isinstance(value, str) and any(prefix in value for prefix in _SECRET_PREFIXES):
             event_dict[key] = redact(value)
     return event_dict
 

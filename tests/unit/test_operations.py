@@ -171,6 +171,29 @@ def test_context_and_secret_masking_reach_stdlib_lines_too(log_lines):
     assert line["request_id"] == "req-7" and "sk-abcdefghijkl" not in line["event"]
 
 
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING"])
+def test_genq_lines_follow_the_level_in_one_stream_with_stdlib_lines(log_lines, level):
+    configure, read = log_lines
+    configure(log_level=level)
+    log = structlog.get_logger("genq.t")
+    with structlog.contextvars.bound_contextvars(request_id="req-9"):
+        log.debug("t.debug", job_id="j1")
+        logging.getLogger("celery.t").info("stdlib info")
+        log.info("t.info", job_id="j1", secret="genq_abcdefghijklmnop")
+        log.warning("t.warning", job_id="j1")
+    lines = read()
+    shown = {
+        "DEBUG": ["t.debug", "stdlib info", "t.info", "t.warning"],
+        "INFO": ["stdlib info", "t.info", "t.warning"],
+        "WARNING": ["t.warning"],
+    }
+    assert [line["event"] for line in lines] == shown[level]
+    for line in lines:
+        assert line["request_id"] == "req-9" and line["timestamp"].endswith("Z")
+        assert line["level"] == ("info" if line["event"] == "stdlib info" else line["event"][2:])
+    assert all("genq_abcdefghijklmnop" not in json.dumps(line) for line in lines)
+
+
 @pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
 def test_the_sdk_http_clients_request_lines_show_only_at_debug(log_lines, level, shown):
     configure, read = log_lines
