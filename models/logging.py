@@ -52,24 +52,53 @@ def _redact_event(_logger, _name, event_dict: dict) -> dict:
 
 
 class _HandlerWriter:
-    """Where genq's own lines go: rendered by structlog, written to the root handler's stream
-    under the handler's lock (one stream and one lock with the stdlib lines)."""
+    """Where genq's own lines go: rendered by structlog, written to the current root handler's
+    stream under that handler's lock (one stream and one lock with the stdlib lines). One writer
+    per process, so a logger structlog cached before a later `configure_logging` follows it."""
 
-    def __init__(self, handler: logging.StreamHandler):
-        self.handler = handler
+    handler: logging.StreamHandler | None = None
 
     def msg(self, message: str) -> None:
-        with self.handler.lock:
-            self.handler.stream.write(message + "\n")
-            self.handler.stream.flush()
+        handler = self.handler
+        if handler is None:
+            return
+        try:
+            with handler.lock:
+                handler.stream.write(message + handler.terminator)
+                handler.stream.flush()
+        except Exception:  # as a stdlib handler does: a failed write never fails the caller
+            pass
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+_WRITER = _HandlerWriter()
+#: the configured level, read by `_at_level` on every line (not frozen into a cached logger)
+_LEVEL = [logging.INFO]
+#: structlog's method names and their stdlib levels (a name not here is never dropped)
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+def _at_level(_logger, method: str, event_dict: dict) -> dict:
+    """Drop a line below the configured level before any other processor runs."""
+    if _METHOD_LEVELS.get(method, logging.CRITICAL) < _LEVEL[0]:
+        raise structlog.DropEvent
+    return event_dict
 
 
 def configure_logging(settings: Settings) -> None:
     """Route stdlib and structlog output through one renderer at the configured level.
 
-    genq's own lines are filtered by level before any processor runs and rendered by structlog
+    genq's own lines are filtered by level before any other processor runs and rendered by structlog
     itself, not handed to stdlib logging as records (a LogRecord, the handler and
     ProcessorFormatter per line cost a worker ~0.1 ms of CPU per line, two lines a job); the
     stdlib's lines (Celery, the SDK's HTTP client) still go through ProcessorFormatter with the
@@ -94,11 +123,10 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    writer = _HandlerWriter(handler)
+    _WRITER.handler, _LEVEL[0] = handler, root.level
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(root.level),
-        logger_factory=lambda *_args: writer,
+        processors=[_at_level, *shared, renderer],
+        logger_factory=lambda *_args: _WRITER,
         cache_logger_on_first_use=True,
     )
     # One INFO line per HTTP call from the SDK's client, and Celery's two per task, repeat genq's

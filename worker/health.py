@@ -7,13 +7,15 @@ one job at a time may *probe* it (half-open); a success closes it again.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
 from typing import Protocol
 
 import redis
+import structlog
+
+log = structlog.get_logger("genq.worker")
 
 
 class ModelHealth(Protocol):
@@ -135,6 +137,10 @@ class RedisHealth:
                 pipe.set(opened, "1", px=self.ttl_ms)
                 pipe.set(f"{opened}:was", "1", px=self.ttl_ms * 10)
                 pipe.delete(probe)
+                # announced again with the opening: a process whose success cleared the keys
+                # between the two pipelines (it had heard the first announcement) must not
+                # take the circuit opened after it for clean
+                pipe.publish(FAILED_CHANNEL, model)
                 pipe.execute()
         except redis.RedisError:
             return
@@ -177,11 +183,16 @@ class RedisHealth:
 
     def _listen_forever(self, pid: int) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(redis.RedisError, OSError, ValueError):
+            try:
                 self._listen_once(pid)
-            with self._lock:  # failures announced meanwhile are unheard: forget what is clean
-                self._listening = None
-                self._clean.clear()
+            except (redis.RedisError, OSError, ValueError):
+                pass  # Redis away or the connection dropped: subscribe again
+            except Exception:  # a bug or an unexpected client state: keep listening, but say so
+                log.exception("health.listener_failed")
+            finally:
+                with self._lock:  # failures announced meanwhile are unheard: forget the clean
+                    self._listening = None
+                    self._clean.clear()
             self._stop.wait(self.ping_s)
 
     def _listen_once(self, pid: int) -> None:

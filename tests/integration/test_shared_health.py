@@ -110,3 +110,43 @@ def test_a_failed_clear_is_tried_again(client, processes, monkeypatch):
     monkeypatch.undo()
     health.record_success("m")
     assert client.exists("genq:health:m:failures") == 0
+
+
+def test_a_success_between_a_failure_and_the_opening_it_causes_does_not_hide_it(
+    client, processes, monkeypatch
+):
+    one, two = processes(), processes()
+    clean_and_listening(one, "m")
+    two.record_failure("m")
+    pipelines = []
+    pipeline = client.pipeline
+
+    def between(*args, **kwargs):
+        pipelines.append(args)
+        if len(pipelines) == 2:  # two's opening pipeline: one heard the failure and clears first
+            eventually(lambda: "m" not in one._clean)
+            one.record_success("m")
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(client, "pipeline", between)
+    two.record_failure("m")  # the second failure: its count, then the opening
+    monkeypatch.undo()
+    assert not two.available("m")
+    eventually(lambda: "m" not in one._clean)  # the opening is announced too
+    one.record_success("m")  # so this success clears it, as the next success always did
+    assert two.available("m")
+
+
+def test_the_listener_survives_an_unexpected_error(processes, monkeypatch):
+    health = processes()
+    listen_once, raised = health._listen_once, []
+
+    def fails_once(pid: int) -> None:
+        if not raised:
+            raised.append(pid)
+            raise RuntimeError("pubsub connection not set")
+        listen_once(pid)
+
+    monkeypatch.setattr(health, "_listen_once", fails_once)
+    clean_and_listening(health, "m")  # it listens again after the error
+    assert raised

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from types import SimpleNamespace
@@ -192,6 +193,27 @@ def test_genq_lines_follow_the_level_in_one_stream_with_stdlib_lines(log_lines, 
         assert line["request_id"] == "req-9" and line["timestamp"].endswith("Z")
         assert line["level"] == ("info" if line["event"] == "stdlib info" else line["event"][2:])
     assert all("genq_abcdefghijklmnop" not in json.dumps(line) for line in lines)
+
+
+def test_a_logger_used_before_a_new_configuration_follows_it(log_lines):
+    configure, read = log_lines
+    log = structlog.get_logger("genq.t")
+    configure(log_level="WARNING")
+    log.info("t.hidden")
+    log.warning("t.first")
+    configure(log_level="DEBUG")  # a new handler and level: the cached logger follows both
+    log.debug("t.second")
+    assert [line["event"] for line in read()] == ["t.first", "t.second"]
+
+
+def test_a_line_that_cannot_be_written_never_fails_the_caller(log_lines):
+    configure, _read = log_lines
+    configure()
+    stream = io.StringIO()
+    logging.getLogger().handlers[0].setStream(stream)
+    stream.close()  # a log pipe that went away
+    structlog.get_logger("genq.t").info("t.lost", job_id="j1")  # must not raise
+    logging.getLogger("celery.t").warning("stdlib lost")  # the stdlib handler's own rule
 
 
 @pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
