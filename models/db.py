@@ -94,6 +94,9 @@ KEEPALIVES = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+#: a server that drops packets instead of refusing them fails a connect after this long, not
+#: after the kernel's SYN retries (~2 min): `genq api`/`genq worker`'s start check, a checkout
+CONNECT_TIMEOUT_S = 10
 
 
 def make_engine(url: str) -> Engine:
@@ -114,7 +117,11 @@ def make_engine(url: str) -> Engine:
         max_overflow=20,
         pool_recycle=1800,
         pool_pre_ping=get_settings().db_pre_ping,
-        connect_args={"options": "-c timezone=UTC", **KEEPALIVES},
+        connect_args={
+            "options": "-c timezone=UTC",
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            **KEEPALIVES,
+        },
     )
     event.listen(engine, "checkout", _check_on_checkout)
     return engine

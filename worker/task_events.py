@@ -6,7 +6,8 @@ genq's rates most messages carried one or two events. Here the first event buffe
 flush schedules the next flush `FLUSH_AFTER_S` later, and every event until then joins it. Celery
 still flushes at once when 24 events are buffered, and shutdown flushes what is left, so Flower
 (whose task list and pages are built from these events) sees every event, at most
-`FLUSH_AFTER_S` later. Selected by `worker_consumer` in worker/celery_app.py.
+`FLUSH_AFTER_S` later; across a lost broker connection the waiting events go out with the next
+connection, as Celery's unsent events do. Selected by `worker_consumer` in worker/celery_app.py.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ class Consumer(CeleryConsumer):
         # cleared first: an event buffered during the flush's socket write schedules the next
         self._flush_due = 0.0
         self._flush_events()
+
+    def on_close(self) -> None:
+        """The broker connection was lost. Celery carries only the dispatcher's outbound buffer
+        over to the dispatcher of the next connection, so the task events still waiting for
+        their flush join it, and the events sent until then skip the wait (published at once,
+        or buffered there when that fails)."""
+        dispatcher = self.event_dispatcher
+        if dispatcher is not None:
+            dispatcher.buffer_group = frozenset()
+            with dispatcher.mutex:
+                for group, events in dispatcher._group_buffer.items():
+                    if events:
+                        dispatcher._outbound_buffer.append((list(events), f"{group}.multi"))
+                        events[:] = []
+        self._flush_due = 0.0
+        super().on_close()
 
     def shutdown(self) -> None:
         self._flush_events()

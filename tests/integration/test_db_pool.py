@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from models import db
 from models.db import get_engine
 from tests.conftest import PG_ADMIN_URL, _postgres_database
 
@@ -86,3 +90,20 @@ def test_genq_db_pre_ping_adds_the_ping_back(monkeypatch):
         engine.dispose()
         database.close()
         get_settings.cache_clear()
+
+
+def test_a_server_that_never_answers_fails_the_connect_in_time(monkeypatch):
+    """A host that takes the TCP connection and then says nothing (or drops packets) fails the
+    connect after CONNECT_TIMEOUT_S, not after the kernel's retries."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody ever answers
+    try:
+        port = silent.getsockname()[1]
+        monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 2)
+        engine = db.make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError):
+            engine.connect()
+        assert time.monotonic() - started < 30
+        engine.dispose()
+    finally:
+        silent.close()

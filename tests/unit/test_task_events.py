@@ -110,3 +110,22 @@ def test_a_flush_whose_timer_was_lost_is_scheduled_again(worker, monkeypatch):
     clock[0] += FLUSH_AFTER_S + LOST_AFTER_S + 0.01
     dispatcher.send("task-succeeded", uuid="1")
     assert len(consumer.hub.soon) == 1
+
+
+def test_events_waiting_at_a_lost_connection_go_out_with_the_next(worker, monkeypatch):
+    consumer, dispatcher, sent = worker
+    monkeypatch.setattr(CeleryConsumer, "on_close", lambda self: None)  # the rest of Celery's
+    dispatcher.send("task-received", uuid="1")
+    dispatcher.send("task-started", uuid="1")
+    consumer.hub.run_soon()  # their flush is due in FLUSH_AFTER_S
+    consumer.on_close()  # the broker connection failed first
+    # Celery's Events step carries the outbound buffer, and only it, to the next dispatcher
+    [(events, routing_key)] = dispatcher._outbound_buffer
+    assert routing_key == "task.multi"
+    assert [e["type"] for e in events] == ["task-received", "task-started"]
+    # until the next dispatcher exists, an event is published at once, without the wait
+    published = []
+    monkeypatch.setattr(dispatcher, "_publish", lambda event, *_a, **kw: published.append(event))
+    dispatcher.send("task-succeeded", uuid="1")
+    assert [event["type"] for event in published] == ["task-succeeded"]
+    assert consumer.hub.soon == [] and sent == []
