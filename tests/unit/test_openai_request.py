@@ -38,6 +38,7 @@ def provider_seeing(requests: list[httpx2.Request], status: int = 200) -> OpenAI
 def test_each_call_sends_its_own_body_with_the_sdks_auth_and_headers():
     requests: list[httpx2.Request] = []
     sdk = provider_seeing(requests)
+    shared = _CHAT_OPTIONS.model_dump()  # every field, nested dicts included, before any call
     for word in ("one", "two"):
         result = sdk.generate_text(
             model="gpt-4o-mini",
@@ -56,6 +57,7 @@ def test_each_call_sends_its_own_body_with_the_sdks_auth_and_headers():
         assert "x-stainless-retry-count" in request.headers  # the SDK's own headers
     # the shared options are copied, never written: no body or idempotency key stays on them
     assert _CHAT_OPTIONS.json_data is None and _CHAT_OPTIONS.idempotency_key is None
+    assert _CHAT_OPTIONS.model_dump() == shared  # nor its headers, params or security
 
 
 def test_an_error_status_maps_onto_the_retry_split_once():
