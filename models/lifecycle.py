@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from models.db import db_moment, utcnow
@@ -22,15 +22,38 @@ PUBLISH_GRACE_S = 10
 SWEEP_BATCH = 500
 
 
-def renew_lease(session: Session, *, job_id: str, token: str, lease_s: int) -> bool:
-    """Extend a running job's lease; False when the claim was lost (the job was reclaimed)."""
-    result = session.execute(
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status) == RUNNING, col(Job.claim_token) == token)
-        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False)
+#: Built once (a statement built per call costs ~0.6 ms of CPU to key): the leases of the held
+#: claims still running, by job id and claim token (a token names one claim of one job)
+_JOBS = Job.__table__.c
+_RENEW = (
+    update(Job.__table__)
+    .where(
+        _JOBS.id.in_(bindparam("ids", expanding=True)),
+        _JOBS.claim_token.in_(bindparam("tokens", expanding=True)),
+        _JOBS.status == RUNNING,
     )
-    return result.rowcount == 1
+    .values(lease_until=bindparam("until"))
+    .returning(_JOBS.id)
+)
+
+
+def renew_leases(session: Session, *, held: dict[str, str], lease_s: int) -> set[str]:
+    """Extend the leases of running jobs (job id → claim token), SWEEP_BATCH per statement; the
+    ids renewed (a held job missing from it lost its claim: it was reclaimed).
+
+    One statement for many: a worker holding 1,000 calls renewed them one transaction each, which
+    took longer than a short lease under load, so live jobs were reclaimed and run twice."""
+    until = utcnow() + timedelta(seconds=lease_s)
+    pairs = list(held.items())
+    renewed: set[str] = set()
+    for start in range(0, len(pairs), SWEEP_BATCH):
+        chunk = pairs[start : start + SWEEP_BATCH]
+        rows = session.execute(
+            _RENEW,
+            {"ids": [job for job, _ in chunk], "tokens": [t for _, t in chunk], "until": until},
+        )
+        renewed.update(row.id for row in rows)
+    return renewed
 
 
 def release(session: Session, *, job_id: str, token: str, publishing: bool = False) -> bool:

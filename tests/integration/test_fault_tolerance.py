@@ -11,11 +11,12 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from api.main import create_app
+from models import lifecycle
 from models.attempts import Attempt
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope, utcnow
 from models.errors import RetryableProviderError
-from models.jobs import Job, claim_job
+from models.jobs import Job, aware, claim_job
 from models.lifecycle import reclaim_expired, unpublish
 from models.queue import queue_for
 from tests.helpers import FakeProvider, auth, new_key
@@ -337,3 +338,36 @@ def recording_sweeper(engine, settings, published: list[str]) -> Sweeper:
         interval_s=1,
         redispatch_after_s=300,
     )
+
+
+def test_one_beat_renews_every_held_lease_whose_claim_still_holds(client, key, settings):
+    engine = get_engine(settings.database_url)
+    ids = [submit(client, key) for _ in range(5)]
+    with session_scope(engine) as session:
+        held = {
+            job_id: claim_job(session, job_id=job_id, worker="w", lease_s=1).claim_token
+            for job_id in ids
+        }
+    # the sweeper took the first back and another worker claimed it again
+    with session_scope(engine) as session:
+        job = session.get(Job, ids[0])
+        job.status, job.claim_token = "queued", None
+    with session_scope(engine) as session:
+        assert claim_job(session, job_id=ids[0], worker="other", lease_s=1)
+    with session_scope(engine) as session:
+        renewed = lifecycle.renew_leases(session, held=held, lease_s=600)
+    assert renewed == set(ids[1:])  # the lost claim is not renewed, so the keeper says so
+    soon = utcnow() + timedelta(seconds=300)
+    with session_scope(engine) as session:
+        leases = {job_id: aware(session.get(Job, job_id).lease_until) for job_id in ids}
+    assert all(leases[job_id] > soon for job_id in ids[1:])
+    assert leases[ids[0]] < soon  # the other worker's lease is its own
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(lifecycle, "SWEEP_BATCH", 2)  # 5 leases: three statements in one beat
+
+
+def test_a_beat_renews_leases_in_batches(client, key, settings, small_batches):
+    test_one_beat_renews_every_held_lease_whose_claim_still_holds(client, key, settings)
