@@ -11,7 +11,7 @@ cannot tell them apart from `send_task`'s (the e2e tests run them through real w
 It is the one publish function for batch jobs: the API uses it at batch create
 (`api/enqueue.py` `Publisher.publish_batch`), the workers when they republish a batch job
 (`worker/tasks.py` `dispatch`). A single submit publishes through `push_job` too: `send_task`
-was ~0.5 ms of its CPU (README "Performance").
+was ~0.5 ms of its CPU (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def _hand_on(session: Session, leader: Job, waiting: list) -> Resolution:
 
 
 #: finished leaders that still have waiting followers; built once: `aliased(Job)` per call made
-#: every sweep miss SQLAlchemy's compiled cache (~6 ms of CPU a sweep, README "Performance")
+#: every sweep miss SQLAlchemy's compiled cache (~6 ms of CPU a sweep, docs/performance.md)
 _FOLLOWER, _LEADER = Job.__table__.alias("follower"), Job.__table__.alias("leader")
 _STRANDED = (
     select(_FOLLOWER.c.cache_source_id)

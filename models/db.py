@@ -108,7 +108,7 @@ def make_engine(url: str) -> Engine:
     # No pool_pre_ping by default (a `SELECT 1` round trip on every checkout, ~0.3 ms of CPU
     # each, twice per job): the checkout polls the socket instead, TCP keepalives keep an idle
     # connection's path open through NATs and firewalls (and find a dead peer), and connections
-    # are renewed after 30 min (README Performance; GENQ_DB_PRE_PING=true adds the ping back).
+    # are renewed after 30 min (docs/performance.md; GENQ_DB_PRE_PING=true adds the ping back).
     from models.settings import get_settings  # here: settings import what imports this module
 
     engine = create_engine(

@@ -351,7 +351,7 @@ def list_jobs(
 
 
 #: Built once, on the table rather than the ORM entity: an ORM statement is re-annotated and
-#: re-keyed on every execution, a Core one only once (worker CPU per job, see README Performance).
+#: re-keyed on every execution, a Core one only once (worker CPU per job, see docs/performance.md).
 _JOBS = Job.__table__.c
 _CLAIM = (
     update(Job.__table__)

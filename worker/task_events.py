@@ -16,7 +16,7 @@ from time import monotonic
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-#: how long an event may wait for others to share its message (README "Performance")
+#: how long an event may wait for others to share its message (docs/performance.md)
 FLUSH_AFTER_S = 0.25
 #: a flush this late is presumed lost (its timer went with a reconnect): the next event re-arms
 LOST_AFTER_S = 2.0
