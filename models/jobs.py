@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
-from models.db import Money, db_moment, utcnow
+from models.db import Money, autocommit, db_moment, utcnow
 from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
 from models.planning import Plan
@@ -283,20 +283,21 @@ _INSERT_JOB = insert(Job.__table__)
 _COLUMNS = [(prop.key, prop.columns[0].key) for prop in Job.__mapper__.column_attrs]
 
 
+def _row(job: Job) -> dict[str, Any]:
+    return {column: getattr(job, attr) for attr, column in _COLUMNS}
+
+
 def store_jobs(session: Session, jobs: list[Job]) -> None:
     """Insert new jobs, as they are, in the session's transaction (they stay out of it)."""
-    rows = [{column: getattr(job, attr) for attr, column in _COLUMNS} for job in jobs]
+    rows = [_row(job) for job in jobs]
     session.execute(_INSERT_JOB, rows[0] if len(rows) == 1 else rows)
 
 
 def store_job_alone(engine: Engine, job: Job) -> None:
-    """Insert one new job as its own statement in autocommit, when it is all its transaction
-    would hold: one INSERT is atomic by itself, so it needs no BEGIN and no COMMIT (on
-    PostgreSQL one round trip instead of three), and it is as durable (an autocommit
-    statement commits synchronously before it returns)."""
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.execute(_INSERT_JOB, {column: getattr(job, attr) for attr, column in _COLUMNS})
+    """Insert one new job as its own autocommit statement, when it is all its transaction
+    would hold."""
+    with autocommit(engine) as conn:
+        conn.execute(_INSERT_JOB, _row(job))
 
 
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:
@@ -392,11 +393,8 @@ _CLAIM = (
 
 
 def claim(engine: Engine, *, job_id: str, worker: str, lease_s: int) -> Row | None:
-    """`claim_job` as its own statement in autocommit: the one UPDATE is atomic by itself, so
-    it needs no BEGIN and no COMMIT (on PostgreSQL one round trip instead of three), and it is
-    as durable (each autocommit statement commits synchronously)."""
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
+    """`claim_job` as its own autocommit statement (the one UPDATE is atomic by itself)."""
+    with autocommit(engine) as conn:
         return claim_job(conn, job_id=job_id, worker=worker, lease_s=lease_s)
 
 

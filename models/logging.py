@@ -57,6 +57,8 @@ class _HandlerWriter:
     per process, so a logger structlog cached before a later `configure_logging` follows it."""
 
     handler: logging.StreamHandler | None = None
+    #: the configured level, read by `_at_level` on every line (not frozen into a cached logger)
+    level: int = logging.INFO
 
     def msg(self, message: str) -> None:
         handler = self.handler
@@ -73,8 +75,6 @@ class _HandlerWriter:
 
 
 _WRITER = _HandlerWriter()
-#: the configured level, read by `_at_level` on every line (not frozen into a cached logger)
-_LEVEL = [logging.INFO]
 #: structlog's method names and their stdlib levels (a name not here is never dropped)
 _METHOD_LEVELS = {
     "debug": logging.DEBUG,
@@ -90,7 +90,7 @@ _METHOD_LEVELS = {
 
 def _at_level(_logger, method: str, event_dict: dict) -> dict:
     """Drop a line below the configured level before any other processor runs."""
-    if _METHOD_LEVELS.get(method, logging.CRITICAL) < _LEVEL[0]:
+    if _METHOD_LEVELS.get(method, logging.CRITICAL) < _WRITER.level:
         raise structlog.DropEvent
     return event_dict
 
@@ -123,7 +123,7 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    _WRITER.handler, _LEVEL[0] = handler, root.level
+    _WRITER.handler, _WRITER.level = handler, root.level
     structlog.configure(
         processors=[_at_level, *shared, renderer],
         logger_factory=lambda *_args: _WRITER,
