@@ -9,22 +9,28 @@ share between threads (redis-py), so the channel keeps one per pool.
 transport option): kombu sends one `BRPOP` over every queue's lists, which answers from the first
 non-empty one, so listing the interactive queues before the batch lanes serves them first.
 
+`QoS` also records which process holds each unacked message (models/reserved.py), so the
+sweeper gives a dead worker's messages back at once instead of after the visibility timeout.
+
 `install()` registers it as kombu's `redis` transport, so broker URLs stay `redis://…` (Flower
 tells brokers apart by the URL's scheme).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import kombu.transport
 import redis
-from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 from kombu.utils.scheduling import priority_cycle
 
 from models.queue import is_batch_queue
+from models.reserved import CONSUMERS, OWNER, OWNERS
 
 #: the `queue_order_strategy` transport option naming the cycle below
 QUEUE_ORDER = f"{__name__}:InteractiveFirst"
@@ -38,7 +44,34 @@ class InteractiveFirst(priority_cycle):
         return sorted(self.items[:n], key=is_batch_queue)
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's ack emulation, with this process recorded as each unacked message's owner in the
+    same transaction that records the message (and its first beat with its first message)."""
+
+    _announced = False
+
+    def append(self, message, delivery_tag) -> None:
+        """kombu's `append` (its two commands, then the in-process bookkeeping), with the owner
+        in the same transaction: kombu's own builds its pipeline inside and executes it."""
+        delivery = message.delivery_info
+        raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, raw)
+            pipe.hset(OWNERS, delivery_tag, OWNER)
+            if not QoS._announced:
+                QoS._announced = True
+                pipe.zadd(CONSUMERS, {OWNER: time.time()})
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag, pipe=None):
+        """Ack, reject and restore all come through here: the owner goes with the message."""
+        return super()._remove_from_indices(delivery_tag, pipe).hdel(OWNERS, delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _shared_client: redis.Redis | None = None
 
     @contextmanager

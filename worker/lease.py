@@ -56,7 +56,11 @@ class LeaseKeeper:
         except Exception as exc:  # the database may be restarting: try again next beat
             log.warning("lease.renew_failed", jobs=len(held), error=type(exc).__name__)
             return
-        for job_id in held.keys() - renewed:
+        lost = held.keys() - renewed
+        if lost:
+            with self._lock:  # a job that ended since the snapshot did not lose its claim
+                lost &= self._held.keys()
+        for job_id in lost:
             log.warning("lease.lost", job_id=job_id)
 
     def stop(self) -> None:

@@ -1,16 +1,17 @@
 """The sweeper: puts back on the queue every accepted job that would otherwise be stuck.
 
 It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time.
-Each sweep (1) returns running jobs whose lease expired (their worker died) to the queue,
-(2) ends the response cache's followers still waiting on a finished leader, and fails those
-whose own deadline passed meanwhile (`timeout`; worker/flights.py),
-(3) publishes queued jobs that were never published (the broker was down at submit) or whose
-message is presumed lost (published long ago, still queued; a batch job only once its kind's
-batch lane is empty: a long lane is not a lost message), and (4) expires, stops and
-finalizes batches (worker/batches.py). (5) Webhooks: it opens the delivery of any webhook job
-that ended on a path that did not, and publishes deliveries whose attempt died with its
-worker (lease over) or whose message is overdue (models/webhooks.py). A duplicate message is
-harmless: the claim lets only one delivery run a job.
+Each sweep (0) gives back to their queues the messages a dead worker took and had not acked
+(models/reserved.py; every worker process beats from this thread), (1) returns running jobs
+whose lease expired (their worker died) to the queue, (2) ends the response cache's followers
+still waiting on a finished leader, and fails those whose own deadline passed meanwhile
+(`timeout`; worker/flights.py), (3) publishes queued jobs that were never published (the broker
+was down at submit) or whose message is presumed lost (published long ago, still queued; a batch
+job only once its kind's batch lane is empty: a long lane is not a lost message), and (4)
+expires, stops and finalizes batches (worker/batches.py). (5) Webhooks: it opens the delivery of
+any webhook job that ended on a path that did not, and publishes deliveries whose attempt died
+with its worker (lease over) or whose message is overdue (models/webhooks.py). A duplicate
+message is harmless: the claim lets only one delivery run a job.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Engine
 from models.db import session_scope, utcnow
 from models.lifecycle import due_for_publish, mark_published, reclaim_expired
 from models.queue import BATCH_QUEUE_BY_KIND
+from models.reserved import beat
 from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
 from worker.flights import end_stranded
 
@@ -45,11 +47,14 @@ class Sweeper:
         interval_s: float,
         redispatch_after_s: int,
         batches: Callable[[], dict[str, int]] | None = None,
+        reserved: Callable[[], int] | None = None,
     ):
         self.engine, self.redis, self.publish = engine, client, publish
         #: expires, stops and finalizes batches (worker/batches.py `sweep_batches`)
         self.batches = batches
         self.publish_webhook = publish_webhook
+        #: gives back the unacked messages of dead consumers (worker/tasks.py `restore_reserved`)
+        self.reserved = reserved
         self.interval_s, self.redispatch_after_s = interval_s, redispatch_after_s
         self.name = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
@@ -57,13 +62,20 @@ class Sweeper:
 
     def sweep_once(self) -> dict[str, int]:
         """One sweep; returns how many jobs were reclaimed and published."""
+        restored = self.reserved() if self.reserved is not None else 0
+        if restored:
+            log.warning("sweeper.restored", count=restored)
         with session_scope(self.engine) as session:
             reclaimed = reclaim_expired(session)
         end_stranded(self.engine)  # response cache: followers of a leader whose worker died
         busy = self.busy_batch_kinds()
         with session_scope(self.engine) as session:
-            due = reclaimed + due_for_publish(
-                session, redispatch_after_s=self.redispatch_after_s, busy_batch_kinds=busy
+            # a job just reclaimed is also unpublished: once in the list, one message
+            due = dict.fromkeys(
+                reclaimed
+                + due_for_publish(
+                    session, redispatch_after_s=self.redispatch_after_s, busy_batch_kinds=busy
+                )
             )
         published = []
         for job_id, kind, batch in due:
@@ -81,7 +93,12 @@ class Sweeper:
         swept = self.batches() if self.batches is not None else {}
         if self.publish_webhook is not None:
             swept["webhooks"] = self.sweep_webhooks()
-        return {"reclaimed": len(reclaimed), "published": len(published), **swept}
+        return {
+            "restored": restored,
+            "reclaimed": len(reclaimed),
+            "published": len(published),
+            **swept,
+        }
 
     def busy_batch_kinds(self) -> list[str]:
         """The kinds whose batch lane still holds messages (one LLEN each, one round trip):
@@ -138,6 +155,7 @@ class Sweeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
+                beat(self.redis)  # this process still holds its messages (models/reserved.py)
                 self._lead_once()
             except Exception as exc:  # Redis or the database restarting: keep going
                 log.warning("sweeper.failed", error=type(exc).__name__)

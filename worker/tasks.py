@@ -12,6 +12,7 @@ from models.catalogue import get_catalogue
 from models.db import get_engine
 from models.logging import configure_logging
 from models.queue import FINALIZE_TASK, TASK_BY_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, queue_for
+from models.reserved import restore_dead
 from models.settings import get_settings
 from models.tokens import install_encodings
 from models.webhooks import publish_on_commit
@@ -126,7 +127,21 @@ def get_sweeper() -> Sweeper:
         interval_s=settings.sweep_interval_s,
         redispatch_after_s=settings.redispatch_after_s,
         batches=lambda: sweep_batches(get_engine(settings.database_url)),
+        reserved=restore_reserved,
     )
+
+
+def restore_reserved() -> int:
+    """The unacked messages of consumers silent for a lease (or three sweeps, if longer) go back
+    to their queues, with kombu's own restore (models/reserved.py)."""
+    settings = get_settings()
+    with celery_app.pool.acquire(block=True) as connection:
+        qos = connection.default_channel.qos
+        return restore_dead(
+            shared_redis(),
+            qos.restore_by_tag,
+            dead_after_s=max(settings.lease_s, 3 * settings.sweep_interval_s),
+        )
 
 
 @setup_logging.connect

@@ -9,6 +9,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlmodel import select
+from structlog.testing import capture_logs
 
 from api.main import create_app
 from models import lifecycle
@@ -23,6 +24,7 @@ from tests.helpers import FakeProvider, auth, new_key
 from tests.integration.test_budgets import key_with_budget, load_key
 from worker import runner as runner_module
 from worker.health import LocalHealth, RedisHealth
+from worker.lease import LeaseKeeper
 from worker.retry import RetryPolicy
 from worker.runner import Runner
 from worker.sweeper import Sweeper
@@ -205,14 +207,16 @@ def test_the_sweeper_requeues_expired_leases_and_publishes_the_unpublished(clien
         # a worker claimed `crashed` and died: its lease is in the past
         assert claim_job(session, job_id=crashed, worker="dead", lease_s=60)
         session.get(Job, crashed).lease_until = utcnow() - timedelta(seconds=1)
+        # submitted long ago: reclaimed, it is also unpublished, and still gets one message
+        session.get(Job, crashed).created_at = utcnow() - timedelta(seconds=60)
         # the broker was down when `stranded` was submitted, long enough ago
         unpublish(session, job_id=stranded)
         session.get(Job, stranded).created_at = utcnow() - timedelta(seconds=60)
     published: list[str] = []
     sweeper = recording_sweeper(engine, settings, published)
-    assert sweeper.sweep_once() == {"reclaimed": 1, "published": 2}
+    assert sweeper.sweep_once() == {"restored": 0, "reclaimed": 1, "published": 2}
     assert sorted(published) == sorted([crashed, stranded])
-    assert sweeper.sweep_once() == {"reclaimed": 0, "published": 0}  # nothing twice
+    assert sweeper.sweep_once() == {"restored": 0, "reclaimed": 0, "published": 0}  # once
     job, _ = load(settings, crashed)
     assert job.status == "queued" and job.claim_token is None and job.published_at is not None
     # and the old owner can no longer write: its claim token is gone
@@ -362,6 +366,18 @@ def test_one_beat_renews_every_held_lease_whose_claim_still_holds(client, key, s
         leases = {job_id: aware(session.get(Job, job_id).lease_until) for job_id in ids}
     assert all(leases[job_id] > soon for job_id in ids[1:])
     assert leases[ids[0]] < soon  # the other worker's lease is its own
+
+
+def test_a_job_that_ended_during_a_beat_is_not_reported_lost(client, key, settings):
+    job_id = submit(client, key)  # queued, not claimed: no lease of this token to renew
+    keeper = LeaseKeeper(get_engine(settings.database_url), lease_s=60)
+    with capture_logs() as logs:  # the beat's snapshot held it; its run ended since
+        keeper._renew({job_id: "token"})
+    assert [line for line in logs if line["event"] == "lease.lost"] == []
+    keeper._held[job_id] = "token"  # still held: the claim really was lost
+    with capture_logs() as logs:
+        keeper._renew({job_id: "token"})
+    assert [line["job_id"] for line in logs if line["event"] == "lease.lost"] == [job_id]
 
 
 @pytest.fixture

@@ -1,0 +1,115 @@
+"""A dead consumer's unacked messages go back at once (models/reserved.py), on real Redis
+through genq's kombu transport: kombu alone keeps them for the visibility timeout (an hour)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from models import redis_transport, reserved
+from models.db import get_engine
+from worker.sweeper import Sweeper
+
+QUEUE = Queue("genq-reserved-test", Exchange("genq-reserved-test"), "r")
+
+
+@pytest.fixture
+def broker(clean_redis, monkeypatch) -> str:
+    redis_transport.install()
+    monkeypatch.setattr(redis_transport.QoS, "_announced", False)
+    with Connection(clean_redis) as conn, conn.Producer() as producer:
+        for i in range(4):
+            producer.publish({"n": i}, exchange=QUEUE.exchange, routing_key="r", declare=[QUEUE])
+    return clean_redis
+
+
+def take(conn: Connection, count: int) -> list:
+    """Take `count` messages without acking them, as a worker's consumer does."""
+    channel = conn.channel()
+    QUEUE(channel).declare()
+    return [channel.basic_get(QUEUE.name, no_ack=False) for _ in range(count)]
+
+
+def received_again(url: str) -> list[tuple[int, bool]]:
+    with Connection(url) as conn:
+        channel = conn.channel()
+        messages = iter(lambda: channel.basic_get(QUEUE.name, no_ack=True), None)
+        return sorted((m.payload["n"], m.delivery_info.get("redelivered", False)) for m in messages)
+
+
+def restore(url: str, *, now: float, dead_after_s: float = 10) -> int:
+    with Connection(url) as conn:
+        qos = conn.default_channel.qos
+        client = redis.Redis.from_url(url)
+        return reserved.restore_dead(
+            client, qos.restore_by_tag, dead_after_s=dead_after_s, now=now
+        )
+
+
+def test_each_taken_message_names_its_owner_until_acked(broker):
+    client = redis.Redis.from_url(broker)
+    with Connection(broker) as conn:
+        taken = take(conn, 3)
+        owners = client.hgetall(reserved.OWNERS)
+        assert sorted(owners) == sorted(m.delivery_tag.encode() for m in taken)
+        assert set(owners.values()) == {reserved.OWNER.encode()}
+        assert client.zscore(reserved.CONSUMERS, reserved.OWNER)  # its first beat
+        taken[0].ack()
+        taken[1].reject(requeue=True)
+        assert list(client.hgetall(reserved.OWNERS)) == [taken[2].delivery_tag.encode()]
+        assert client.hlen("unacked") == 1  # kombu's own record, kept in step
+
+
+def test_a_silent_owners_messages_go_back_to_their_queue_once(broker):
+    client = redis.Redis.from_url(broker)
+    with Connection(broker) as conn:
+        take(conn, 3)
+        assert restore(broker, now=time.time()) == 0  # it beat just now: alive, kept
+        assert client.hlen("unacked") == 3
+        # the process is gone: nothing beats for longer than dead_after_s
+        assert restore(broker, now=time.time() + 60) == 3
+    assert client.hlen(reserved.OWNERS) == 0 and client.hlen("unacked") == 0
+    assert client.zscore(reserved.CONSUMERS, reserved.OWNER) is None  # forgotten
+    again = received_again(broker)
+    assert again == [(0, True), (1, True), (2, True), (3, False)]  # the fourth was never taken
+    assert restore(broker, now=time.time() + 120) == 0  # nothing left to give back
+
+
+def test_only_the_dead_owners_messages_go_back(broker, monkeypatch):
+    client = redis.Redis.from_url(broker)
+    # kept open: a connection closed cleanly gives its messages back itself (kombu)
+    with Connection(broker) as dead_conn:
+        take(dead_conn, 2)
+        reserved.beat(client, now=time.time() - 60)  # this process's owner fell silent
+        monkeypatch.setattr(redis_transport, "OWNER", "other-host:7:live")
+        monkeypatch.setattr(redis_transport.QoS, "_announced", False)
+        with Connection(broker) as live_conn:
+            kept = take(live_conn, 1)
+            assert restore(broker, now=time.time()) == 2
+            assert client.hgetall(reserved.OWNERS) == {
+                kept[0].delivery_tag.encode(): b"other-host:7:live"
+            }
+            assert [n for n, _ in received_again(broker)] == [0, 1, 3]
+
+
+def test_the_sweeper_gives_back_first_and_its_thread_beats(broker, settings):
+    client = redis.Redis.from_url(broker)
+    client.delete(reserved.CONSUMERS)
+    sweeper = Sweeper(
+        get_engine(settings.database_url),
+        client,
+        lambda *args: None,
+        interval_s=0.05,
+        redispatch_after_s=300,
+        reserved=lambda: 2,
+    )
+    assert sweeper.sweep_once()["restored"] == 2
+    sweeper.start()
+    deadline = time.monotonic() + 10
+    while client.zscore(reserved.CONSUMERS, reserved.OWNER) is None:
+        assert time.monotonic() < deadline, "the sweeper thread never beat"
+        time.sleep(0.02)
+    sweeper.stop()
