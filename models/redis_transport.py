@@ -46,7 +46,9 @@ class InteractiveFirst(priority_cycle):
 
 class QoS(kombu_redis.QoS):
     """kombu's ack emulation, with this process recorded as each unacked message's owner in the
-    same transaction that records the message (and its first beat with its first message)."""
+    same transaction that records the message (and a first beat with its first message, until
+    worker/liveness.py beats). genq sets no kombu `global_keyprefix`: the owner keys are read
+    unprefixed by the sweeper."""
 
     _announced = False
 
@@ -59,10 +61,10 @@ class QoS(kombu_redis.QoS):
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(self.unacked_key, delivery_tag, raw)
             pipe.hset(OWNERS, delivery_tag, OWNER)
-            if not QoS._announced:
-                QoS._announced = True
-                pipe.zadd(CONSUMERS, {OWNER: time.time()})
+            if not QoS._announced:  # this host's clock, only until the first real beat
+                pipe.zadd(CONSUMERS, {OWNER: time.time()}, nx=True)
             pipe.execute()
+            QoS._announced = True
         virtual.QoS.append(self, message, delivery_tag)
 
     def _remove_from_indices(self, delivery_tag, pipe=None):

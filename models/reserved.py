@@ -7,8 +7,9 @@ not yet claimed, or waiting for their countdown) left those jobs queued until th
 presumed their message lost (`GENQ_REDISPATCH_AFTER_S`, five minutes; a batch job only after its
 lane drained). Here each consumer process records itself as the owner of each message it takes
 (`OWNERS`, beside kombu's own bookkeeping, in the same transaction) and beats in `CONSUMERS`
-while alive; the sweeper gives back, with kombu's own restore, every message whose owner has
-not beaten for a lease. A message given back while its owner lived (a stall longer than a
+while alive (worker/liveness.py); the sweeper gives back, with kombu's own restore, every
+message whose owner has not beaten for a lease. Beats and the cut-off are on Redis's clock, so
+hosts' clocks need not agree. A message given back while its owner lived (a stall longer than a
 lease) is a duplicate, and duplicates are harmless: the claim lets one copy run a job, and a
 restored message keeps its countdown.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable
 
@@ -25,35 +25,39 @@ import redis
 
 #: hash: kombu delivery tag → owner of the unacked message (kept with kombu's `unacked` hash)
 OWNERS = "genq:unacked:owner"
-#: sorted set: owner → the time of its last beat
+#: sorted set: owner → the time of its last beat (Redis's clock)
 CONSUMERS = "genq:consumers"
 #: this process as an owner: host, pid, and a random part (a pid can come back after a restart)
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def beat(client: redis.Redis, *, owner: str = OWNER, now: float | None = None) -> None:
-    """Say that this process is alive (every sweep interval, from its sweeper thread)."""
-    client.zadd(CONSUMERS, {owner: time.time() if now is None else now})
+def redis_now(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
 
 
-def restore_dead(
+def beat(client: redis.Redis, *, owner: str = OWNER, ago_s: float = 0) -> None:
+    """Say that this process is alive (`ago_s`: as of that long ago, for tests)."""
+    client.zadd(CONSUMERS, {owner: redis_now(client) - ago_s})
+
+
+def dead_owners(client: redis.Redis, *, dead_after_s: float) -> tuple[set[str], float]:
+    """The owners silent for `dead_after_s`, and the cut-off (for `give_back`)."""
+    ceiling = redis_now(client) - dead_after_s
+    return {owner.decode() for owner in client.zrangebyscore(CONSUMERS, "-inf", ceiling)}, ceiling
+
+
+def give_back(
     client: redis.Redis,
+    dead: set[str],
+    ceiling: float,
     restore_by_tag: Callable[[str], None],
-    *,
-    dead_after_s: float,
-    now: float | None = None,
 ) -> int:
-    """Give back every unacked message whose owner has not beaten for `dead_after_s`, with
-    `restore_by_tag` (kombu's: back to the head of its queue, out of the unacked indices); the
-    dead owners are forgotten. Returns how many messages went back."""
-    ceiling = (time.time() if now is None else now) - dead_after_s
-    dead = {owner.decode() for owner in client.zrangebyscore(CONSUMERS, "-inf", ceiling)}
-    if not dead:
-        return 0
-    restored = 0
-    for tag, owner in client.hscan_iter(OWNERS, count=1000):
-        if owner.decode() in dead:
-            restore_by_tag(tag.decode())  # drops it from OWNERS too (redis_transport.QoS)
-            restored += 1
-    client.zrem(CONSUMERS, *dead)
-    return restored
+    """Give back every unacked message of the `dead` owners with `restore_by_tag` (kombu's: back
+    to its queue, out of the unacked indices and `OWNERS`); then forget the owners still silent
+    (one that beat meanwhile stays: it lives, and its duplicates are harmless). How many."""
+    tags = {tag for tag, owner in client.hscan_iter(OWNERS, count=1000) if owner.decode() in dead}
+    for tag in tags:
+        restore_by_tag(tag.decode())
+    client.zremrangebyscore(CONSUMERS, "-inf", ceiling)
+    return len(tags)

@@ -2,16 +2,16 @@
 
 It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time.
 Each sweep (0) gives back to their queues the messages a dead worker took and had not acked
-(models/reserved.py; every worker process beats from this thread), (1) returns running jobs
-whose lease expired (their worker died) to the queue, (2) ends the response cache's followers
-still waiting on a finished leader, and fails those whose own deadline passed meanwhile
-(`timeout`; worker/flights.py), (3) publishes queued jobs that were never published (the broker
-was down at submit) or whose message is presumed lost (published long ago, still queued; a batch
-job only once its kind's batch lane is empty: a long lane is not a lost message), and (4)
-expires, stops and finalizes batches (worker/batches.py). (5) Webhooks: it opens the delivery of
-any webhook job that ended on a path that did not, and publishes deliveries whose attempt died
-with its worker (lease over) or whose message is overdue (models/webhooks.py). A duplicate
-message is harmless: the claim lets only one delivery run a job.
+(models/reserved.py), (1) returns running jobs whose lease expired (their worker died) to the
+queue, (2) ends the response cache's followers still waiting on a finished leader, and fails
+those whose own deadline passed meanwhile (`timeout`; worker/flights.py), (3) publishes queued
+jobs that were never published (the broker was down at submit) or whose message is presumed lost
+(published long ago, still queued; a batch job only once its kind's batch lane is empty: a long
+lane is not a lost message), and (4) expires, stops and finalizes batches (worker/batches.py).
+(5) Webhooks: it opens the delivery of any webhook job that ended on a path that did not, and
+publishes deliveries whose attempt died with its worker (lease over) or whose message is overdue
+(models/webhooks.py). A duplicate message is harmless: the claim lets only one delivery run a
+job.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from sqlalchemy.engine import Engine
 from models.db import session_scope, utcnow
 from models.lifecycle import due_for_publish, mark_published, reclaim_expired
 from models.queue import BATCH_QUEUE_BY_KIND
-from models.reserved import beat
 from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
 from worker.flights import end_stranded
 
@@ -62,9 +61,7 @@ class Sweeper:
 
     def sweep_once(self) -> dict[str, int]:
         """One sweep; returns how many jobs were reclaimed and published."""
-        restored = self.reserved() if self.reserved is not None else 0
-        if restored:
-            log.warning("sweeper.restored", count=restored)
+        restored = self.restore_reserved()
         with session_scope(self.engine) as session:
             reclaimed = reclaim_expired(session)
         end_stranded(self.engine)  # response cache: followers of a leader whose worker died
@@ -99,6 +96,19 @@ class Sweeper:
             "published": len(published),
             **swept,
         }
+
+    def restore_reserved(self) -> int:
+        """First, so the jobs of a dead worker's messages count as waiting in their queues."""
+        if self.reserved is None:
+            return 0
+        try:
+            restored = self.reserved()
+        except Exception as exc:  # Redis or its connection pool busy: the next sweep tries again
+            log.warning("sweeper.restore_failed", error=type(exc).__name__)
+            return 0
+        if restored:
+            log.warning("sweeper.restored", count=restored)
+        return restored
 
     def busy_batch_kinds(self) -> list[str]:
         """The kinds whose batch lane still holds messages (one LLEN each, one round trip):
@@ -155,7 +165,6 @@ class Sweeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                beat(self.redis)  # this process still holds its messages (models/reserved.py)
                 self._lead_once()
             except Exception as exc:  # Redis or the database restarting: keep going
                 log.warning("sweeper.failed", error=type(exc).__name__)

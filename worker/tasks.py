@@ -6,19 +6,20 @@ from functools import lru_cache
 
 import redis
 import structlog
-from celery.signals import setup_logging, worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
 
 from models.catalogue import get_catalogue
 from models.db import get_engine
 from models.logging import configure_logging
 from models.queue import FINALIZE_TASK, TASK_BY_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, queue_for
-from models.reserved import restore_dead
+from models.reserved import dead_owners, give_back
 from models.settings import get_settings
 from models.tokens import install_encodings
 from models.webhooks import publish_on_commit
 from worker.batches import after_batch_job, finalize, sweep_batches
 from worker.celery_app import celery_app
 from worker.health import RedisHealth
+from worker.liveness import Liveness
 from worker.moderation import ModerationConfig
 from worker.observe import message_headers, run_observed
 from worker.providers.factory import build_provider
@@ -132,16 +133,20 @@ def get_sweeper() -> Sweeper:
 
 
 def restore_reserved() -> int:
-    """The unacked messages of consumers silent for a lease (or three sweeps, if longer) go back
-    to their queues, with kombu's own restore (models/reserved.py)."""
-    settings = get_settings()
-    with celery_app.pool.acquire(block=True) as connection:
-        qos = connection.default_channel.qos
-        return restore_dead(
-            shared_redis(),
-            qos.restore_by_tag,
-            dead_after_s=max(settings.lease_s, 3 * settings.sweep_interval_s),
-        )
+    """The unacked messages of worker processes silent for a lease go back to their queues,
+    with kombu's own restore (models/reserved.py); a broker connection only when there are."""
+    client = shared_redis()
+    dead, ceiling = dead_owners(client, dead_after_s=get_settings().lease_s)
+    if not dead:
+        return 0
+    with celery_app.pool.acquire(block=True, timeout=10) as connection:
+        return give_back(client, dead, ceiling, connection.default_channel.qos.restore_by_tag)
+
+
+@lru_cache
+def get_liveness() -> Liveness:
+    """This process's beat (worker/liveness.py): every third of a lease, like leases."""
+    return Liveness(shared_redis(), interval_s=get_settings().lease_s / 3)
 
 
 @setup_logging.connect
@@ -152,6 +157,7 @@ def _logging(**_kwargs) -> None:
 
 @worker_ready.connect
 def _announce(**_kwargs) -> None:
+    get_liveness().start()
     get_sweeper().start()
     runner = get_runner()
     if runner.provider.name == "offline":
@@ -171,6 +177,12 @@ def _shutting_down(**_kwargs) -> None:
     get_sweeper().stop()
     if get_deliverer.cache_info().currsize:  # let attempts in flight end (else the sweeper
         get_deliverer().drain(get_settings().webhook_timeout_s + 1)  # retries them later)
+
+
+@worker_shutdown.connect
+def _stopped(**_kwargs) -> None:
+    """The calls have finished and kombu gave back what this process held: the beat stops."""
+    get_liveness().stop()
 
 
 @celery_app.task(name="genq.generate_text", bind=True)

@@ -8,9 +8,11 @@ import time
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
+from structlog.testing import capture_logs
 
 from models import redis_transport, reserved
 from models.db import get_engine
+from worker.liveness import Liveness
 from worker.sweeper import Sweeper
 
 QUEUE = Queue("genq-reserved-test", Exchange("genq-reserved-test"), "r")
@@ -40,13 +42,12 @@ def received_again(url: str) -> list[tuple[int, bool]]:
         return sorted((m.payload["n"], m.delivery_info.get("redelivered", False)) for m in messages)
 
 
-def restore(url: str, *, now: float, dead_after_s: float = 10) -> int:
+def restore(url: str, *, dead_after_s: float = 10) -> int:
+    """What the sweeper does (worker/tasks.py `restore_reserved`), on this test's broker."""
+    client = redis.Redis.from_url(url)
+    dead, ceiling = reserved.dead_owners(client, dead_after_s=dead_after_s)
     with Connection(url) as conn:
-        qos = conn.default_channel.qos
-        client = redis.Redis.from_url(url)
-        return reserved.restore_dead(
-            client, qos.restore_by_tag, dead_after_s=dead_after_s, now=now
-        )
+        return reserved.give_back(client, dead, ceiling, conn.default_channel.qos.restore_by_tag)
 
 
 def test_each_taken_message_names_its_owner_until_acked(broker):
@@ -67,15 +68,17 @@ def test_a_silent_owners_messages_go_back_to_their_queue_once(broker):
     client = redis.Redis.from_url(broker)
     with Connection(broker) as conn:
         take(conn, 3)
-        assert restore(broker, now=time.time()) == 0  # it beat just now: alive, kept
+        assert restore(broker) == 0  # it beat just now: alive, kept
         assert client.hlen("unacked") == 3
-        # the process is gone: nothing beats for longer than dead_after_s
-        assert restore(broker, now=time.time() + 60) == 3
+        # the process is gone: its last beat is older than dead_after_s
+        reserved.beat(client, ago_s=60)
+        assert restore(broker) == 3
     assert client.hlen(reserved.OWNERS) == 0 and client.hlen("unacked") == 0
     assert client.zscore(reserved.CONSUMERS, reserved.OWNER) is None  # forgotten
     again = received_again(broker)
     assert again == [(0, True), (1, True), (2, True), (3, False)]  # the fourth was never taken
-    assert restore(broker, now=time.time() + 120) == 0  # nothing left to give back
+    reserved.beat(client, ago_s=60)
+    assert restore(broker) == 0  # nothing left to give back
 
 
 def test_only_the_dead_owners_messages_go_back(broker, monkeypatch):
@@ -83,33 +86,60 @@ def test_only_the_dead_owners_messages_go_back(broker, monkeypatch):
     # kept open: a connection closed cleanly gives its messages back itself (kombu)
     with Connection(broker) as dead_conn:
         take(dead_conn, 2)
-        reserved.beat(client, now=time.time() - 60)  # this process's owner fell silent
+        reserved.beat(client, ago_s=60)  # this process's owner fell silent
         monkeypatch.setattr(redis_transport, "OWNER", "other-host:7:live")
         monkeypatch.setattr(redis_transport.QoS, "_announced", False)
         with Connection(broker) as live_conn:
             kept = take(live_conn, 1)
-            assert restore(broker, now=time.time()) == 2
+            assert restore(broker) == 2
             assert client.hgetall(reserved.OWNERS) == {
                 kept[0].delivery_tag.encode(): b"other-host:7:live"
             }
             assert [n for n, _ in received_again(broker)] == [0, 1, 3]
 
 
-def test_the_sweeper_gives_back_first_and_its_thread_beats(broker, settings):
+def test_an_owner_that_beats_during_the_give_back_stays_alive(broker):
     client = redis.Redis.from_url(broker)
-    client.delete(reserved.CONSUMERS)
+    reserved.beat(client, owner="stalled:1:a", ago_s=60)
+    dead, ceiling = reserved.dead_owners(client, dead_after_s=10)
+    assert dead == {"stalled:1:a"}
+    reserved.beat(client, owner="stalled:1:a")  # it was only slow
+    assert reserved.give_back(client, dead, ceiling, lambda tag: None) == 0
+    assert client.zscore(reserved.CONSUMERS, "stalled:1:a") is not None
+
+
+def test_a_failing_give_back_does_not_stop_the_sweep(broker, settings):
+    def unreachable() -> int:
+        raise redis.ConnectionError("pool exhausted")
+
     sweeper = Sweeper(
         get_engine(settings.database_url),
-        client,
+        redis.Redis.from_url(broker),
         lambda *args: None,
-        interval_s=0.05,
+        interval_s=1,
         redispatch_after_s=300,
-        reserved=lambda: 2,
+        reserved=unreachable,
     )
+    with capture_logs() as logs:
+        assert sweeper.sweep_once()["restored"] == 0
+    assert [line["event"] for line in logs][:1] == ["sweeper.restore_failed"]
+    sweeper.reserved = lambda: 2
     assert sweeper.sweep_once()["restored"] == 2
-    sweeper.start()
+
+
+def test_the_liveness_thread_beats_on_redis_time_until_stopped(broker):
+    client = redis.Redis.from_url(broker)
+    client.delete(reserved.CONSUMERS)
+    liveness = Liveness(client, interval_s=0.05)
+    liveness.start()
     deadline = time.monotonic() + 10
-    while client.zscore(reserved.CONSUMERS, reserved.OWNER) is None:
-        assert time.monotonic() < deadline, "the sweeper thread never beat"
-        time.sleep(0.02)
-    sweeper.stop()
+    while (first := client.zscore(reserved.CONSUMERS, reserved.OWNER)) is None:
+        assert time.monotonic() < deadline, "never beat"
+        time.sleep(0.01)
+    while client.zscore(reserved.CONSUMERS, reserved.OWNER) == first:
+        assert time.monotonic() < deadline, "beat only once"
+        time.sleep(0.01)
+    liveness.stop()
+    liveness._thread.join(timeout=5)
+    assert not liveness._thread.is_alive()
+    assert abs(client.zscore(reserved.CONSUMERS, reserved.OWNER) - reserved.redis_now(client)) < 5
