@@ -79,9 +79,12 @@ class Stack:
             self.ready(name)
 
     def ready(self, name: str) -> None:
-        """Wait until worker `name` says it is ready (start several, then wait for each)."""
+        """Wait until worker `name` says it is ready (start several, then wait for each; several
+        starting at once on a loaded 2-core machine can take over a minute)."""
         wait_until(
-            lambda: b"ready" in self.log(name).encode() or self._dead(name), what=f"worker {name}"
+            lambda: b"ready" in self.log(name).encode() or self._dead(name),
+            timeout_s=120,
+            what=f"worker {name}",
         )
         assert not self._dead(name), self.log(name)
 

@@ -29,8 +29,9 @@ pytestmark = [
     pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True),
 ]
 
-#: a JSON number or a Decimal's text with an exponent: `1e-10`, `7.8e-05`, `0E-10`, `1.5e-8`
-EXPONENT = re.compile(r"(?<![0-9a-f])\d+(\.\d+)?[eE][-+]?\d+(?![0-9a-f])")
+#: a JSON number or a Decimal's text with an exponent: `1e-10`, `7.8e-05`, `0E-10`, `1.5e-8`; not
+#: a run of an id's or a key prefix's characters (`…_5e8x…`, base64url)
+EXPONENT = re.compile(r"(?<![\w-])\d+(\.\d+)?[eE][-+]?\d+(?![\w-])")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 TINY_MODEL = """
 [models."tiny-text"]
