@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from models.db import db_moment, utcnow
 from models.errors import Conflict
-from models.jobs import CANCELLED, FINISHED, QUEUED, RUNNING, Job, finish_job, get_job
+from models.jobs import CANCELLED, FINISHED, QUEUED, RUNNING, Job, aware, finish_job, get_job
 
 #: a submit publishes its own job; the sweeper leaves fresh jobs alone for this long
 PUBLISH_GRACE_S = 10
@@ -125,6 +125,28 @@ def due_for_publish(
         .limit(SWEEP_BATCH)
     )
     return [(row[0], row[1], row[2] is not None) for row in session.exec(query)]
+
+
+def still_waiting(session: Session, *, taken: dict[str, datetime]) -> set[str]:
+    """Of these jobs (job id → when a message of it was taken), those still queued and published
+    no later than that message was taken: that message is theirs to run. A job published again
+    since (a retry's countdown message) would run too early from the older one.
+
+    Both times come from the worker that took the message and, for a retry, published it again,
+    so one clock; a job published by the API on a host whose clock runs ahead of the worker's by
+    more than its queueing time is not given back here and waits for `redispatch_after_s`."""
+    if not taken:
+        return set()
+    rows = session.execute(
+        select(Job.id, Job.published_at).where(
+            col(Job.id).in_(list(taken)), col(Job.status) == QUEUED
+        )
+    )
+    return {
+        job_id
+        for job_id, published_at in rows
+        if published_at is None or aware(published_at) <= taken[job_id]
+    }
 
 
 def mark_published(session: Session, *, job_ids: list[str]) -> None:

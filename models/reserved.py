@@ -16,12 +16,17 @@ restored message keeps its countdown.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import redis
+
+from models.queue import TASK_BY_KIND
 
 #: hash: kombu delivery tag → owner of the unacked message (kept with kombu's `unacked` hash)
 OWNERS = "genq:unacked:owner"
@@ -47,17 +52,61 @@ def dead_owners(client: redis.Redis, *, dead_after_s: float) -> tuple[set[str], 
     return {owner.decode() for owner in client.zrangebyscore(CONSUMERS, "-inf", ceiling)}, ceiling
 
 
+#: kombu's own keys (its Redis transport's defaults, which genq does not change)
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
+JOB_TASKS = frozenset(TASK_BY_KIND.values())
+
+
+def job_of(stored: bytes | None) -> str | None:
+    """The job id a stored unacked message runs (`[message, exchange, routing key]`, Celery's
+    protocol 2), or None for another task (a webhook delivery, a batch's finalize)."""
+    if stored is None:
+        return None
+    message = json.loads(stored)[0]
+    if message.get("headers", {}).get("task") not in JOB_TASKS:
+        return None
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return json.loads(body)[0][0]
+
+
 def give_back(
     client: redis.Redis,
     dead: set[str],
     ceiling: float,
+    *,
     restore_by_tag: Callable[[str], None],
+    drop_by_tag: Callable[[str], None],
+    still_waiting: Callable[[dict[str, datetime]], set[str]],
 ) -> int:
-    """Give back every unacked message of the `dead` owners with `restore_by_tag` (kombu's: back
-    to its queue, out of the unacked indices and `OWNERS`); then forget the owners still silent
-    (one that beat meanwhile stays: it lives, and its duplicates are harmless). How many."""
-    tags = {tag for tag, owner in client.hscan_iter(OWNERS, count=1000) if owner.decode() in dead}
-    for tag in tags:
-        restore_by_tag(tag.decode())
+    """Give back the unacked messages of the `dead` owners; then forget the owners still silent
+    (one that beat meanwhile stays: it lives, and its duplicates are harmless). How many.
+
+    A job's message goes back (kombu's `restore_by_tag`: to its queue, out of the unacked
+    indices and `OWNERS`) only if its job is still waiting for this very message
+    (`still_waiting`: job id → when the message was taken); otherwise it is dropped from the
+    indices: the job runs or ran (its lease covers it), or a newer message was published since
+    (a retry's countdown message: this older one would run it before its Retry-After).
+    Other tasks' messages always go back."""
+    tags = sorted(
+        {tag for tag, owner in client.hscan_iter(OWNERS, count=1000) if owner.decode() in dead}
+    )
+    if tags:
+        stored = client.hmget(UNACKED, tags)
+        taken = client.zmscore(UNACKED_INDEX, tags)
+        jobs = {tag: job_of(message) for tag, message in zip(tags, stored, strict=True)}
+        waiting = still_waiting(
+            {
+                job: datetime.fromtimestamp(at or 0, UTC)
+                for (tag, job), at in zip(jobs.items(), taken, strict=True)
+                if job is not None
+            }
+        )
+        for tag, job in jobs.items():
+            if job is None or job in waiting:
+                restore_by_tag(tag.decode())
+            else:
+                drop_by_tag(tag.decode())
     client.zremrangebyscore(CONSUMERS, "-inf", ceiling)
     return len(tags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 
 import redis
@@ -9,7 +10,8 @@ import structlog
 from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
 
 from models.catalogue import get_catalogue
-from models.db import get_engine
+from models.db import get_engine, session_scope
+from models.lifecycle import still_waiting
 from models.logging import configure_logging
 from models.queue import FINALIZE_TASK, TASK_BY_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, queue_for
 from models.reserved import dead_owners, give_back
@@ -134,13 +136,27 @@ def get_sweeper() -> Sweeper:
 
 def restore_reserved() -> int:
     """The unacked messages of worker processes silent for a lease go back to their queues,
-    with kombu's own restore (models/reserved.py); a broker connection only when there are."""
-    client = shared_redis()
-    dead, ceiling = dead_owners(client, dead_after_s=get_settings().lease_s)
+    with kombu's own restore, those of jobs still waiting for them (models/reserved.py); a
+    broker connection only when there are."""
+    client, settings = shared_redis(), get_settings()
+    dead, ceiling = dead_owners(client, dead_after_s=settings.lease_s)
     if not dead:
         return 0
+
+    def waiting(taken: dict[str, datetime]) -> set[str]:
+        with session_scope(get_engine(settings.database_url)) as session:
+            return still_waiting(session, taken=taken)
+
     with celery_app.pool.acquire(block=True, timeout=10) as connection:
-        return give_back(client, dead, ceiling, connection.default_channel.qos.restore_by_tag)
+        qos = connection.default_channel.qos
+        return give_back(
+            client,
+            dead,
+            ceiling,
+            restore_by_tag=qos.restore_by_tag,
+            drop_by_tag=lambda tag: qos._remove_from_indices(tag).execute(),
+            still_waiting=waiting,
+        )
 
 
 @lru_cache

@@ -368,6 +368,23 @@ def test_one_beat_renews_every_held_lease_whose_claim_still_holds(client, key, s
     assert leases[ids[0]] < soon  # the other worker's lease is its own
 
 
+def test_a_dead_workers_message_is_still_its_jobs_only_while_queued_and_not_republished(
+    client, key, settings
+):
+    engine = get_engine(settings.database_url)
+    waits, republished, running, done = (submit(client, key) for _ in range(4))
+    taken_at = utcnow() + timedelta(seconds=5)  # each message was taken after its submit…
+    with session_scope(engine) as session:
+        # …but `republished` was given back with a countdown message after that (a retry)
+        session.get(Job, republished).published_at = taken_at + timedelta(seconds=1)
+        assert claim_job(session, job_id=running, worker="dead", lease_s=60)
+    assert make_runner(settings, FakeProvider()).run(done) == "succeeded"
+    taken = dict.fromkeys([waits, republished, running, done, "gone"], taken_at)
+    with session_scope(engine) as session:
+        assert lifecycle.still_waiting(session, taken=taken) == {waits}
+        assert lifecycle.still_waiting(session, taken={}) == set()
+
+
 def test_a_job_that_ended_during_a_beat_is_not_reported_lost(client, key, settings):
     job_id = submit(client, key)  # queued, not claimed: no lease of this token to renew
     keeper = LeaseKeeper(get_engine(settings.database_url), lease_s=60)

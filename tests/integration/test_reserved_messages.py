@@ -3,6 +3,7 @@ through genq's kombu transport: kombu alone keeps them for the visibility timeou
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -11,7 +12,9 @@ from kombu import Connection, Exchange, Queue
 from structlog.testing import capture_logs
 
 from models import redis_transport, reserved
+from models.bulk_publish import push_job
 from models.db import get_engine
+from models.queue import TEXT_QUEUE
 from worker.liveness import Liveness
 from worker.sweeper import Sweeper
 
@@ -42,12 +45,21 @@ def received_again(url: str) -> list[tuple[int, bool]]:
         return sorted((m.payload["n"], m.delivery_info.get("redelivered", False)) for m in messages)
 
 
-def restore(url: str, *, dead_after_s: float = 10) -> int:
-    """What the sweeper does (worker/tasks.py `restore_reserved`), on this test's broker."""
+def restore(url: str, *, dead_after_s: float = 10, waiting=set) -> int:
+    """What the sweeper does (worker/tasks.py `restore_reserved`), on this test's broker;
+    `waiting`: which of the given jobs still wait for their message."""
     client = redis.Redis.from_url(url)
     dead, ceiling = reserved.dead_owners(client, dead_after_s=dead_after_s)
     with Connection(url) as conn:
-        return reserved.give_back(client, dead, ceiling, conn.default_channel.qos.restore_by_tag)
+        qos = conn.default_channel.qos
+        return reserved.give_back(
+            client,
+            dead,
+            ceiling,
+            restore_by_tag=qos.restore_by_tag,
+            drop_by_tag=lambda tag: qos._remove_from_indices(tag).execute(),
+            still_waiting=lambda taken: waiting(taken),
+        )
 
 
 def test_each_taken_message_names_its_owner_until_acked(broker):
@@ -104,7 +116,10 @@ def test_an_owner_that_beats_during_the_give_back_stays_alive(broker):
     dead, ceiling = reserved.dead_owners(client, dead_after_s=10)
     assert dead == {"stalled:1:a"}
     reserved.beat(client, owner="stalled:1:a")  # it was only slow
-    assert reserved.give_back(client, dead, ceiling, lambda tag: None) == 0
+    given = reserved.give_back(
+        client, dead, ceiling, restore_by_tag=print, drop_by_tag=print, still_waiting=set
+    )
+    assert given == 0
     assert client.zscore(reserved.CONSUMERS, "stalled:1:a") is not None
 
 
@@ -143,3 +158,35 @@ def test_the_liveness_thread_beats_on_redis_time_until_stopped(broker):
     liveness._thread.join(timeout=5)
     assert not liveness._thread.is_alive()
     assert abs(client.zscore(reserved.CONSUMERS, reserved.OWNER) - reserved.redis_now(client)) < 5
+
+
+def test_a_jobs_message_goes_back_only_while_its_job_waits_for_it(clean_redis):
+    """A job message of a dead owner: given back if its job still waits for it, dropped when the
+    job runs, ran, or was published again since (a retry's countdown message)."""
+    redis_transport.install()
+    client = redis.Redis.from_url(clean_redis)
+    for job_id in ("waits", "ran"):
+        push_job(client, job_id=job_id, kind="text")
+    with Connection(clean_redis) as conn:
+        channel = conn.channel()
+        Queue(TEXT_QUEUE, Exchange(TEXT_QUEUE), TEXT_QUEUE)(channel).declare()
+        taken = [channel.basic_get(TEXT_QUEUE, no_ack=False) for _ in range(2)]
+        assert sorted(reserved.job_of(m) for m in client.hvals(reserved.UNACKED)) == [
+            "ran",
+            "waits",
+        ]
+        asked = {}
+        reserved.beat(client, ago_s=60)
+        assert restore(clean_redis, waiting=lambda t: asked.update(t) or {"waits"}) == 2
+        assert set(asked) == {"waits", "ran"}
+        assert all(at.tzinfo and abs(at.timestamp() - time.time()) < 60 for at in asked.values())
+        assert client.hlen(reserved.UNACKED) == 0 and client.hlen(reserved.OWNERS) == 0
+        again = [json.loads(m)["headers"]["argsrepr"] for m in client.lrange(TEXT_QUEUE, 0, -1)]
+        assert again == ["['waits']"]
+        assert len(taken) == 2
+
+
+def test_other_tasks_messages_are_not_jobs():
+    assert reserved.job_of(None) is None
+    message = {"headers": {"task": "genq.deliver_webhook"}, "body": "", "properties": {}}
+    assert reserved.job_of(json.dumps([message, "webhooks", "webhooks"]).encode()) is None
