@@ -19,6 +19,12 @@ from models.keys import ApiKey, hash_secret, key_by_digest
 
 async def get_services(request: Request) -> Services:
     """Async because it does no I/O: FastAPI runs a sync dependency in its thread pool."""
+    return services_of(request)
+
+
+def services_of(request: Request) -> Services:
+    """The app's services, read off the request: for the submit path and `current_key`, where
+    each dependency FastAPI solves per request costs more than this attribute read."""
     return request.app.state.services
 
 
@@ -39,7 +45,7 @@ bearer = HTTPBearer(
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-async def current_key(request: Request, credentials: BearerDep, services: ServicesDep) -> ApiKey:
+async def current_key(request: Request, credentials: BearerDep) -> ApiKey:
     """The key named by `Authorization: Bearer <secret>`, or 401; then a URL holding a NUL is
     refused (api/url_guard.py) before the route queries by it.
 
@@ -51,6 +57,7 @@ async def current_key(request: Request, credentials: BearerDep, services: Servic
     """
     if credentials is None:
         raise Unauthorized("send `Authorization: Bearer <api key>`")
+    services = services_of(request)
     digest = hash_secret(credentials.credentials)
     key = services.verified_keys.get(digest)
     if key is None:

@@ -13,6 +13,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter("genq_api_requests_total", "API requests", ["method", "route", "status"])
 LATENCY = Histogram("genq_api_request_seconds", "API request latency", ["method", "route"])
+#: each label set's children, found once: `labels()` checks and joins its values on every call
+_CHILDREN: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def _children(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    found = _CHILDREN.get((method, route, status))
+    if found is None:
+        found = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+        _CHILDREN[(method, route, status)] = found
+    return found
 
 
 def _route(scope: Scope) -> str:
@@ -39,6 +49,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route, method = _route(scope), scope["method"]
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(time.perf_counter() - start)
+            requests, latency = _children(scope["method"], _route(scope), status)
+            requests.inc()
+            latency.observe(time.perf_counter() - start)

@@ -23,6 +23,7 @@ import socket
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import lru_cache
 
 import redis
 
@@ -35,8 +36,9 @@ _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _EMBED = ', {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
 
 
-def _template(task: str, queue: str, request_id: str | None) -> str:
-    """The message as kombu stores it, with `@ID@`, `@TAG@`, `@BODY@`, `@ARG@` to fill in."""
+def _template(task: str, queue: str, request_id: str | None, reply_to: str | None = None) -> str:
+    """The message as kombu stores it, with `@ID@`, `@TAG@`, `@BODY@`, `@ARG@` to fill in (a
+    fresh `reply_to` unless given)."""
     headers = {
         "lang": "py",
         "task": task,
@@ -67,7 +69,7 @@ def _template(task: str, queue: str, request_id: str | None) -> str:
         "headers": headers,
         "properties": {
             "correlation_id": "@ID@",
-            "reply_to": str(uuid.uuid4()),
+            "reply_to": reply_to or str(uuid.uuid4()),
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
@@ -119,10 +121,32 @@ def push_batch_jobs(
     return count
 
 
+#: placeholders of the single job's template, filled per message (none can occur in the rest)
+_RID, _REPLY = "@RID@", "@REPLY@"
+
+
+@lru_cache
+def _single_template(task: str, queue: str, with_request_id: bool) -> str:
+    """A single job's template, rendered once per task and queue (a submit rendered the whole
+    message with `json.dumps` before): its request id and `reply_to` are placeholders too."""
+    return _template(task, queue, _RID if with_request_id else None, reply_to=_REPLY)
+
+
+def single_message(*, job_id: str, kind: str, request_id: str | None) -> tuple[str, str]:
+    """One interactive job's queue and message: the same text `_template` renders for it, a
+    fresh `reply_to` per message as before."""
+    queue = queue_for(kind)
+    template = _single_template(TASK_BY_KIND[kind], queue, bool(request_id))
+    message = _message(template, job_id).replace(_REPLY, str(uuid.uuid4()), 1)
+    if request_id:  # last: nothing filled in after it can be changed by what the id holds
+        message = message.replace(_RID, json.dumps(request_id)[1:-1], 1)
+    return queue, message
+
+
 def push_job(client: redis.Redis, *, job_id: str, kind: str, request_id: str | None = None) -> str:
     """Queue one job on its kind's interactive queue (one LPUSH); returns the queue's name.
 
     Raises redis.RedisError when Redis cannot take it."""
-    queue = queue_for(kind)
-    client.lpush(queue, _message(_template(TASK_BY_KIND[kind], queue, request_id), job_id))
+    queue, message = single_message(job_id=job_id, kind=kind, request_id=request_id)
+    client.lpush(queue, message)
     return queue

@@ -106,9 +106,12 @@ def _text_assessor(params: TextParams, count: Callable[[str], int]) -> Assessor:
     def assess(spec: ModelSpec) -> Assessment:
         prompt = count(spec.encoding)
         estimate = estimate_text(spec, prompt_tokens=prompt, max_tokens=params.max_tokens)
-        typical = estimate_text(
-            spec, prompt_tokens=prompt, max_tokens=params.max_tokens or TYPICAL_COMPLETION_TOKENS
-        )
+        # with max_tokens the common output size is the worst case's: the same sum, done once
+        typical = estimate
+        if not params.max_tokens:
+            typical = estimate_text(
+                spec, prompt_tokens=prompt, max_tokens=TYPICAL_COMPLETION_TOKENS
+            )
         limit = spec.max_output_tokens or 0
         rejection = None
         if params.max_tokens and params.max_tokens > limit:

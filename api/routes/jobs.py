@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from api.deps import KeyDep, ServicesDep, SessionDep
+from api.deps import KeyDep, SessionDep, services_of
 from api.openapi import BODY, KEYED, problem_responses
 from api.responses import model_response
+from api.services import Services
 from api.submit import submit_batch, submit_job
+from api.threads import in_thread
 from models.attempts import get_image, job_detail
 from models.errors import JobNotFound
 from models.jobs import get_job, is_cache_hit, job_public, list_jobs
+from models.keys import ApiKey
 from models.schemas import JobBatch, JobBatchCreate, JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -30,13 +33,22 @@ SUBMIT_PROBLEMS = problem_responses(
 @router.post(
     "", status_code=202, response_model=JobPublic, responses={202: ACCEPTED, **SUBMIT_PROBLEMS}
 )
-def create(
+async def create(
     body: JobCreate,
     key: KeyDep,
-    services: ServicesDep,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Accept a job; poll the URL in `Location` for its result."""
+    # the services off the request, not a dependency (one fewer for FastAPI to solve), and the
+    # blocking work in a submit thread (api/threads.py), not through anyio's
+    return await in_thread(_accept, services_of(request), key, body, idempotency_key)
+
+
+def _accept(
+    services: Services, key: ApiKey, body: JobCreate, idempotency_key: str | None
+) -> Response:
+    """The submit's blocking part: store and publish the job, then its 202."""
     job = submit_job(services, key=key, body=body, idempotency_key=idempotency_key)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     return model_response(job_public(job), status_code=202, headers=headers)
@@ -51,12 +63,14 @@ def create(
 def create_batch(
     body: JobBatchCreate,
     key: KeyDep,
-    services: ServicesDep,
+    request: Request,
     # job i of the batch is stored under `K#i`, so a key leaves room for the suffix
     idempotency_key: Annotated[str | None, Header(max_length=190)] = None,
 ) -> Response:
     """Accept up to 100 jobs at once, all or none; poll each job as usual."""
-    jobs = submit_batch(services, key=key, bodies=body.jobs, idempotency_key=idempotency_key)
+    jobs = submit_batch(
+        services_of(request), key=key, bodies=body.jobs, idempotency_key=idempotency_key
+    )
     return model_response(JobBatch(data=[job_public(job) for job in jobs]), status_code=202)
 
 
