@@ -15,7 +15,7 @@ from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.engine import Engine, Row
 from sqlmodel import Session
 
-from models.attempts import Attempt, Image, add_attempt
+from models.attempts import Attempt, Image, add_attempt, attempt_row, new_attempt
 from models.budgets import settle, settle_values
 from models.catalogue import ModelSpec
 from models.conversations import add_exchange
@@ -49,7 +49,7 @@ class Call:
     clock: float = field(default_factory=time.perf_counter)
 
     def attempt(self, *, outcome: str, usage: Usage, **extra) -> Attempt:
-        return Attempt(
+        return new_attempt(
             job_id=self.job_id,
             number=self.number,
             model=self.spec.id,
@@ -245,7 +245,7 @@ def record_output(
 
 def _attempt_values(attempt: Attempt, reserved: Decimal) -> dict:
     """The bind values `_SUCCEED_IN_ONE` adds: the attempt's columns, what the job held."""
-    values = {f"a_{name}": value for name, value in attempt.model_dump(exclude={"id"}).items()}
+    values = {f"a_{name}": value for name, value in attempt_row(attempt).items()}
     del values["a_cost_usd"]  # bound once, as `cost`
     return values | {"reserved": reserved}
 
@@ -273,7 +273,7 @@ def _store_output(
     cost, `ended.cost_usd`, earlier billed attempts included: they were only added to the job).
     `stored`: the end's statement already wrote the attempt and the settlement (PostgreSQL)."""
     if not stored:
-        session.execute(_INSERT_ATTEMPT, attempt.model_dump(exclude={"id"}))
+        session.execute(_INSERT_ATTEMPT, attempt_row(attempt))
     if isinstance(result, ImageResult):
         session.execute(
             _INSERT_IMAGE,
