@@ -7,10 +7,10 @@ import os
 import redis
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from api.deps import ServicesDep
+from api.metrics import ProcessFilesCollector
 from api.multiproc import MULTIPROC_ENV
 from api.openapi import problem_responses
 from api.openapi_schemas import Health, Ready
@@ -68,6 +68,6 @@ def metrics() -> Response:
     """This process's metrics, or all API processes' when `genq api --workers N` runs several."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        ProcessFilesCollector(registry)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
