@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 from sqlalchemy.engine import Engine, Row
@@ -242,9 +243,13 @@ class Runner:
             raise Reschedule(delay)  # do not hold a worker thread through a long wait
         return delay
 
-    def _check_deadline(self, run: Run) -> None:
-        if run.deadline_at and utcnow() >= run.deadline_at:
+    def _check_deadline(self, run: Run) -> datetime:
+        """Now, unless the job's deadline has passed: the instant an attempt records as its
+        start is the one checked, so no attempt starts (or is recorded as starting) after it."""
+        now = utcnow()
+        if run.deadline_at and now >= run.deadline_at:
             raise JobTimeout
+        return now
 
     def _choose_model(self, run: Run) -> ModelSpec:
         """Move to the next fallback when the current model keeps failing or is cooled down."""
@@ -270,6 +275,8 @@ class Runner:
             spec=spec,
             worker=run.worker,
             provider=self.provider.name,
+            # checked again after the cancel query and the rate limiter's wait, which take time
+            started_at=self._check_deadline(run),
         )
         run.attempts_here += 1
         bound.info("attempt.start", model=spec.id)

@@ -4,6 +4,7 @@ provider's fault knobs, Runners in threads (no Celery)."""
 from __future__ import annotations
 
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
@@ -24,6 +25,7 @@ from tests.integration.test_fault_tolerance import load, make_runner, submit
 from worker import runner as runner_module
 from worker.health import RedisHealth
 from worker.providers.factory import build_provider
+from worker.ratelimit import NoLimiter
 from worker.ratelimit_redis import RedisLimiter
 from worker.retry import RetryPolicy
 from worker.runner import Runner
@@ -133,6 +135,40 @@ def test_a_job_rate_limited_past_its_deadline_ends_timeout_with_its_attempts(cli
     assert len(attempts) == job.attempts > 2
     assert {(a.http_status, a.outcome) for a in attempts} == {(429, "retryable_error")}
     assert all(aware(a.started_at) < aware(job.deadline_at) for a in attempts)
+
+
+class SlowLimiter(NoLimiter):
+    """A rate limiter whose wait for capacity outlasts the job's deadline."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+
+    def acquire(self, model: str, tokens: int) -> float:
+        time.sleep(self.wait_s)
+        return self.wait_s
+
+
+def test_a_rate_limiter_wait_past_the_deadline_ends_timeout_without_a_call(client, key, settings):
+    # Given a job with 0.3 s left and a rate limiter that makes it wait 0.5 s for capacity
+    job_id = submit(client, key)
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, job_id)
+        job.deadline_at = utcnow() + timedelta(seconds=0.3)
+        session.add(job)
+    provider = FakeProvider()
+    runner = Runner(
+        engine=get_engine(settings.database_url),
+        provider=provider,
+        catalogue=get_catalogue(),
+        retry=RetryPolicy.from_settings(settings),
+        limiter=SlowLimiter(0.5),
+    )
+    # When it runs
+    assert runner.run(job_id) == "failed"
+    # Then no call started once the wait had passed the deadline: the job ended `timeout`
+    job, attempts = load(settings, job_id)
+    assert job.status == "failed" and job.error_type == "timeout"
+    assert provider.calls == 0 and attempts == []
 
 
 def test_rate_limits_given_back_to_the_queue_do_not_use_up_attempts(client, key, settings):
