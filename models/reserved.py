@@ -23,6 +23,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis
 
@@ -52,6 +53,13 @@ def dead_owners(client: redis.Redis, *, dead_after_s: float) -> tuple[set[str], 
     return {owner.decode() for owner in client.zrangebyscore(CONSUMERS, "-inf", ceiling)}, ceiling
 
 
+class GivenBack(NamedTuple):
+    """One give-back: how many owners were found dead, and how many messages went back."""
+
+    owners: int = 0
+    messages: int = 0
+
+
 #: kombu's own keys (its Redis transport's defaults, which genq does not change)
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 JOB_TASKS = frozenset(TASK_BY_KIND.values())
@@ -62,7 +70,11 @@ def job_of(stored: bytes | None) -> str | None:
     protocol 2), or None for another task (a webhook delivery, a batch's finalize)."""
     if stored is None:
         return None
-    message = json.loads(stored)[0]
+    return job_of_message(json.loads(stored)[0])
+
+
+def job_of_message(message: dict) -> str | None:
+    """The job id a Celery message (protocol 2, as kombu stores it) runs, or None."""
     if message.get("headers", {}).get("task") not in JOB_TASKS:
         return None
     body = message["body"]

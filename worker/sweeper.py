@@ -1,17 +1,17 @@
 """The sweeper: puts back on the queue every accepted job that would otherwise be stuck.
 
-It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time.
-Each sweep (0) gives back to their queues the messages a dead worker took and had not acked
-(models/reserved.py), (1) returns running jobs whose lease expired (their worker died) to the
-queue, (2) ends the response cache's followers still waiting on a finished leader, and fails
-those whose own deadline passed meanwhile (`timeout`; worker/flights.py), (3) publishes queued
-jobs that were never published (the broker was down at submit) or whose message is presumed lost
-(published long ago, still queued; a batch job only once its kind's batch lane is empty: a long
-lane is not a lost message), and (4) expires, stops and finalizes batches (worker/batches.py).
-(5) Webhooks: it opens the delivery of any webhook job that ended on a path that did not, and
-publishes deliveries whose attempt died with its worker (lease over) or whose message is overdue
-(models/webhooks.py). A duplicate message is harmless: the claim lets only one delivery run a
-job.
+It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time. Each
+sweep (0) gives back to their queues the messages a dead worker took and had not acked
+(models/reserved.py) and, when one died, publishes again the job whose message it had popped but not
+yet recorded (models/popped.py), (1) returns running jobs whose lease expired (their worker died) to
+the queue, (2) ends the response cache's followers still waiting on a finished leader, and fails
+those whose own deadline passed meanwhile (`timeout`; worker/flights.py), (3) publishes queued jobs
+that were never published (the broker was down at submit) or whose message is presumed lost
+(published long ago, still queued; a batch job only once its kind's batch lane is empty: a long lane
+is not a lost message), and (4) expires, stops and finalizes batches (worker/batches.py). (5)
+Webhooks: it opens the delivery of any webhook job that ended on a path that did not, and publishes
+deliveries whose attempt died with its worker (lease over) or whose message is overdue
+(models/webhooks.py). A duplicate message is harmless: the claim lets only one delivery run a job.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from models.db import session_scope, utcnow
-from models.lifecycle import due_for_publish, mark_published, reclaim_expired
+from models.lifecycle import Due, due_for_publish, mark_published, reclaim_expired
+from models.popped import lost_in_pop
 from models.queue import BATCH_QUEUE_BY_KIND
+from models.reserved import GivenBack
 from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
 from worker.flights import end_stranded
 
@@ -46,7 +48,7 @@ class Sweeper:
         interval_s: float,
         redispatch_after_s: int,
         batches: Callable[[], dict[str, int]] | None = None,
-        reserved: Callable[[], int] | None = None,
+        reserved: Callable[[], GivenBack] | None = None,
     ):
         self.engine, self.redis, self.publish = engine, client, publish
         #: expires, stops and finalizes batches (worker/batches.py `sweep_batches`)
@@ -61,15 +63,17 @@ class Sweeper:
 
     def sweep_once(self) -> dict[str, int]:
         """One sweep; returns how many jobs were reclaimed and published."""
-        restored = self.restore_reserved()
+        given = self.restore_reserved()
         with session_scope(self.engine) as session:
             reclaimed = reclaim_expired(session)
         end_stranded(self.engine)  # response cache: followers of a leader whose worker died
         busy = self.busy_batch_kinds()
+        lost = self.lost_in_pop() if given.owners else []
         with session_scope(self.engine) as session:
             # a job just reclaimed is also unpublished: once in the list, one message
             due = dict.fromkeys(
                 reclaimed
+                + lost
                 + due_for_publish(
                     session, redispatch_after_s=self.redispatch_after_s, busy_batch_kinds=busy
                 )
@@ -91,24 +95,38 @@ class Sweeper:
         if self.publish_webhook is not None:
             swept["webhooks"] = self.sweep_webhooks()
         return {
-            "restored": restored,
+            "restored": given.messages,
+            "lost_in_pop": len(lost),
             "reclaimed": len(reclaimed),
             "published": len(published),
             **swept,
         }
 
-    def restore_reserved(self) -> int:
+    def restore_reserved(self) -> GivenBack:
         """First, so the jobs of a dead worker's messages count as waiting in their queues."""
         if self.reserved is None:
-            return 0
+            return GivenBack()
         try:
-            restored = self.reserved()
+            given = self.reserved()
         except Exception as exc:  # Redis or its connection pool busy: the next sweep tries again
             log.warning("sweeper.restore_failed", error=type(exc).__name__)
-            return 0
-        if restored:
-            log.warning("sweeper.restored", count=restored)
-        return restored
+            return GivenBack()
+        if given.messages:
+            log.warning("sweeper.restored", count=given.messages)
+        return given
+
+    def lost_in_pop(self) -> list[Due]:
+        """After a consumer died: the jobs whose message it popped and had not yet recorded
+        (models/popped.py); a failure leaves them to the presumption of loss."""
+        try:
+            with session_scope(self.engine) as session:
+                lost = lost_in_pop(session, self.redis)
+        except Exception as exc:
+            log.warning("sweeper.lost_check_failed", error=type(exc).__name__)
+            return []
+        if lost:
+            log.warning("sweeper.lost_in_pop", count=len(lost))
+        return lost
 
     def busy_batch_kinds(self) -> list[str]:
         """The kinds whose batch lane still holds messages (one LLEN each, one round trip):

@@ -14,7 +14,7 @@ from models.db import get_engine, session_scope
 from models.lifecycle import still_waiting
 from models.logging import configure_logging
 from models.queue import FINALIZE_TASK, TASK_BY_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, queue_for
-from models.reserved import dead_owners, give_back
+from models.reserved import GivenBack, dead_owners, give_back
 from models.settings import get_settings
 from models.tokens import install_encodings
 from models.webhooks import publish_on_commit
@@ -134,14 +134,14 @@ def get_sweeper() -> Sweeper:
     )
 
 
-def restore_reserved() -> int:
+def restore_reserved() -> GivenBack:
     """The unacked messages of worker processes silent for a lease go back to their queues,
     with kombu's own restore, those of jobs still waiting for them (models/reserved.py); a
     broker connection only when there are."""
     client, settings = shared_redis(), get_settings()
     dead, ceiling = dead_owners(client, dead_after_s=settings.lease_s)
     if not dead:
-        return 0
+        return GivenBack()
 
     def waiting(taken: dict[str, datetime]) -> set[str]:
         with session_scope(get_engine(settings.database_url)) as session:
@@ -149,7 +149,7 @@ def restore_reserved() -> int:
 
     with celery_app.pool.acquire(block=True, timeout=10) as connection:
         qos = connection.default_channel.qos
-        return give_back(
+        given = give_back(
             client,
             dead,
             ceiling,
@@ -157,6 +157,7 @@ def restore_reserved() -> int:
             drop_by_tag=lambda tag: qos._remove_from_indices(tag).execute(),
             still_waiting=waiting,
         )
+    return GivenBack(owners=len(dead), messages=given)
 
 
 @lru_cache

@@ -49,10 +49,6 @@ def shared(redis_url, tiktoken_dir, tmp_path_factory) -> Iterator[tuple[Stack, S
         "GENQ_OFFLINE_LATENCY_MS": "20",
         "GENQ_SWEEP_INTERVAL_S": "0.5",
         "GENQ_LEASE_S": "3",
-        # a message a SIGKILLed worker had popped but not yet recorded as unacked (kombu's BRPOP,
-        # then its MULTI: not atomic) is gone from Redis; the sweeper republishes it this long
-        # after its publish once the lane is empty (300 s by default: beyond the tests' waits)
-        "GENQ_REDISPATCH_AFTER_S": "20",
     }
     stack = Stack(env=env, logs=tmp_path_factory.mktemp("batches"))
     stack.api_url = stack.api()

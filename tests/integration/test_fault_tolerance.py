@@ -214,9 +214,10 @@ def test_the_sweeper_requeues_expired_leases_and_publishes_the_unpublished(clien
         session.get(Job, stranded).created_at = utcnow() - timedelta(seconds=60)
     published: list[str] = []
     sweeper = recording_sweeper(engine, settings, published)
-    assert sweeper.sweep_once() == {"restored": 0, "reclaimed": 1, "published": 2}
+    nothing_else = {"restored": 0, "lost_in_pop": 0}
+    assert sweeper.sweep_once() == {**nothing_else, "reclaimed": 1, "published": 2}
     assert sorted(published) == sorted([crashed, stranded])
-    assert sweeper.sweep_once() == {"restored": 0, "reclaimed": 0, "published": 0}  # once
+    assert sweeper.sweep_once() == {**nothing_else, "reclaimed": 0, "published": 0}  # once
     job, _ = load(settings, crashed)
     assert job.status == "queued" and job.claim_token is None and job.published_at is not None
     # and the old owner can no longer write: its claim token is gone

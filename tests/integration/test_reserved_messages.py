@@ -138,7 +138,7 @@ def test_a_failing_give_back_does_not_stop_the_sweep(broker, settings):
     with capture_logs() as logs:
         assert sweeper.sweep_once()["restored"] == 0
     assert [line["event"] for line in logs][:1] == ["sweeper.restore_failed"]
-    sweeper.reserved = lambda: 2
+    sweeper.reserved = lambda: reserved.GivenBack(owners=1, messages=2)
     assert sweeper.sweep_once()["restored"] == 2
 
 
