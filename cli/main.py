@@ -267,6 +267,9 @@ def bench(
     latency_ms: Annotated[int, typer.Option(help="L: simulated model latency")] = 200,
     api_workers: Annotated[int, typer.Option(help="`genq api --workers` of the run")] = 2,
     batch_lines: Annotated[int, typer.Option(help="lines of the batch-api input file")] = 50_000,
+    enqueue_submits: Annotated[
+        int, typer.Option(help="single submits of the enqueue scenario (more: steadier)")
+    ] = 1000,
     scenario: Annotated[
         list[str] | None,
         typer.Option(
@@ -284,6 +287,7 @@ def bench(
 
     options = {"jobs": jobs, "workers": workers, "concurrency": concurrency}
     options |= {"api_workers": api_workers, "batch_lines": batch_lines, "pool": pool}
+    options |= {"enqueue_submits": enqueue_submits}
     options |= {"latency_ms": latency_ms, "database": database, "redis_url": redis_url}
     raise typer.Exit(run_from_cli(options, scenarios=scenario, quick=quick))
 

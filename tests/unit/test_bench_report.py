@@ -150,6 +150,18 @@ def test_concurrency_over_128_is_for_the_inflight_scenario_alone():
     assert "inflight" not in BenchConfig().scenarios  # asked for, never run by default
 
 
+def test_the_enqueue_submits_option_reaches_the_run_and_is_bounded(capsys):
+    from bench.cli import run_from_cli
+    from cli.main import app
+
+    assert run_from_cli({"enqueue_submits": 0}, scenarios=["enqueue"], quick=False) == 2
+    assert "--enqueue-submits must be between 1 and" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        app(["bench", "--enqueue-submits", "0", "--scenario", "enqueue"])
+    assert exited.value.code == 2
+    assert "--enqueue-submits must be between 1 and" in capsys.readouterr().err
+
+
 def _inflight(workers: int = 1, threads: int = 1000) -> dict:
     return {
         "jobs": 1000,
