@@ -4,135 +4,142 @@ kombu's Redis transport takes a message with one command (`BRPOP`) and records i
 `unacked` hash with a second (`QoS.append`, models/redis_transport.py). A worker killed between
 the two takes the message with it: it is in no list and no unacked hash, so neither kombu nor
 models/reserved.py can give it back, and only the sweeper's presumption of loss
-(`GENQ_REDISPATCH_AFTER_S`, five minutes) would publish it again. Under load the window is not
-small: the consumer thread waits for the GIL between the two, milliseconds per message. Redis
-has no blocking pop over several lists that also moves the message somewhere, so the pop itself
-cannot be made atomic from here.
+(`GENQ_REDISPATCH_AFTER_S`, five minutes; a batch line only once its lane is empty) would publish
+it again. Under load the window is not small: the consumer thread waits for the GIL between the
+two, milliseconds per message. Redis has no blocking pop over several lists that also moves the
+message somewhere, so the pop itself cannot be made atomic from here.
 
-What can be known is which jobs have left their lists. A queue's lists are first in, first out
-(publishes `LPUSH`, consumers `RPOP`); only a message given back (kombu's restore, `RPUSH`, and
-marked `redelivered`) jumps the line. So a job published a clear margin before the first message
-in line that was not given back, or any job once its lists hold nothing else, has been taken.
-When a consumer has died, such a job still queued and in no unacked hash lost its message with
-it, and is published again (`lost_in_pop`). A live consumer caught between its two commands at
-that instant makes a duplicate, which is harmless: the claim lets one copy run a job.
+So when the sweeper finds a dead consumer it notes when (`UNCHECKED`, in Redis: another worker's
+sweeper may carry on), and from then on, each sweep, looks at every job queue that holds nothing
+waiting in line (messages given back by kombu's restore, marked `redelivered`, and other tasks'
+messages aside): a job of that queue still queued, published before the death was seen, and held
+by no consumer has lost its message, and is published again. A queue still busy is looked at in a
+later sweep, once it has drained; the note lasts `GENQ_REDISPATCH_AFTER_S`, after which the
+presumption of loss covers what is left. No job is dated against another: the stamps of jobs in
+different lists, batches and API processes are not in push order. A live consumer caught between
+its two commands at that instant, or a publish in flight for more than `MARGIN_S`, makes the
+republish a duplicate, which is harmless: the claim lets one copy run a job.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis
-from sqlalchemy import and_, or_, true
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from models.broker import priority_keys
 from models.db import db_moment, utcnow
-from models.jobs import QUEUED, Job, aware
+from models.jobs import QUEUED, Job
 from models.lifecycle import SWEEP_BATCH, Due
 from models.queue import BATCH_QUEUE_BY_KIND, QUEUE_BY_KIND
 from models.reserved import UNACKED, job_of, job_of_message
 
-#: a job must have been published this much before the first message in line to count as
-#: taken: the API inserts (and stamps) a job before it pushes its message, and API hosts'
-#: clocks may differ by a little
+#: string: when a dead consumer was last seen whose popped message is still to look for (epoch
+#: seconds, the sweeper's clock); deleted once every job queue was looked at after it
+UNCHECKED = "genq:popped:unchecked"
+#: a job must have been published this much before the death was seen: its publish may still
+#: be on its way to Redis (the API stamps a job, commits it, then pushes its message)
 MARGIN_S = 1.0
-#: how far from the front of a list to look past given-back messages for the first in line
+#: a list longer than this is busy (it cannot hold only given-back messages worth reading)
 LOOK_AHEAD = 64
 #: each job queue by (kind, whether it is the batch lane)
 JOB_QUEUES = {
     **{(kind, False): queue for kind, queue in QUEUE_BY_KIND.items()},
     **{(kind, True): queue for kind, queue in BATCH_QUEUE_BY_KIND.items()},
 }
+#: delete the note only if no later death replaced it meanwhile
+_FORGET = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+
+
+def note_death(client: redis.Redis, *, ttl_s: int, now: datetime | None = None) -> None:
+    """A consumer was found dead: look for its popped message from now on (a later death
+    replaces an earlier one: its cut-off covers the earlier's jobs too)."""
+    client.set(UNCHECKED, repr((now or utcnow()).timestamp()), ex=ttl_s)
 
 
 @dataclass
-class Front:
-    """The front of one queue's lists: the jobs of the given-back messages waiting there, and
-    of the first message in line in each list (none: the list holds nothing else)."""
+class Line:
+    """One job queue's lists: whether a job message waits in line there, and the jobs of the
+    given-back messages (those are in the queue, even with nothing in line)."""
 
+    busy: bool = False
     given_back: set[str] = field(default_factory=set)
-    first: list[str] = field(default_factory=list)
-    #: False: more given-back messages than were read, so the first in line is not known
-    known: bool = True
 
 
-def fronts(client: redis.Redis) -> dict[tuple[str, bool], Front]:
-    """The front of every job queue's lists, in one round trip."""
+def lines(client: redis.Redis) -> dict[tuple[str, bool], Line]:
+    """Every job queue's line, in one round trip."""
     pipe = client.pipeline(transaction=False)
     for queue in JOB_QUEUES.values():
         for key in priority_keys(queue):
-            pipe.lrange(key, -LOOK_AHEAD, -1)
+            pipe.lrange(key, -LOOK_AHEAD - 1, -1)
     replies = iter(pipe.execute())
     found = {}
     for lane, queue in JOB_QUEUES.items():
-        front = found[lane] = Front()
+        line = found[lane] = Line()
         for _key in priority_keys(queue):
-            read(front, next(replies))
+            read(line, next(replies))
     return found
 
 
-def read(front: Front, messages: list[bytes]) -> None:
-    """Walk one list from its front (the right end): given-back messages, then the first."""
-    for raw in reversed(messages):
+def read(line: Line, messages: list[bytes]) -> None:
+    if len(messages) > LOOK_AHEAD:
+        line.busy = True
+        return
+    for raw in messages:
         message = json.loads(raw)
         job = job_of_message(message)
-        if job is None:  # another task's message (a batch's finalize) dates no job
+        if job is None:  # another task's message (a batch's finalize)
             continue
         if not message.get("headers", {}).get("redelivered"):
-            front.first.append(job)
+            line.busy = True
             return
-        front.given_back.add(job)
-    if len(messages) == LOOK_AHEAD:  # a longer run of given-back messages than was read
-        front.known = False
+        line.given_back.add(job)
 
 
 def unacked_jobs(client: redis.Redis) -> set[str]:
-    """The jobs of every message some consumer holds unacked (read before the jobs' states:
-    a message recorded, then acked once its job is claimed, is seen in one of the two)."""
+    """The jobs of every message some consumer holds unacked (read after the lines and before
+    the jobs' states: a message taken meanwhile is seen held, or its job seen running)."""
     return {job for stored in client.hvals(UNACKED) if (job := job_of(stored)) is not None}
 
 
-def lost_in_pop(session: Session, client: redis.Redis, *, now: datetime | None = None) -> list[Due]:
-    """Queued jobs whose message has left its lists and is held by no consumer: after a
-    consumer died, the messages it popped and never recorded (at most `SWEEP_BATCH`)."""
-    now = now or utcnow()  # before the lists are read: an empty list dates nothing after it
-    found = fronts(client)
-    accounted = unacked_jobs(client).union(*(front.given_back for front in found.values()))
-    published = published_at_of(session, (job for f in found.values() for job in f.first))
-    taken = [
-        in_lane(session, kind, batch, min((published[job] for job in front.first), default=now))
-        for (kind, batch), front in found.items()
-        # a front that cannot be dated is left to the presumption of loss
-        if front.known and all(job in published for job in front.first)
-    ]
-    if not taken:
+def lost_in_pop(session: Session, client: redis.Redis) -> list[Due]:
+    """While a death is noted: the queued jobs of queues with nothing in line, published before
+    it was seen and held by no consumer (at most `SWEEP_BATCH` a sweep). Forgets the death once
+    every job queue has been looked at."""
+    noted = client.get(UNCHECKED)
+    if noted is None:
         return []
-    query = (
-        select(Job.id, Job.kind, Job.batch_id)
-        .where(col(Job.status) == QUEUED)
-        .where(col(Job.cache_source_id).is_(None))  # a cache follower waits for its leader
-        .where(col(Job.id).not_in(list(accounted)) if accounted else true())
-        .where(or_(*taken))
-        .limit(SWEEP_BATCH)
-    )
-    return [(job_id, kind, batch_id is not None) for job_id, kind, batch_id in session.exec(query)]
+    seen = datetime.fromtimestamp(float(noted), UTC)
+    found = lines(client)
+    held = unacked_jobs(client)
+    idle = [lane for lane, line in found.items() if not line.busy]
+    lost: list[Due] = []
+    if idle:
+        before = db_moment(session, seen - timedelta(seconds=MARGIN_S))
+        query = (
+            select(Job.id, Job.kind, Job.batch_id)
+            .where(col(Job.status) == QUEUED)
+            .where(col(Job.cache_source_id).is_(None))  # a cache follower waits for its leader
+            .where(col(Job.published_at) < before)
+            .where(or_(*(in_lane(kind, batch) for kind, batch in idle)))
+            .order_by(col(Job.published_at))
+        )
+        for job_id, kind, batch_id in session.exec(query):
+            lane = (kind, batch_id is not None)
+            if job_id not in held and job_id not in found[lane].given_back:
+                lost.append((job_id, kind, batch_id is not None))
+                if len(lost) == SWEEP_BATCH:
+                    return lost  # the rest next sweep: the note stays
+    if len(idle) == len(found):
+        client.eval(_FORGET, 1, UNCHECKED, noted)
+    return lost
 
 
-def in_lane(session: Session, kind: str, batch: bool, first_at: datetime):
-    """The jobs of one queue published a margin before its first message in line was."""
-    before = first_at - timedelta(seconds=MARGIN_S)
+def in_lane(kind: str, batch: bool):
+    """The jobs of one queue: its kind's interactive queue, or its batch lane."""
     lane = col(Job.batch_id).is_not(None) if batch else col(Job.batch_id).is_(None)
-    return and_(col(Job.kind) == kind, lane, col(Job.published_at) < db_moment(session, before))
-
-
-def published_at_of(session: Session, jobs: Iterable[str]) -> dict[str, datetime]:
-    """When each of these jobs was last published (absent: unknown, or never)."""
-    ids = list(set(jobs))
-    if not ids:
-        return {}
-    rows = session.exec(select(Job.id, Job.published_at).where(col(Job.id).in_(ids)))
-    return {job_id: aware(at) for job_id, at in rows if at is not None}
+    return and_(col(Job.kind) == kind, lane)

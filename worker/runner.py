@@ -251,6 +251,15 @@ class Runner:
             raise JobTimeout
         return now
 
+    def _starts_at(self, run: Run, spec: ModelSpec) -> datetime:
+        """The deadline checked again after the cancel query and the rate limiter's wait (both
+        take time); a job out of time gives back the tokens the limiter charged its call."""
+        try:
+            return self._check_deadline(run)
+        except JobTimeout:
+            self.limiter.settle(spec.id, estimated=run.tokens_estimate, used=0)
+            raise
+
     def _choose_model(self, run: Run) -> ModelSpec:
         """Move to the next fallback when the current model keeps failing or is cooled down."""
         while len(run.models) > 1 and (
@@ -275,8 +284,7 @@ class Runner:
             spec=spec,
             worker=run.worker,
             provider=self.provider.name,
-            # checked again after the cancel query and the rate limiter's wait, which take time
-            started_at=self._check_deadline(run),
+            started_at=self._starts_at(run, spec),
         )
         run.attempts_here += 1
         bound.info("attempt.start", model=spec.id)

@@ -2,15 +2,15 @@
 
 It runs as a thread in every worker process; a Redis lock makes one of them sweep at a time. Each
 sweep (0) gives back to their queues the messages a dead worker took and had not acked
-(models/reserved.py) and, when one died, publishes again the job whose message it had popped but not
-yet recorded (models/popped.py), (1) returns running jobs whose lease expired (their worker died) to
-the queue, (2) ends the response cache's followers still waiting on a finished leader, and fails
-those whose own deadline passed meanwhile (`timeout`; worker/flights.py), (3) publishes queued jobs
-that were never published (the broker was down at submit) or whose message is presumed lost
-(published long ago, still queued; a batch job only once its kind's batch lane is empty: a long lane
-is not a lost message), and (4) expires, stops and finalizes batches (worker/batches.py). (5)
-Webhooks: it opens the delivery of any webhook job that ended on a path that did not, and publishes
-deliveries whose attempt died with its worker (lease over) or whose message is overdue
+(models/reserved.py) and, after one died, publishes again the job whose message it had popped but
+not yet recorded (models/popped.py), (1) returns running jobs whose lease expired (their worker
+died) to the queue, (2) ends the response cache's followers still waiting on a finished leader, and
+fails those whose own deadline passed meanwhile (`timeout`; worker/flights.py), (3) publishes
+queued jobs that were never published (the broker was down at submit) or whose message is presumed
+lost (published long ago, still queued; a batch job only once its kind's batch lane is empty: a
+long lane is not a lost message), and (4) expires, stops and finalizes batches (worker/batches.py).
+(5) Webhooks: it opens the delivery of any webhook job that ended on a path that did not, and
+publishes deliveries whose attempt died with its worker (lease over) or whose message is overdue
 (models/webhooks.py). A duplicate message is harmless: the claim lets only one delivery run a job.
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from models.db import session_scope, utcnow
 from models.lifecycle import Due, due_for_publish, mark_published, reclaim_expired
-from models.popped import lost_in_pop
+from models.popped import lost_in_pop, note_death
 from models.queue import BATCH_QUEUE_BY_KIND
 from models.reserved import GivenBack
 from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
@@ -68,7 +68,7 @@ class Sweeper:
             reclaimed = reclaim_expired(session)
         end_stranded(self.engine)  # response cache: followers of a leader whose worker died
         busy = self.busy_batch_kinds()
-        lost = self.lost_in_pop() if given.owners else []
+        lost = self.lost_in_pop(died=given.owners > 0)
         with session_scope(self.engine) as session:
             # a job just reclaimed is also unpublished: once in the list, one message
             due = dict.fromkeys(
@@ -115,10 +115,13 @@ class Sweeper:
             log.warning("sweeper.restored", count=given.messages)
         return given
 
-    def lost_in_pop(self) -> list[Due]:
+    def lost_in_pop(self, *, died: bool) -> list[Due]:
         """After a consumer died: the jobs whose message it popped and had not yet recorded
-        (models/popped.py); a failure leaves them to the presumption of loss."""
+        (models/popped.py), looked for each sweep while the death is noted; a failure leaves
+        them to the next sweep."""
         try:
+            if died:
+                note_death(self.redis, ttl_s=self.redispatch_after_s)
             with session_scope(self.engine) as session:
                 lost = lost_in_pop(session, self.redis)
         except Exception as exc:

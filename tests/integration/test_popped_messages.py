@@ -11,13 +11,16 @@ from datetime import timedelta
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
+from sqlmodel import select
 
 from models import redis_transport
+from models.bulk_publish import push_batch_jobs
 from models.db import get_engine, session_scope, utcnow
-from models.jobs import Job
-from models.popped import LOOK_AHEAD, MARGIN_S, lost_in_pop
-from models.queue import TEXT_QUEUE
-from models.reserved import GivenBack, job_of_message
+from models.jobs import QUEUED, Job, aware
+from models.popped import LOOK_AHEAD, MARGIN_S, UNCHECKED, lost_in_pop, note_death
+from models.queue import BATCH_QUEUE_BY_KIND, FINALIZE_TASK, TEXT_QUEUE
+from models.reserved import CONSUMERS, GivenBack, job_of_message
+from tests.integration.test_batch_run import make_batch
 from tests.integration.test_fault_tolerance import submit
 from worker.sweeper import Sweeper
 
@@ -25,9 +28,15 @@ TEXT = Queue(TEXT_QUEUE, Exchange(TEXT_QUEUE), TEXT_QUEUE)
 
 
 @pytest.fixture
-def transport(monkeypatch):
+def transport(monkeypatch, settings):
     redis_transport.install()
     monkeypatch.setattr(redis_transport.QoS, "_announced", False)
+    yield
+    client_of(settings).delete(CONSUMERS)  # this process's first beat, taken by basic_get
+
+
+def client_of(settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url)
 
 
 def published(settings, ages_s: dict[str, float]) -> None:
@@ -42,66 +51,97 @@ def lost(settings) -> list[str]:
         return [job_id for job_id, _kind, _batch in lost_in_pop(session, client_of(settings))]
 
 
-def client_of(settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
-
-
-def in_line(settings) -> list[str]:
-    """The jobs of the text queue's messages, front (next to be taken) first."""
-    raw = client_of(settings).lrange(TEXT_QUEUE, 0, -1)
+def in_line(settings, queue: str = TEXT_QUEUE) -> list[str]:
+    """The jobs of a queue's messages, front (next to be taken) first."""
+    raw = client_of(settings).lrange(queue, 0, -1)
     return [job_of_message(json.loads(m)) for m in reversed(raw)]
 
 
-def test_only_the_job_popped_and_never_recorded_is_lost(client, key, settings, transport):
-    # Given five text jobs published in this order, 10 s apart
-    popped, held, given_back, first, behind = (submit(client, key) for _ in range(5))
-    published(settings, {popped: 50, held: 40, given_back: 30, first: 20, behind: 10})
-    assert in_line(settings) == [popped, held, given_back, first, behind]
+def died(settings, ago_s: float = 0) -> None:
+    note_death(client_of(settings), ttl_s=300, now=utcnow() - timedelta(seconds=ago_s))
+
+
+def test_a_popped_job_is_lost_once_its_queue_has_nothing_in_line(client, key, settings, transport):
+    # Given four text jobs, and a consumer that popped the first and died before recording it
+    popped, held, given_back, waiting = (submit(client, key) for _ in range(4))
+    published(settings, dict.fromkeys([popped, held, given_back, waiting], 30))
+    client_of(settings).rpop(TEXT_QUEUE)
+    died(settings)
     with Connection(settings.redis_url) as conn:
         channel = conn.channel()
         TEXT(channel).declare()
-        # a consumer popped the first and died before recording it
-        client_of(settings).rpop(TEXT_QUEUE)
         # a live consumer holds the second unacked
         assert channel.basic_get(TEXT_QUEUE, no_ack=False) is not None
-        # the third was taken and given back (kombu's restore: to the front, redelivered)
+        assert in_line(settings) == [given_back, waiting]
+        # While a job waits in line, the queue is busy: nothing is presumed, the death stays noted
+        assert lost(settings) == [] and client_of(settings).exists(UNCHECKED)
+        # Once the other two were taken, and the third given back (kombu's restore: to the
+        # front, marked redelivered), only the popped one is lost: the others are held, or
+        # given back and in the queue
         again = channel.basic_get(TEXT_QUEUE, no_ack=False)
+        assert channel.basic_get(TEXT_QUEUE, no_ack=False) is not None
         channel.qos.restore_by_tag(again.delivery_tag)
-        assert in_line(settings) == [given_back, first, behind]
-        # Then only the popped one is lost: the others are held, given back, or in line
+        assert in_line(settings) == [given_back]
         assert lost(settings) == [popped]
+    # and every job queue having been looked at, the death is forgotten
+    assert not client_of(settings).exists(UNCHECKED) and lost(settings) == []
 
 
-def test_a_job_published_within_the_margin_before_the_first_in_line_is_not_lost(
-    client, key, settings, transport
-):
-    # Given two jobs whose publish times are closer than the clocks can be trusted
-    earlier, first = submit(client, key), submit(client, key)
-    published(settings, {earlier: 20 + MARGIN_S / 2, first: 20})
-    client_of(settings).rpop(TEXT_QUEUE)  # `earlier` was taken and is recorded nowhere
-    # Then it cannot be told from a message still on its way: left to the presumption of loss
+def test_without_a_death_nothing_is_presumed(client, key, settings, transport):
+    popped = submit(client, key)
+    published(settings, {popped: 30})
+    client_of(settings).rpop(TEXT_QUEUE)  # in some live consumer's hands, as far as is known
     assert lost(settings) == []
-    published(settings, {earlier: 20 + MARGIN_S * 2})
-    assert lost(settings) == [earlier]
 
 
-def test_an_empty_queue_means_every_older_queued_job_left_it(client, key, settings, transport):
-    # Given two jobs whose messages are both gone, one published just now
-    old, _fresh = submit(client, key), submit(client, key)
-    published(settings, {old: 30})
+def test_jobs_published_after_the_death_was_seen_are_not_its(client, key, settings, transport):
+    # Given a death seen 10 s ago, and two jobs whose messages are in no list
+    before, just_before, after = submit(client, key), submit(client, key), submit(client, key)
+    published(settings, {before: 30, just_before: 10 + MARGIN_S / 2, after: 5})
     client_of(settings).delete(TEXT_QUEUE)
-    # Then the old one is lost, and the one published a moment ago may still be on its way
-    assert lost(settings) == [old]
+    died(settings, ago_s=10)
+    # Then only the one published a margin before the death can have been popped by the dead
+    assert lost(settings) == [before]
 
 
-def test_a_front_of_more_given_back_messages_than_are_read_dates_nothing(
-    client, key, settings, transport
-):
-    # Given a job popped and lost behind more given-back messages than the sweeper reads
-    lost_job = submit(client, key)
-    published(settings, {lost_job: 60})
+def test_a_batch_lane_is_looked_at_once_drained(client, key, settings, transport):
+    # Given a batch of three queued lines pushed to the text batch lane, the first popped
+    engine = get_engine(settings.database_url)
+    batch_id, _ = make_batch(engine, [QUEUED] * 3)
+    with session_scope(engine) as session:
+        lines = list(session.exec(select(Job.id).where(Job.batch_id == batch_id)))
+    lines.sort()
+    published(settings, dict.fromkeys(lines, 30))
+    lane = BATCH_QUEUE_BY_KIND["text"]
+    push_batch_jobs(client_of(settings), [(job_id, "text") for job_id in lines])
+    client_of(settings).rpop(lane)
+    died(settings)
+    # the lane still holds two lines: busy
+    assert lost(settings) == []
+    # both drained (the rest of the batch ran): the popped line is lost, the others are not queued
+    client_of(settings).delete(lane)
+    with session_scope(engine) as session:
+        for job_id in lines[1:]:
+            session.get(Job, job_id).status = "succeeded"
+    assert lost(settings) == [lines[0]]
+
+
+def test_other_tasks_messages_do_not_make_a_queue_busy(client, key, settings, transport):
+    popped = submit(client, key)
+    published(settings, {popped: 30})
     client_of(settings).rpop(TEXT_QUEUE)
-    crowd = [submit(client, key) for _ in range(LOOK_AHEAD)]
+    finalize = {"headers": {"task": FINALIZE_TASK}, "body": "", "properties": {}}
+    client_of(settings).lpush(TEXT_QUEUE, json.dumps(finalize))
+    died(settings)
+    assert lost(settings) == [popped]
+
+
+def test_more_given_back_messages_than_are_read_make_a_queue_busy(client, key, settings, transport):
+    # Given a job popped and lost, and more given-back messages in line than the sweeper reads
+    popped = submit(client, key)
+    published(settings, {popped: 60})
+    client_of(settings).rpop(TEXT_QUEUE)
+    crowd = [submit(client, key) for _ in range(LOOK_AHEAD + 1)]
     published(settings, dict.fromkeys(crowd, 30))
     with Connection(settings.redis_url) as conn:
         channel = conn.channel()
@@ -109,16 +149,17 @@ def test_a_front_of_more_given_back_messages_than_are_read_dates_nothing(
         taken = [channel.basic_get(TEXT_QUEUE, no_ack=False) for _ in crowd]
         for message in taken:
             channel.qos.restore_by_tag(message.delivery_tag)
-    # Then the first in line is not known: nothing is presumed lost here
+    died(settings)
+    # Then the queue is not known to be idle: left to a later sweep
     assert lost(settings) == []
 
 
-def test_the_sweeper_looks_for_popped_messages_only_after_a_consumer_died(
+def test_the_sweeper_notes_a_death_and_looks_until_the_queues_drain(
     client, key, settings, transport
 ):
     engine = get_engine(settings.database_url)
-    popped, first = submit(client, key), submit(client, key)
-    published(settings, {popped: 30, first: 10})
+    popped, waiting = submit(client, key), submit(client, key)
+    published(settings, {popped: 30, waiting: 20})
     client_of(settings).rpop(TEXT_QUEUE)
     sent: list[str] = []
     deaths = [GivenBack()]
@@ -131,10 +172,36 @@ def test_the_sweeper_looks_for_popped_messages_only_after_a_consumer_died(
         reserved=lambda: deaths[-1],
     )
     # no consumer died: a popped message is in some live consumer's hands
-    assert sweeper.sweep_once()["lost_in_pop"] == 0 and sent == []
-    # one died: its popped message is published again, once
+    assert sweeper.sweep_once()["lost_in_pop"] == 0 and not client_of(settings).exists(UNCHECKED)
+    # one died while `waiting` is still in line: noted, not yet looked for
     deaths.append(GivenBack(owners=1))
+    assert sweeper.sweep_once()["lost_in_pop"] == 0 and sent == []
+    # a later sweep, no new death, the queue drained: the popped one is published again, once
+    deaths.append(GivenBack())
+    assert client_of(settings).rpop(TEXT_QUEUE)  # `waiting`, taken by a consumer that ran it
+    with session_scope(engine) as session:
+        session.get(Job, waiting).status = "succeeded"
     assert sweeper.sweep_once()["lost_in_pop"] == 1 and sent == [popped]
     with session_scope(engine) as session:
-        assert session.get(Job, popped).published_at > session.get(Job, first).published_at
+        assert aware(session.get(Job, popped).published_at) > utcnow() - timedelta(seconds=5)
     assert sweeper.sweep_once()["lost_in_pop"] == 0 and sent == [popped]
+    assert not client_of(settings).exists(UNCHECKED)
+
+
+class DeathDuringCheck(redis.Redis):
+    """Another sweeper notes a new death while this one is reading the unacked hash."""
+
+    def hvals(self, name):
+        note_death(self, ttl_s=300)
+        return super().hvals(name)
+
+
+def test_a_death_noted_during_a_check_outlives_it(settings):
+    client = client_of(settings)
+    note_death(client, ttl_s=300, now=utcnow() - timedelta(seconds=10))
+    first = client.get(UNCHECKED)
+    racing = DeathDuringCheck.from_url(settings.redis_url)
+    with session_scope(get_engine(settings.database_url)) as session:
+        assert lost_in_pop(session, racing) == []  # every queue idle: it would forget its note
+    assert client.exists(UNCHECKED) and client.get(UNCHECKED) != first
+    assert 0 < client.ttl(UNCHECKED) <= 300

@@ -142,10 +142,17 @@ class SlowLimiter(NoLimiter):
 
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
+        self.settled: list[tuple[str, int, int]] = []
+
+    def counts_tokens(self, model: str) -> bool:
+        return True
 
     def acquire(self, model: str, tokens: int) -> float:
         time.sleep(self.wait_s)
         return self.wait_s
+
+    def settle(self, model: str, *, estimated: int, used: int) -> None:
+        self.settled.append((model, estimated, used))
 
 
 def test_a_rate_limiter_wait_past_the_deadline_ends_timeout_without_a_call(client, key, settings):
@@ -155,13 +162,13 @@ def test_a_rate_limiter_wait_past_the_deadline_ends_timeout_without_a_call(clien
         job = session.get(Job, job_id)
         job.deadline_at = utcnow() + timedelta(seconds=0.3)
         session.add(job)
-    provider = FakeProvider()
+    provider, limiter = FakeProvider(), SlowLimiter(0.5)
     runner = Runner(
         engine=get_engine(settings.database_url),
         provider=provider,
         catalogue=get_catalogue(),
         retry=RetryPolicy.from_settings(settings),
-        limiter=SlowLimiter(0.5),
+        limiter=limiter,
     )
     # When it runs
     assert runner.run(job_id) == "failed"
@@ -169,6 +176,9 @@ def test_a_rate_limiter_wait_past_the_deadline_ends_timeout_without_a_call(clien
     job, attempts = load(settings, job_id)
     assert job.status == "failed" and job.error_type == "timeout"
     assert provider.calls == 0 and attempts == []
+    # and the tokens charged for the call it never made went back to the limiter
+    [(model, estimated, used)] = limiter.settled
+    assert model == job.model and estimated > 0 and used == 0
 
 
 def test_rate_limits_given_back_to_the_queue_do_not_use_up_attempts(client, key, settings):
