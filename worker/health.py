@@ -78,10 +78,12 @@ class RedisHealth:
     A success clears the model's keys (its failure count, open circuit, probe) for every
     process. Most successes find nothing to clear, so each process remembers the models it
     cleared itself (`_clean`) and listens on FAILED_CHANNEL for failures recorded by any
-    process since: a success on a clean model sends nothing; a failure announced anywhere, a
-    probe or an open circuit seen here, a lost subscription or a fork make the next success
-    clear again. A failure announced in the milliseconds before a success can reach the
-    listener after it; that success then leaves it, and the next success clears it.
+    process since: a success on a clean model sends nothing, and neither does asking whether a
+    clean model is available (a circuit opens only after an announced failure); a failure
+    announced anywhere, a probe or an open circuit seen here, a lost subscription or a fork
+    make the next success clear again. A failure announced in the milliseconds before a success
+    can reach the listener after it; that success then leaves it, and the next success clears
+    it (and a job asking meanwhile may call a model just opened, as it could before it opened).
     """
 
     def __init__(
@@ -107,6 +109,10 @@ class RedisHealth:
         return f"{base}:failures", f"{base}:open", f"{base}:probe"
 
     def available(self, model: str) -> bool:
+        """As the protocol says; no round trip while this process knows the circuit closed: it
+        cleared it itself and no failure (every opening follows one) was announced since."""
+        if model in self._clean and self._listening == os.getpid():
+            return True
         _failures, opened, probe = self._keys(model)
         try:
             # one round trip: is the circuit open now, and was it open in the last periods

@@ -61,6 +61,22 @@ def test_successes_on_a_closed_circuit_send_nothing(client, processes):
     assert sent == []
 
 
+def test_a_clean_model_is_available_without_a_round_trip_until_it_opens(client, processes):
+    one, two = processes(), processes()
+    clean_and_listening(one, "m")
+    sent: list[tuple] = []
+    pipeline = client.pipeline
+    client.pipeline = lambda *a, **k: sent.append(a) or pipeline(*a, **k)  # type: ignore[method-assign]
+    assert all(one.available("m") for _ in range(50))
+    assert sent == []
+    client.pipeline = pipeline  # type: ignore[method-assign]
+    # another process's failures open the circuit: announced, so one asks Redis again
+    two.record_failure("m")
+    two.record_failure("m")
+    eventually(lambda: "m" not in one._clean)
+    assert not one.available("m")
+
+
 def test_a_success_clears_a_failure_another_process_recorded(client, processes):
     one, two = processes(), processes()
     clean_and_listening(one, "m")  # one knows "m" is clean…
