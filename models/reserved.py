@@ -23,7 +23,6 @@ import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import redis
 
@@ -33,6 +32,8 @@ from models.queue import TASK_BY_KIND
 OWNERS = "genq:unacked:owner"
 #: sorted set: owner → the time of its last beat (Redis's clock)
 CONSUMERS = "genq:consumers"
+#: set: the owners that stopped cleanly, until the sweeper forgets them
+STOPPED = "genq:consumers:stopped"
 #: this process as an owner: host, pid, and a random part (a pid can come back after a restart)
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -47,17 +48,21 @@ def beat(client: redis.Redis, *, owner: str = OWNER, ago_s: float = 0) -> None:
     client.zadd(CONSUMERS, {owner: redis_now(client) - ago_s})
 
 
+def mark_stopped(client: redis.Redis, *, owner: str = OWNER) -> None:
+    """Say that this process stopped cleanly: kombu gave back what it held at close, the message
+    of a pop still in flight included (its channel reads the pending reply first)."""
+    client.sadd(STOPPED, owner)
+
+
+def killed(client: redis.Redis, dead: set[str]) -> set[str]:
+    """Of these dead owners, those that did not stop cleanly."""
+    return dead - {owner.decode() for owner in client.smembers(STOPPED)} if dead else set()
+
+
 def dead_owners(client: redis.Redis, *, dead_after_s: float) -> tuple[set[str], float]:
     """The owners silent for `dead_after_s`, and the cut-off (for `give_back`)."""
     ceiling = redis_now(client) - dead_after_s
     return {owner.decode() for owner in client.zrangebyscore(CONSUMERS, "-inf", ceiling)}, ceiling
-
-
-class GivenBack(NamedTuple):
-    """One give-back: how many owners were found dead, and how many messages went back."""
-
-    owners: int = 0
-    messages: int = 0
 
 
 #: kombu's own keys (its Redis transport's defaults, which genq does not change)
@@ -121,4 +126,6 @@ def give_back(
             else:
                 drop_by_tag(tag.decode())
     client.zremrangebyscore(CONSUMERS, "-inf", ceiling)
+    if dead:
+        client.srem(STOPPED, *dead)
     return len(tags)

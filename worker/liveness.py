@@ -13,7 +13,7 @@ import threading
 import redis
 import structlog
 
-from models.reserved import beat
+from models.reserved import beat, mark_stopped
 
 log = structlog.get_logger("genq.liveness")
 
@@ -41,5 +41,10 @@ class Liveness:
 
     def stop(self) -> None:
         """The worker has stopped (kombu gave back what it held at close). Its entry stays: a
-        lease later the sweeper gives back anything left and forgets it."""
+        lease later the sweeper gives back anything left and forgets it; marked as stopped
+        cleanly, it lost no popped message (models/popped.py)."""
         self._stop.set()
+        try:
+            mark_stopped(self.redis)
+        except redis.RedisError as exc:  # then it counts as killed: a look for nothing
+            log.warning("liveness.stop_unmarked", error=type(exc).__name__)

@@ -26,10 +26,9 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from models.db import session_scope, utcnow
-from models.lifecycle import Due, due_for_publish, mark_published, reclaim_expired
-from models.popped import lost_in_pop, note_death
+from models.lifecycle import due_for_publish, mark_published, reclaim_expired
+from models.popped import Lost, PoppedPolicy, forget, lost_in_pop
 from models.queue import BATCH_QUEUE_BY_KIND
-from models.reserved import GivenBack
 from models.webhooks import due_for_republish, ended_without_delivery, open_delivery, take_opened
 from worker.flights import end_stranded
 
@@ -48,7 +47,8 @@ class Sweeper:
         interval_s: float,
         redispatch_after_s: int,
         batches: Callable[[], dict[str, int]] | None = None,
-        reserved: Callable[[], GivenBack] | None = None,
+        reserved: Callable[[], int] | None = None,
+        popped: PoppedPolicy | None = None,
     ):
         self.engine, self.redis, self.publish = engine, client, publish
         #: expires, stops and finalizes batches (worker/batches.py `sweep_batches`)
@@ -56,6 +56,8 @@ class Sweeper:
         self.publish_webhook = publish_webhook
         #: gives back the unacked messages of dead consumers (worker/tasks.py `restore_reserved`)
         self.reserved = reserved
+        #: how the messages a killed consumer popped are looked for (models/popped.py)
+        self.popped = popped or PoppedPolicy()
         self.interval_s, self.redispatch_after_s = interval_s, redispatch_after_s
         self.name = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
@@ -63,17 +65,17 @@ class Sweeper:
 
     def sweep_once(self) -> dict[str, int]:
         """One sweep; returns how many jobs were reclaimed and published."""
-        given = self.restore_reserved()
+        restored = self.restore_reserved()
         with session_scope(self.engine) as session:
             reclaimed = reclaim_expired(session)
         end_stranded(self.engine)  # response cache: followers of a leader whose worker died
         busy = self.busy_batch_kinds()
-        lost = self.lost_in_pop(died=given.owners > 0)
+        lost = self.lost_in_pop()
         with session_scope(self.engine) as session:
             # a job just reclaimed is also unpublished: once in the list, one message
             due = dict.fromkeys(
                 reclaimed
-                + lost
+                + lost.jobs
                 + due_for_publish(
                     session, redispatch_after_s=self.redispatch_after_s, busy_batch_kinds=busy
                 )
@@ -89,46 +91,46 @@ class Sweeper:
         if published:
             with session_scope(self.engine) as session:
                 mark_published(session, job_ids=published)
+        if len(published) == len(due):  # all the popped messages found are out again
+            forget(self.redis, lost.settled)
         if reclaimed or published:
             log.warning("sweeper.redispatched", reclaimed=len(reclaimed), published=len(published))
         swept = self.batches() if self.batches is not None else {}
         if self.publish_webhook is not None:
             swept["webhooks"] = self.sweep_webhooks()
         return {
-            "restored": given.messages,
-            "lost_in_pop": len(lost),
+            "restored": restored,
+            "lost_in_pop": len(lost.jobs),
             "reclaimed": len(reclaimed),
             "published": len(published),
             **swept,
         }
 
-    def restore_reserved(self) -> GivenBack:
+    def restore_reserved(self) -> int:
         """First, so the jobs of a dead worker's messages count as waiting in their queues."""
         if self.reserved is None:
-            return GivenBack()
+            return 0
         try:
-            given = self.reserved()
+            restored = self.reserved()
         except Exception as exc:  # Redis or its connection pool busy: the next sweep tries again
             log.warning("sweeper.restore_failed", error=type(exc).__name__)
-            return GivenBack()
-        if given.messages:
-            log.warning("sweeper.restored", count=given.messages)
-        return given
+            return 0
+        if restored:
+            log.warning("sweeper.restored", count=restored)
+        return restored
 
-    def lost_in_pop(self, *, died: bool) -> list[Due]:
-        """After a consumer died: the jobs whose message it popped and had not yet recorded
-        (models/popped.py), looked for each sweep while the death is noted; a failure leaves
-        them to the next sweep."""
+    def lost_in_pop(self) -> Lost:
+        """While a killed consumer's death is noted (worker/tasks.py `restore_reserved`): the
+        jobs whose message it popped and had not yet recorded (models/popped.py); a failure
+        leaves them to the next sweep."""
         try:
-            if died:
-                note_death(self.redis, ttl_s=self.redispatch_after_s)
             with session_scope(self.engine) as session:
-                lost = lost_in_pop(session, self.redis)
+                lost = lost_in_pop(session, self.redis, self.popped)
         except Exception as exc:
             log.warning("sweeper.lost_check_failed", error=type(exc).__name__)
-            return []
-        if lost:
-            log.warning("sweeper.lost_in_pop", count=len(lost))
+            return Lost()
+        if lost.jobs:
+            log.warning("sweeper.lost_in_pop", count=len(lost.jobs))
         return lost
 
     def busy_batch_kinds(self) -> list[str]:

@@ -13,8 +13,9 @@ from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.lifecycle import still_waiting
 from models.logging import configure_logging
+from models.popped import PoppedPolicy, note_killed
 from models.queue import FINALIZE_TASK, TASK_BY_KIND, WEBHOOK_QUEUE, WEBHOOK_TASK, queue_for
-from models.reserved import GivenBack, dead_owners, give_back
+from models.reserved import dead_owners, give_back
 from models.settings import get_settings
 from models.tokens import install_encodings
 from models.webhooks import publish_on_commit
@@ -131,17 +132,20 @@ def get_sweeper() -> Sweeper:
         redispatch_after_s=settings.redispatch_after_s,
         batches=lambda: sweep_batches(get_engine(settings.database_url)),
         reserved=restore_reserved,
+        popped=PoppedPolicy.from_settings(settings),
     )
 
 
-def restore_reserved() -> GivenBack:
+def restore_reserved() -> int:
     """The unacked messages of worker processes silent for a lease go back to their queues,
     with kombu's own restore, those of jobs still waiting for them (models/reserved.py); a
-    broker connection only when there are."""
+    broker connection only when there are. A process that did not stop cleanly may also have
+    taken a message it never recorded: noted first, for models/popped.py to look for."""
     client, settings = shared_redis(), get_settings()
     dead, ceiling = dead_owners(client, dead_after_s=settings.lease_s)
     if not dead:
-        return GivenBack()
+        return 0
+    note_killed(client, dead, ttl_s=settings.redispatch_after_s)
 
     def waiting(taken: dict[str, datetime]) -> set[str]:
         with session_scope(get_engine(settings.database_url)) as session:
@@ -149,7 +153,7 @@ def restore_reserved() -> GivenBack:
 
     with celery_app.pool.acquire(block=True, timeout=10) as connection:
         qos = connection.default_channel.qos
-        given = give_back(
+        return give_back(
             client,
             dead,
             ceiling,
@@ -157,7 +161,6 @@ def restore_reserved() -> GivenBack:
             drop_by_tag=lambda tag: qos._remove_from_indices(tag).execute(),
             still_waiting=waiting,
         )
-    return GivenBack(owners=len(dead), messages=given)
 
 
 @lru_cache

@@ -14,17 +14,28 @@ from kombu import Connection, Exchange, Queue
 from sqlmodel import select
 
 from models import redis_transport
+from models.broker import priority_keys
 from models.bulk_publish import push_batch_jobs
 from models.db import get_engine, session_scope, utcnow
 from models.jobs import QUEUED, Job, aware
-from models.popped import LOOK_AHEAD, MARGIN_S, UNCHECKED, lost_in_pop, note_death
+from models.popped import (
+    LOOK_AHEAD,
+    UNCHECKED,
+    PoppedPolicy,
+    forget,
+    lost_in_pop,
+    note_death,
+    note_killed,
+)
 from models.queue import BATCH_QUEUE_BY_KIND, FINALIZE_TASK, TEXT_QUEUE
-from models.reserved import CONSUMERS, GivenBack, job_of_message
+from models.reserved import CONSUMERS, STOPPED, job_of_message, mark_stopped
 from tests.integration.test_batch_run import make_batch
 from tests.integration.test_fault_tolerance import submit
 from worker.sweeper import Sweeper
 
 TEXT = Queue(TEXT_QUEUE, Exchange(TEXT_QUEUE), TEXT_QUEUE)
+MARGIN_S = 1.0
+POLICY = PoppedPolicy(margin_s=MARGIN_S, countdown_max_s=60)
 
 
 @pytest.fixture
@@ -32,7 +43,7 @@ def transport(monkeypatch, settings):
     redis_transport.install()
     monkeypatch.setattr(redis_transport.QoS, "_announced", False)
     yield
-    client_of(settings).delete(CONSUMERS)  # this process's first beat, taken by basic_get
+    client_of(settings).delete(CONSUMERS, STOPPED)  # this process's first beat (basic_get)
 
 
 def client_of(settings) -> redis.Redis:
@@ -46,9 +57,17 @@ def published(settings, ages_s: dict[str, float]) -> None:
             session.get(Job, job_id).published_at = utcnow() - timedelta(seconds=age)
 
 
-def lost(settings) -> list[str]:
+def check(settings):
     with session_scope(get_engine(settings.database_url)) as session:
-        return [job_id for job_id, _kind, _batch in lost_in_pop(session, client_of(settings))]
+        return lost_in_pop(session, client_of(settings), POLICY)
+
+
+def lost(settings) -> list[str]:
+    """The jobs found lost; the note forgotten when the check says so (as the sweeper does
+    once it has published them)."""
+    found = check(settings)
+    forget(client_of(settings), found.settled)
+    return [job_id for job_id, _kind, _batch in found.jobs]
 
 
 def in_line(settings, queue: str = TEXT_QUEUE) -> list[str]:
@@ -123,7 +142,7 @@ def test_a_batch_lane_is_looked_at_once_drained(client, key, settings, transport
     with session_scope(engine) as session:
         for job_id in lines[1:]:
             session.get(Job, job_id).status = "succeeded"
-    assert lost(settings) == [lines[0]]
+    assert check(settings).jobs == [(lines[0], "text", True)]
 
 
 def test_other_tasks_messages_do_not_make_a_queue_busy(client, key, settings, transport):
@@ -154,54 +173,120 @@ def test_more_given_back_messages_than_are_read_make_a_queue_busy(client, key, s
     assert lost(settings) == []
 
 
-def test_the_sweeper_notes_a_death_and_looks_until_the_queues_drain(
-    client, key, settings, transport
-):
+def sweeper_of(settings, publish) -> Sweeper:
+    return Sweeper(
+        get_engine(settings.database_url),
+        client_of(settings),
+        publish,
+        interval_s=1,
+        redispatch_after_s=300,
+        popped=POLICY,
+    )
+
+
+def test_the_sweeper_looks_each_sweep_until_the_queues_drain(client, key, settings, transport):
     engine = get_engine(settings.database_url)
     popped, waiting = submit(client, key), submit(client, key)
     published(settings, {popped: 30, waiting: 20})
     client_of(settings).rpop(TEXT_QUEUE)
     sent: list[str] = []
-    deaths = [GivenBack()]
-    sweeper = Sweeper(
-        engine,
-        client_of(settings),
-        lambda job_id, kind, _delay, _batch: sent.append(job_id),
-        interval_s=1,
-        redispatch_after_s=300,
-        reserved=lambda: deaths[-1],
-    )
-    # no consumer died: a popped message is in some live consumer's hands
-    assert sweeper.sweep_once()["lost_in_pop"] == 0 and not client_of(settings).exists(UNCHECKED)
-    # one died while `waiting` is still in line: noted, not yet looked for
-    deaths.append(GivenBack(owners=1))
+    sweeper = sweeper_of(settings, lambda job_id, kind, _delay, _batch: sent.append(job_id))
+    # no death noted: a popped message is in some live consumer's hands
+    assert sweeper.sweep_once()["lost_in_pop"] == 0
+    # a death noted while `waiting` is still in line: nothing yet, the note kept
+    died(settings)
     assert sweeper.sweep_once()["lost_in_pop"] == 0 and sent == []
-    # a later sweep, no new death, the queue drained: the popped one is published again, once
-    deaths.append(GivenBack())
+    assert client_of(settings).exists(UNCHECKED)
+    # the queue drained: the popped one is published again, once, and the note forgotten
     assert client_of(settings).rpop(TEXT_QUEUE)  # `waiting`, taken by a consumer that ran it
     with session_scope(engine) as session:
         session.get(Job, waiting).status = "succeeded"
     assert sweeper.sweep_once()["lost_in_pop"] == 1 and sent == [popped]
     with session_scope(engine) as session:
         assert aware(session.get(Job, popped).published_at) > utcnow() - timedelta(seconds=5)
+    assert not client_of(settings).exists(UNCHECKED)
     assert sweeper.sweep_once()["lost_in_pop"] == 0 and sent == [popped]
+
+
+def test_the_note_stays_until_the_lost_jobs_are_published(client, key, settings, transport):
+    popped = submit(client, key)
+    published(settings, {popped: 30})
+    client_of(settings).rpop(TEXT_QUEUE)
+    died(settings)
+
+    def broker_down(*_args):
+        raise ConnectionError("broker down")
+
+    assert sweeper_of(settings, broker_down).sweep_once()["published"] == 0
+    assert client_of(settings).exists(UNCHECKED)  # found, not yet out: looked for again
+    sent: list[str] = []
+    sweeper = sweeper_of(settings, lambda job_id, *_rest: sent.append(job_id))
+    assert sweeper.sweep_once()["lost_in_pop"] == 1 and sent == [popped]
     assert not client_of(settings).exists(UNCHECKED)
 
 
-class DeathDuringCheck(redis.Redis):
-    """Another sweeper notes a new death while this one is reading the unacked hash."""
+def test_only_an_owner_that_did_not_stop_cleanly_is_noted(settings):
+    client = client_of(settings)
+    mark_stopped(client, owner="host:1:clean")
+    # a clean stop read its pending pop and gave the message back: nothing to look for
+    assert not note_killed(client, {"host:1:clean"}, ttl_s=300)
+    assert not client.exists(UNCHECKED)
+    assert note_killed(client, {"host:1:clean", "host:2:killed"}, ttl_s=300)
+    assert 0 < client.ttl(UNCHECKED) <= 300
+    client.delete(STOPPED)
 
-    def hvals(self, name):
-        note_death(self, ttl_s=300)
-        return super().hvals(name)
+
+def test_a_lost_job_on_an_idle_queue_is_found_while_another_queue_is_busy(
+    client, key, settings, transport
+):
+    engine = get_engine(settings.database_url)
+    popped = submit(client, key)
+    published(settings, {popped: 30})
+    client_of(settings).rpop(TEXT_QUEUE)
+    batch_id, _ = make_batch(engine, [QUEUED])
+    with session_scope(engine) as session:
+        line = session.exec(select(Job.id).where(Job.batch_id == batch_id)).one()
+    push_batch_jobs(client_of(settings), [(line, "text")])  # the batch lane holds a line
+    died(settings)
+    found = check(settings)
+    assert found.jobs == [(popped, "text", False)]
+    assert found.settled is None  # the busy lane is still to look at
+
+
+def test_a_job_message_in_a_priority_list_makes_its_queue_busy(client, key, settings, transport):
+    popped, other = submit(client, key), submit(client, key)
+    published(settings, {popped: 30, other: 30})
+    client = client_of(settings)
+    client.rpop(TEXT_QUEUE)
+    client.lmove(TEXT_QUEUE, priority_keys(TEXT_QUEUE)[1], "RIGHT", "LEFT")  # `other`, priority 3
+    died(settings)
+    assert lost(settings) == []
+
+
+def test_a_tried_job_waits_out_any_countdown_before_it_is_presumed_lost(
+    client, key, settings, transport
+):
+    # Given a job tried once and given back to the queue 30 s ago (a retry's countdown message,
+    # which a killed consumer popped): its countdown may run up to 60 s
+    retried = submit(client, key)
+    published(settings, {retried: 30})
+    with session_scope(get_engine(settings.database_url)) as session:
+        session.get(Job, retried).attempts = 1
+    client_of(settings).rpop(TEXT_QUEUE)
+    died(settings)
+    found = check(settings)
+    assert found.jobs == [] and found.settled is None  # not yet, and looked for again
+    published(settings, {retried: 61})
+    assert lost(settings) == [retried]
 
 
 def test_a_death_noted_during_a_check_outlives_it(settings):
     client = client_of(settings)
     note_death(client, ttl_s=300, now=utcnow() - timedelta(seconds=10))
     first = client.get(UNCHECKED)
-    racing = DeathDuringCheck.from_url(settings.redis_url)
     with session_scope(get_engine(settings.database_url)) as session:
-        assert lost_in_pop(session, racing) == []  # every queue idle: it would forget its note
+        found = lost_in_pop(session, client, POLICY)
+    assert found.settled == first  # every queue idle: this check may forget its note…
+    note_death(client, ttl_s=300)  # …but another sweeper noted a new death meanwhile
+    forget(client, found.settled)
     assert client.exists(UNCHECKED) and client.get(UNCHECKED) != first
-    assert 0 < client.ttl(UNCHECKED) <= 300

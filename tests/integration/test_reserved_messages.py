@@ -138,7 +138,7 @@ def test_a_failing_give_back_does_not_stop_the_sweep(broker, settings):
     with capture_logs() as logs:
         assert sweeper.sweep_once()["restored"] == 0
     assert [line["event"] for line in logs][:1] == ["sweeper.restore_failed"]
-    sweeper.reserved = lambda: reserved.GivenBack(owners=1, messages=2)
+    sweeper.reserved = lambda: 2
     assert sweeper.sweep_once()["restored"] == 2
 
 
@@ -158,6 +158,11 @@ def test_the_liveness_thread_beats_on_redis_time_until_stopped(broker):
     liveness._thread.join(timeout=5)
     assert not liveness._thread.is_alive()
     assert abs(client.zscore(reserved.CONSUMERS, reserved.OWNER) - reserved.redis_now(client)) < 5
+    # it says it stopped cleanly, until the sweeper forgets it
+    assert client.sismember(reserved.STOPPED, reserved.OWNER)
+    reserved.beat(client, ago_s=60)
+    assert restore(broker) == 0
+    assert not client.sismember(reserved.STOPPED, reserved.OWNER)
 
 
 def test_a_jobs_message_goes_back_only_while_its_job_waits_for_it(clean_redis):
