@@ -167,15 +167,14 @@ def lost_in_pop(session: Session, client: redis.Redis, policy: PoppedPolicy) -> 
     if noted is None:
         return Lost()
     seen = datetime.fromtimestamp(float(noted), UTC)
-    idle = [lane for lane, line in lines(client).items() if not line.busy]
+    found, held = lines(client), set()
+    idle = [lane for lane, line in found.items() if not line.busy]
     if not idle:  # the usual case while a queue is long: no read of the unacked hash
         return Lost()
     candidates = queued_before(session, idle, seen - timedelta(seconds=policy.margin_s))
     if candidates:
         found, held = snapshot(client)  # then the jobs' states again: a message taken since
         candidates = still_queued(session, candidates)  # is seen held or its job running
-    else:
-        found, held = lines(client), set()
     now, lost, later = utcnow(), Lost(), False
     for job_id, kind, batch, attempts, published_at in candidates:
         line = found[(kind, batch)]

@@ -112,13 +112,17 @@ def test_200_jobs_under_30pc_429_and_10pc_503_all_succeed_each_attempt_costed_on
     assert Decimal(str(report["cost_usd"])) == total and report["attempts"] == len(attempts)
 
 
-def test_a_job_rate_limited_past_its_deadline_ends_timeout_with_its_attempts(client, key, settings):
-    # Given a job with 2 s left and a provider that answers only 429 (Retry-After 0.3 s)
+def job_with_time_left(client, key, settings, *, seconds: float) -> str:
+    """A queued job whose deadline is `seconds` from now."""
     job_id = submit(client, key)
     with session_scope(get_engine(settings.database_url)) as session:
-        job = session.get(Job, job_id)
-        job.deadline_at = utcnow() + timedelta(seconds=2)
-        session.add(job)
+        session.get(Job, job_id).deadline_at = utcnow() + timedelta(seconds=seconds)
+    return job_id
+
+
+def test_a_job_rate_limited_past_its_deadline_ends_timeout_with_its_attempts(client, key, settings):
+    # Given a job with 2 s left and a provider that answers only 429 (Retry-After 0.3 s)
+    job_id = job_with_time_left(client, key, settings, seconds=2)
     storm = settings.model_copy(update={"offline_faults": "429:1", "offline_retry_after_s": 0.3})
     runner = Runner(
         engine=get_engine(settings.database_url),
@@ -157,11 +161,7 @@ class SlowLimiter(NoLimiter):
 
 def test_a_rate_limiter_wait_past_the_deadline_ends_timeout_without_a_call(client, key, settings):
     # Given a job with 0.3 s left and a rate limiter that makes it wait 0.5 s for capacity
-    job_id = submit(client, key)
-    with session_scope(get_engine(settings.database_url)) as session:
-        job = session.get(Job, job_id)
-        job.deadline_at = utcnow() + timedelta(seconds=0.3)
-        session.add(job)
+    job_id = job_with_time_left(client, key, settings, seconds=0.3)
     provider, limiter = FakeProvider(), SlowLimiter(0.5)
     runner = Runner(
         engine=get_engine(settings.database_url),
