@@ -37,6 +37,7 @@ STATUS_BY_ERROR = {
     "timeout": 408,
     "unknown_model": 400,
     "invalid_output": 422,
+    "budget_exceeded": 402,
     "moderation_blocked": 400,
     "moderation_unavailable": 503,
     "rate_limited": 429,

@@ -50,8 +50,16 @@ _RESERVE = (
 )
 
 
-def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | None = None) -> None:
-    """Hold `amount` against the key's budget, or raise BudgetExceeded (402)."""
+def reserve(
+    session: Session,
+    *,
+    key: ApiKey,
+    amount: Decimal,
+    now: datetime | None = None,
+    needs: str = "this job may cost up to",
+) -> None:
+    """Hold `amount` against the key's budget, or raise BudgetExceeded (402; `needs` says what
+    the amount is for)."""
     if key.budget_usd is None:
         return
     session.flush()
@@ -62,7 +70,7 @@ def reserve(session: Session, *, key: ApiKey, amount: Decimal, now: datetime | N
         key = session.get(ApiKey, key.id, populate_existing=True)
         left = (key.budget_usd or Decimal(0)) - key.spent_usd - key.reserved_usd
         raise BudgetExceeded(
-            f"this job may cost up to {money(amount)} USD but the key's {key.budget_period} "
+            f"{needs} {money(amount)} USD but the key's {key.budget_period} "
             f"budget has {money(max(left, Decimal(0)))} USD left (budget "
             f"{money(key.budget_usd or 0)}, spent {money(key.spent_usd)}, "
             f"reserved {money(key.reserved_usd)})"

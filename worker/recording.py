@@ -16,10 +16,11 @@ from sqlalchemy.engine import Engine, Row
 from sqlmodel import Session
 
 from models.attempts import Attempt, Image, add_attempt, attempt_row, new_attempt
-from models.budgets import settle, settle_values
+from models.budgets import reserve, settle, settle_values
 from models.catalogue import ModelSpec
 from models.conversations import add_exchange
 from models.db import Money, session_scope, utcnow
+from models.errors import BudgetExceeded
 from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
 from models.keys import ApiKey
 from models.pricing import Usage, cost_of
@@ -340,6 +341,24 @@ def finish_owned(
         finish_job(session, job=job, status=status, error_type=error_type, error=error)
     metrics.record_job_end(kind=job.kind, model=job.model, status=status)
     return True
+
+
+def hold_more(engine: Engine, *, job_id: str, token: str, amount: Decimal) -> str | None:
+    """Hold `amount` more against the job's key for its next attempt: a failed attempt billed
+    that much of its reservation, which must still cover a whole call. None when held, else
+    why the key's budget cannot (nothing held then). Raises ClaimLost."""
+    try:
+        with session_scope(engine) as session:
+            job = owned_job(session, job_id=job_id, token=token)
+            if job is None:
+                raise ClaimLost
+            key = session.get(ApiKey, job.key_id)
+            reserve(session, key=key, amount=amount, needs="another attempt of this job needs")
+            job.reserved_usd += amount
+            session.add(job)
+    except BudgetExceeded as exc:
+        return str(exc)
+    return None
 
 
 def record_orphan(engine: Engine, attempt: Attempt) -> None:

@@ -20,6 +20,7 @@ from models.keys import ApiKey, create_key
 from models.pricing import Usage
 from tests.helpers import FakeProvider, auth, quick_runner
 from tests.integration.test_api_contract import run_all
+from worker.output import InvalidOutput
 
 #: one job of this shape may cost at most 0.000028 USD on gpt-4.1-nano (see ESTIMATE)
 JOB = {
@@ -157,3 +158,53 @@ def test_a_billed_failed_attempt_then_a_success_charges_the_jobs_whole_cost(sett
     key = load_key(settings.database_url, key_id)
     assert len(costs) == 2 and all(cost > 0 for cost in costs)
     assert key.spent_usd == job.cost_usd == sum(costs) and key.reserved_usd == 0
+
+
+#: a call of JOB's shape that the provider billed: 11 prompt and 60 completion tokens
+BILLED = Usage(prompt_tokens=11, completion_tokens=60)
+BILLED_USD = (11 * Decimal("0.10") + 60 * Decimal("0.40")) / 10**6
+
+
+def budgeted_job(settings, budget: Decimal, outcomes: list) -> tuple[str, str, FakeProvider]:
+    key_id, secret = key_with_budget(settings.database_url, budget)
+    provider = FakeProvider(outcomes=outcomes, usage=BILLED)
+    with TestClient(create_app(settings)) as client:
+        job_id = client.post("/v1/jobs", json=JOB, headers=auth(secret)).json()["id"]
+    return key_id, job_id, provider
+
+
+def test_a_billed_retry_the_budget_cannot_hold_ends_the_job_instead_of_overspending(settings):
+    # Given a budget that holds the job's worst case and half a call more, and a first answer
+    # that is billed but not in the asked format
+    assert BILLED_USD < ESTIMATE
+    key_id, job_id, provider = budgeted_job(
+        settings,
+        ESTIMATE + BILLED_USD / 2,
+        [InvalidOutput("the answer is not valid JSON", usage=BILLED)],
+    )
+    # When it runs: a second call would need another BILLED_USD held, which the budget lacks
+    assert quick_runner(settings.database_url, provider).run(job_id) == "failed"
+    # Then it made one call, failed `budget_exceeded` saying why, and the key paid that call only
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, job_id)
+    assert provider.calls == 1 and job.attempts == 1
+    assert job.error_type == "budget_exceeded"
+    assert "another attempt of this job needs 0.0000251 USD" in job.error_message
+    key = load_key(settings.database_url, key_id)
+    assert key.spent_usd == job.cost_usd == BILLED_USD and key.reserved_usd == 0
+    assert key.spent_usd <= key.budget_usd
+
+
+def test_billed_retries_the_budget_holds_run_and_release_every_hold(settings):
+    # Given a budget for the worst case and two billed failures more
+    key_id, job_id, provider = budgeted_job(
+        settings,
+        ESTIMATE + 2 * BILLED_USD,
+        [RetryableProviderError("busy", status_code=500, usage=BILLED)] * 2,
+    )
+    # When it fails twice, billed, then succeeds
+    assert quick_runner(settings.database_url, provider).run(job_id) == "succeeded"
+    # Then the key is charged the three calls and holds nothing: each hold was released
+    key = load_key(settings.database_url, key_id)
+    assert provider.calls == 3
+    assert key.spent_usd == 3 * BILLED_USD <= key.budget_usd and key.reserved_usd == 0
