@@ -274,15 +274,19 @@ class Moderator:
 
     def _discard(self, call: Call, attempt: Attempt) -> None:
         """The answer's check is retried later: its call is recorded (billed) as a retryable
-        attempt and the answer dropped; the job generates again when it runs again."""
+        attempt and the answer dropped; the job generates again when it runs again, so the
+        call's cost is held again against the key's budget, or the job ends here when the
+        budget cannot hold it (ModerationEnded)."""
         attempt.outcome, attempt.error_type = RETRYABLE, UNAVAILABLE
         attempt.error = "moderation of the answer was retried later; the answer was dropped"
         try:
-            record(self.engine, call, attempt)
+            job = record(self.engine, call, attempt, hold=attempt.cost_usd)
         except ClaimLost:
             record_orphan(self.engine, attempt)
             raise
         metrics.record_attempt(attempt, kind=call.spec.kind)
+        if job.status == JOB_FAILED:  # the budget cannot hold another generation
+            raise ModerationEnded("failed")
 
     def _store(self, job_id: str, token: str, verdicts: dict) -> bool:
         """Store the verdicts on the job this run owns; whether a cancel was requested."""

@@ -15,6 +15,7 @@ from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.engine import Engine, Row
 from sqlmodel import Session
 
+from models.attempts import FAILED as ATTEMPT_FAILED
 from models.attempts import Attempt, Image, add_attempt, attempt_row, new_attempt
 from models.budgets import reserve, settle, settle_values
 from models.catalogue import ModelSpec
@@ -22,6 +23,7 @@ from models.conversations import add_exchange
 from models.db import Money, session_scope, utcnow
 from models.errors import BudgetExceeded
 from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
+from models.jobs import FAILED as JOB_FAILED
 from models.keys import ApiKey
 from models.pricing import Usage, cost_of
 from models.webhooks import open_delivery
@@ -34,6 +36,10 @@ CANCELLED_AFTER_CALL = "cancelled"
 
 class ClaimLost(Exception):
     """Another delivery owns the job now; this one must stop without writing."""
+
+
+#: the error type of a job whose key's budget cannot hold its next attempt
+BUDGET_EXCEEDED = "budget_exceeded"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,12 +89,20 @@ def record(
     finish: str | None = None,
     error_type: str | None = None,
     error: str | None = None,
+    hold: Decimal = Decimal(0),
 ) -> Job:
     """Store the attempt and fold it into the job; with `finish`, end the job in the same
-    transaction."""
+    transaction. `hold`: a billed attempt to be retried used that much of the job's
+    reservation, which must still cover a call: it is held again against the key, or, when
+    the budget cannot, the job ends `budget_exceeded` here (the attempt then final)."""
     with session_scope(engine) as session:
         job = owned(session, call)
         job.provider = call.provider
+        if hold and not finish:
+            refused = hold_more(session, job=job, amount=hold)
+            if refused is not None:
+                attempt.outcome = ATTEMPT_FAILED
+                finish, error_type, error = JOB_FAILED, BUDGET_EXCEEDED, refused
         add_attempt(session, job=job, attempt=attempt)
         if finish:
             finish_job(session, job=job, status=finish, error_type=error_type, error=error)
@@ -343,21 +357,15 @@ def finish_owned(
     return True
 
 
-def hold_more(engine: Engine, *, job_id: str, token: str, amount: Decimal) -> str | None:
-    """Hold `amount` more against the job's key for its next attempt: a failed attempt billed
-    that much of its reservation, which must still cover a whole call. None when held, else
-    why the key's budget cannot (nothing held then). Raises ClaimLost."""
+def hold_more(session: Session, *, job: Job, amount: Decimal) -> str | None:
+    """Hold `amount` more against the job's key (the caller's transaction, the job's row
+    locked); None when held, else why the key's budget cannot (nothing held then)."""
     try:
-        with session_scope(engine) as session:
-            job = owned_job(session, job_id=job_id, token=token)
-            if job is None:
-                raise ClaimLost
-            key = session.get(ApiKey, job.key_id)
-            reserve(session, key=key, amount=amount, needs="another attempt of this job needs")
-            job.reserved_usd += amount
-            session.add(job)
+        key = session.get(ApiKey, job.key_id)
+        reserve(session, key=key, amount=amount, needs="another attempt of this job needs")
     except BudgetExceeded as exc:
         return str(exc)
+    job.reserved_usd += amount
     return None
 
 

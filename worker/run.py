@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from models.cache_flight import TIMEOUT, TIMEOUT_MESSAGE
 from models.catalogue import ModelSpec
 from models.schemas import JobCreate
 from worker.moderation import Screen
@@ -28,29 +27,8 @@ class Cancelled(Exception):
     pass
 
 
-class JobFails(Exception):
-    """The run ends the job `failed` now, with this error type and message."""
-
-    error_type = "internal_error"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class JobTimeout(JobFails):
-    """Its deadline passed, or the next wait would pass it."""
-
-    error_type = TIMEOUT
-
-    def __init__(self, message: str = TIMEOUT_MESSAGE):
-        super().__init__(message)
-
-
-class BudgetSpent(JobFails):
-    """The key's budget cannot hold what the job's next attempt may cost (why, as the message)."""
-
-    error_type = "budget_exceeded"
+class JobTimeout(Exception):
+    pass
 
 
 @dataclass(kw_only=True)
@@ -68,7 +46,7 @@ class Run:
     #: prompt + max_tokens when a model of the run has a tokens-per-minute limit, else 0
     tokens_estimate: int
     #: what the job holds against its key's budget (from submit until the job ends; a billed
-    #: failed attempt that is retried holds its cost again, for the next attempt)
+    #: failed attempt that is retried holds its cost again, for the next attempt: recording.py)
     reserved_usd: Decimal
     #: a conversation's job: its turns are stored when it succeeds
     conversation_id: str | None = None

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine, Row
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from models.attempts import FAILED, RETRYABLE, SUCCEEDED, failed_attempts
+from models.cache_flight import TIMEOUT, TIMEOUT_MESSAGE
 from models.catalogue import Catalogue, ModelSpec
 from models.db import session_scope, utcnow
 from models.errors import PermanentProviderError, ProviderError
@@ -46,13 +47,12 @@ from worker.recording import (
     Call,
     ClaimLost,
     finish_owned,
-    hold_more,
     record,
     record_orphan,
     record_output,
 )
 from worker.retry import Decision, Reschedule, RetryCounts, RetryPolicy, Verdict
-from worker.run import BudgetSpent, Cancelled, JobFails, JobTimeout, Run, said_by
+from worker.run import Cancelled, JobTimeout, Run, said_by
 from worker.streaming import Streaming
 
 log = structlog.get_logger("genq.worker")
@@ -213,8 +213,8 @@ class Runner:
             if not stop.args:  # stopped before a call; after one, the job was already ended
                 self._end(run, CANCELLED, "cancelled", "cancelled while running")
             return "cancelled"
-        except JobFails as fails:  # out of time, or of budget for the next attempt
-            self._end(run, JOB_FAILED, fails.error_type, fails.message)
+        except JobTimeout:
+            self._end(run, JOB_FAILED, TIMEOUT, TIMEOUT_MESSAGE)
             return "failed"
         except Reschedule as again:
             return self._reschedule(run, again.delay_s, bound)
@@ -332,14 +332,26 @@ class Runner:
             error_type=exc.kind,
             error=exc.detail,
         )
-        record(
-            self.engine,
-            call,
-            attempt,
-            finish=JOB_FAILED if final else None,
-            error_type=exc.kind,
-            error=exc.detail,
-        )
+        # a billed attempt used that much of the reservation: held again for the next one
+        hold = attempt.cost_usd if decision.verdict is Verdict.RETRY else Decimal(0)
+        try:
+            job = record(
+                self.engine,
+                call,
+                attempt,
+                finish=JOB_FAILED if final else None,
+                error_type=exc.kind,
+                error=exc.detail,
+                hold=hold,
+            )
+        except ClaimLost:  # another delivery owns the job: the call still cost money
+            record_orphan(self.engine, attempt)
+            raise
+        if hold and job.status == JOB_FAILED:  # the budget could not hold it: no next attempt
+            decision = Decision(verdict=Verdict.FAIL, reason=job.error_type or "")
+            run.decided, final = (run.attempts_here, decision), True
+        elif hold:
+            run.reserved_usd += hold
         metrics.record_attempt(attempt, kind=call.spec.kind)
         bound.warning(
             "attempt.failed",
@@ -351,16 +363,6 @@ class Runner:
             decision=decision.verdict.value,
             wait_s=round(decision.wait_s, 3),
         )
-        if decision.verdict is Verdict.RETRY and attempt.cost_usd:
-            self._hold_more(run, attempt.cost_usd)
-
-    def _hold_more(self, run: Run, billed: Decimal) -> None:
-        """A billed attempt used `billed` of the job's reservation: hold it again before the
-        next attempt, or end the job (BudgetSpent) rather than spend past the key's budget."""
-        refused = hold_more(self.engine, job_id=run.job_id, token=run.token, amount=billed)
-        if refused is not None:
-            raise BudgetSpent(refused)
-        run.reserved_usd += billed
 
     def _succeeded(self, run: Run, call: Call, result, bound) -> None:
         self.health.record_success(call.spec.id)

@@ -187,7 +187,10 @@ def test_a_billed_retry_the_budget_cannot_hold_ends_the_job_instead_of_overspend
     # Then it made one call, failed `budget_exceeded` saying why, and the key paid that call only
     with session_scope(get_engine(settings.database_url)) as session:
         job = session.get(Job, job_id)
-    assert provider.calls == 1 and job.attempts == 1
+        outcomes = [
+            a.outcome for a in session.exec(select(Attempt).where(Attempt.job_id == job_id))
+        ]
+    assert provider.calls == 1 and job.attempts == 1 and outcomes == ["failed"]
     assert job.error_type == "budget_exceeded"
     assert "another attempt of this job needs 0.0000251 USD" in job.error_message
     key = load_key(settings.database_url, key_id)
@@ -208,3 +211,43 @@ def test_billed_retries_the_budget_holds_run_and_release_every_hold(settings):
     key = load_key(settings.database_url, key_id)
     assert provider.calls == 3
     assert key.spent_usd == 3 * BILLED_USD <= key.budget_usd and key.reserved_usd == 0
+
+
+def test_a_billed_retry_given_back_to_the_queue_keeps_its_hold_until_the_job_ends(settings):
+    # Given a billed 503 whose Retry-After is too long to wait in a worker thread
+    key_id, job_id, provider = budgeted_job(
+        settings,
+        ESTIMATE + BILLED_USD,
+        [RetryableProviderError("busy", status_code=503, usage=BILLED, retry_after_s=30)],
+    )
+    published: list = []
+    runner = quick_runner(settings.database_url, provider, publish=lambda *a: published.append(a))
+    # When it goes back to the queue, then runs again (another run, from the job's row)
+    assert runner.run(job_id) == "rescheduled" and published
+    assert load_key(settings.database_url, key_id).reserved_usd == ESTIMATE + BILLED_USD
+    assert runner.run(job_id) == "succeeded"
+    # Then both calls are charged and the hold went with the job's end
+    key = load_key(settings.database_url, key_id)
+    assert key.spent_usd == 2 * BILLED_USD and key.reserved_usd == 0
+
+
+class StolenDuringCall(FakeProvider):
+    """Another delivery takes the job while the call runs; the call is billed and fails."""
+
+    def __init__(self, database_url: str):
+        super().__init__(outcomes=[InvalidOutput("not JSON", usage=BILLED)], usage=BILLED)
+        self.database_url = database_url
+
+    def generate_text(self, **kwargs):
+        with session_scope(get_engine(self.database_url)) as session:
+            session.exec(select(Job)).one().claim_token = "another-delivery"
+        return super().generate_text(**kwargs)
+
+
+def test_a_billed_failed_call_whose_claim_was_lost_is_still_charged(settings):
+    _key_id, job_id, _ = budgeted_job(settings, Decimal(1), [])
+    provider = StolenDuringCall(settings.database_url)
+    assert quick_runner(settings.database_url, provider).run(job_id) == "lost"
+    with session_scope(get_engine(settings.database_url)) as session:
+        job = session.get(Job, job_id)
+    assert job.cost_usd == BILLED_USD and job.attempts == 1  # counted on the job

@@ -402,3 +402,26 @@ def test_a_shutting_down_worker_gives_back_a_job_whose_answer_check_waits(client
     shown = stored(settings, job["id"])
     assert shown.attempts == 2 and len(provider.sent) == 2
     assert key_money(settings, key) == (shown.cost_usd, Decimal(0))
+
+
+def test_an_answer_dropped_for_a_later_check_is_held_again_or_the_job_ends(client, settings):
+    # Given a job whose answer's check must wait while the worker shuts down, on a key whose
+    # budget holds exactly what the job reserved: nothing for another generation
+    key = key_with(settings)
+    provider = RecordingProvider(moderation_outcomes=[None, unavailable()])
+    job = submit(client, key, prompt="Write a tagline", policy={"moderation": "block"})
+    with session_scope(get_engine(settings.database_url)) as session:
+        row = session.exec(select(ApiKey).where(ApiKey.name == "mod")).one()
+        row.budget_usd = row.reserved_usd
+    runner = give_back_runner(settings, provider, [])
+    runner_module.SHUTTING_DOWN.set()
+    try:
+        # When its answer is dropped, it is not given back to generate again past the budget
+        assert runner.run(job["id"]) == "failed"
+    finally:
+        runner_module.SHUTTING_DOWN.clear()
+    # Then it ended budget_exceeded, charged the one call it made, holding nothing
+    shown = stored(settings, job["id"])
+    assert shown.status == "failed" and shown.error_type == "budget_exceeded"
+    assert len(provider.sent) == 1 and shown.attempts == 1 and runner.published == []
+    assert key_money(settings, key) == (shown.cost_usd, Decimal(0))
