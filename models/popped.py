@@ -39,7 +39,7 @@ from models.broker import priority_keys
 from models.db import db_moment, utcnow
 from models.jobs import QUEUED, Job, aware
 from models.lifecycle import PUBLISH_GRACE_S, SWEEP_BATCH, Due
-from models.queue import BATCH_QUEUE_BY_KIND, QUEUE_BY_KIND
+from models.queue import QUEUE_BY_KIND, queue_for
 from models.reserved import UNACKED, job_of, job_of_message, killed
 
 #: string: when a killed consumer was last seen whose popped message is still to look for
@@ -49,8 +49,7 @@ UNCHECKED = "genq:popped:unchecked"
 LOOK_AHEAD = 64
 #: each job queue by (kind, whether it is the batch lane)
 JOB_QUEUES = {
-    **{(kind, False): queue for kind, queue in QUEUE_BY_KIND.items()},
-    **{(kind, True): queue for kind, queue in BATCH_QUEUE_BY_KIND.items()},
+    (kind, batch): queue_for(kind, batch=batch) for kind in QUEUE_BY_KIND for batch in (False, True)
 }
 Lane = tuple[str, bool]
 #: delete the note only if no later death replaced it meanwhile
