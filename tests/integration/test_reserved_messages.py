@@ -74,6 +74,23 @@ def test_each_taken_message_names_its_owner_until_acked(broker):
         taken[1].reject(requeue=True)
         assert list(client.hgetall(reserved.OWNERS)) == [taken[2].delivery_tag.encode()]
         assert client.hlen("unacked") == 1  # kombu's own record, kept in step
+        assert client.zcard("unacked_index") == 1
+
+
+def test_append_and_ack_survive_a_server_that_lost_their_scripts(broker):
+    """They are scripts (EVALSHA): after a restart (SCRIPT FLUSH here) redis-py loads them
+    again, and the message's record, index and owner still come and go together."""
+    client = redis.Redis.from_url(broker)
+    with Connection(broker) as conn:
+        first = take(conn, 1)[0]
+        client.script_flush()
+        second = take(conn, 1)[0]
+        assert client.hlen("unacked") == client.zcard("unacked_index") == 2
+        client.script_flush()
+        first.ack()
+        second.ack()
+    assert client.hlen("unacked") == client.zcard("unacked_index") == 0
+    assert client.hlen(reserved.OWNERS) == 0
 
 
 def test_a_silent_owners_messages_go_back_to_their_queue_once(broker):
