@@ -386,6 +386,7 @@ _CLAIM = (
                 "batch_id",
                 "moderation",
                 "request_hash",
+                "webhook_url",
             )
         )
     )

@@ -20,7 +20,7 @@ from models.attempts import Attempt, Image, add_attempt, attempt_row, new_attemp
 from models.budgets import reserve, settle, settle_values
 from models.catalogue import ModelSpec
 from models.conversations import add_exchange
-from models.db import Money, session_scope, utcnow
+from models.db import Money, autocommit, session_scope, utcnow
 from models.errors import BudgetExceeded
 from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
 from models.jobs import FAILED as JOB_FAILED
@@ -156,12 +156,12 @@ _INSERT_ATTEMPT = insert(Attempt.__table__)
 _INSERT_IMAGE = insert(Image.__table__)
 
 
-def _succeed_in_one() -> object:
+def _succeed_in_one(end=_SUCCEED) -> object:
     """PostgreSQL: the job's end, its attempt and the key's settlement as one statement (data-
     modifying CTEs), one round trip instead of three. The attempt and the settlement select
     from the guarded UPDATE's RETURNING, so when the guard fails neither is written. The
     attempt's columns are bound as `a_<column>`, its cost as the end's `cost`."""
-    ended = _SUCCEED.cte("ended")
+    ended = end.cte("ended")
     attempts = Attempt.__table__
     columns = [c.name for c in attempts.c if c.name != "id"]
     row = select(
@@ -182,6 +182,11 @@ def _succeed_in_one() -> object:
 
 
 _SUCCEED_IN_ONE = _succeed_in_one()
+#: the same, for a job with nothing else to write at its end (no conversation turns, no webhook
+#: delivery): guarded on that too, so it can run alone in autocommit (`_end_alone`)
+_SUCCEED_ALONE = _succeed_in_one(
+    _SUCCEED.where(_JOBS.conversation_id.is_(None), _JOBS.webhook_url.is_(None))
+)
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,7 @@ def record_output(
     *,
     reserved: Decimal,
     said: list[dict] | None = None,
+    webhook: bool = True,
 ) -> JobEnd:
     """The successful attempt, its output and the job's end: one transaction.
 
@@ -216,29 +222,19 @@ def record_output(
     A conversation's job (`said`: the messages it added, a user message or tool results) also
     stores them and the reply as the conversation's turns, in the same transaction; a webhook
     job opens its delivery there too (published once committed: models/webhooks.py); other
-    jobs run no extra statement.
+    jobs run no extra statement. A text job without turns or a webhook (`webhook`: whether the
+    job has one, as claimed) ends on PostgreSQL in that one statement alone (`_end_alone`).
     """
     text = result if isinstance(result, TextResult) else None
     in_one = engine.dialect.name == "postgresql"
+    values = _end_values(call, attempt, result, status)
+    if in_one:
+        values |= _attempt_values(attempt, reserved)
+        if text is not None and said is None and not webhook:
+            end = _end_alone(values, engine, call)
+            if end is not None:
+                return end
     with session_scope(engine) as session:
-        values = {
-            "job_id": call.job_id,
-            "token": call.token,
-            "status": status,
-            "provider": call.provider,
-            "model": call.spec.id,
-            "prompt_tokens": attempt.prompt_tokens,
-            "completion_tokens": attempt.completion_tokens,
-            "cost": attempt.cost_usd,
-            "finished_at": utcnow(),
-            "output_text": text.text if text else None,
-            "finish_reason": text.finish_reason if text else None,
-            "output_data": text.extra() if text else None,
-            "image_count": len(result.images) if isinstance(result, ImageResult) else 0,
-            "image_meta": image_meta(result) if isinstance(result, ImageResult) else None,
-        }
-        if in_one:
-            values |= _attempt_values(attempt, reserved)
         ended = session.execute(_SUCCEED_IN_ONE if in_one else _SUCCEED, values).first()
         if ended is None:
             end = _cancelled_during_call(session, call, attempt)
@@ -256,6 +252,42 @@ def record_output(
                 )
     metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
     return end
+
+
+def _end_alone(values: dict, engine: Engine, call: Call) -> JobEnd | None:
+    """A text job's end that is one statement and nothing else, in autocommit: atomic alone and
+    as durable (it commits before it returns), without the BEGIN and COMMIT round trips; None
+    when its guard failed (nothing written: a cancel, a lost claim, or turns or a webhook to
+    write after all), for the transaction to take over."""
+    with autocommit(engine) as conn:
+        ended = conn.execute(_SUCCEED_ALONE, values).first()
+    if ended is None:
+        return None
+    metrics.record_job_end(kind=ended.kind, model=call.spec.id, status=ended.status)
+    return JobEnd(ended.status, ended.kind, call.spec.id, ended.attempts, ended.cost_usd)
+
+
+def _end_values(
+    call: Call, attempt: Attempt, result: TextResult | ImageResult, status: str
+) -> dict:
+    """The bind values of a successful end (`_SUCCEED`)."""
+    text = result if isinstance(result, TextResult) else None
+    return {
+        "job_id": call.job_id,
+        "token": call.token,
+        "status": status,
+        "provider": call.provider,
+        "model": call.spec.id,
+        "prompt_tokens": attempt.prompt_tokens,
+        "completion_tokens": attempt.completion_tokens,
+        "cost": attempt.cost_usd,
+        "finished_at": utcnow(),
+        "output_text": text.text if text else None,
+        "finish_reason": text.finish_reason if text else None,
+        "output_data": text.extra() if text else None,
+        "image_count": len(result.images) if isinstance(result, ImageResult) else 0,
+        "image_meta": image_meta(result) if isinstance(result, ImageResult) else None,
+    }
 
 
 def _attempt_values(attempt: Attempt, reserved: Decimal) -> dict:

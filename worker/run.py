@@ -52,6 +52,8 @@ class Run:
     conversation_id: str | None = None
     #: its `context` (how many stored turns it sent)
     context: dict | None = None
+    #: whether its end opens a webhook delivery (its end then needs a transaction)
+    webhook: bool = True
     #: a batch's job: republished to the batch lane, and its end may finish the batch
     batch_id: str | None = None
     #: its moderation (worker/moderation.py), None when off

@@ -173,6 +173,7 @@ class Runner:
             conversation_id=job.conversation_id,
             context=job.context,
             batch_id=job.batch_id,
+            webhook=job.webhook_url is not None,
             screen=screen_of(request, job.moderation, self.moderation),
         )
 
@@ -383,6 +384,7 @@ class Runner:
                 JOB_SUCCEEDED,
                 reserved=run.reserved_usd,
                 said=said,
+                webhook=run.webhook,
             )
         except ClaimLost:
             record_orphan(self.engine, attempt)

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import event, inspect
+from sqlmodel import select
 
 from models.attempts import list_attempts
 from models.catalogue import get_catalogue
@@ -13,6 +14,7 @@ from models.db import get_engine, session_scope
 from models.jobs import Job, new_job
 from models.keys import ApiKey, create_key
 from models.pricing import Usage
+from models.webhooks import WebhookDelivery
 from tests.helpers import FakeProvider
 from worker.retry import RetryPolicy
 from worker.runner import Runner
@@ -67,19 +69,79 @@ def test_a_plain_job_is_a_claim_and_an_end(engine):
     # When it runs
     outcome, seen = run_watched(engine, job.id)
     # Then the claim is one UPDATE in autocommit (no BEGIN/COMMIT round trips), and the end is
-    # one statement on PostgreSQL (end, attempt and settlement), three on SQLite
+    # one statement in autocommit on PostgreSQL (end, attempt and settlement), a transaction of
+    # three on SQLite
     assert outcome == "succeeded"
     claim, *end = seen
     assert claim[0].startswith("UPDATE jobs") and claim[1] is True
     if engine.dialect.name == "postgresql":
         assert len(end) == 1 and end[0][0].startswith("WITH ended AS")
+        assert end[0][1] is True
     else:
         assert [s.split()[0:3] for s, _ in end] == [
             ["UPDATE", "jobs", "SET"],
             ["INSERT", "INTO", "attempts"],
             ["UPDATE", "api_keys", "SET"],
         ]
-    assert not any(autocommit for _, autocommit in end)  # the end is one transaction
+        assert not any(autocommit for _, autocommit in end)  # the end is one transaction
+
+
+def test_an_end_with_more_to_write_is_one_transaction(engine, monkeypatch):
+    # Given a running job that gained a webhook URL after its claim read none (what the alone
+    # end's own guard is for: the Runner's view is only what the claim returned)
+    job = queued_job(engine)
+    provider = FakeProvider(usage=Usage(prompt_tokens=100, completion_tokens=50))
+    original = provider.generate_text
+
+    def add_webhook(**kwargs):
+        with session_scope(engine) as session:
+            stored = session.get(Job, job.id)
+            stored.webhook_url = "https://hooks.example.com/genq"
+            session.add(stored)
+        return original(**kwargs)
+
+    monkeypatch.setattr(provider, "generate_text", add_webhook)
+    runner = Runner(
+        engine=engine, provider=provider, catalogue=get_catalogue(), retry=RetryPolicy()
+    )
+    # When it succeeds
+    assert runner.run(job.id, worker="w1") == "succeeded"
+    # Then its delivery was opened with the end, once, and the job billed once
+    with session_scope(engine) as session:
+        stored = session.get(Job, job.id)
+        deliveries = session.exec(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id))
+        assert len(deliveries.all()) == 1 and stored.webhook_id is not None
+        assert len(list_attempts(session, job_id=job.id)) == 1
+        assert session.get(ApiKey, job.key_id).spent_usd == stored.cost_usd > 0
+
+
+def test_a_cancel_during_the_call_wins_over_the_alone_end(engine, monkeypatch):
+    # Given a running plain job whose cancel is requested during its call
+    job = queued_job(engine)
+    provider = FakeProvider(usage=Usage(prompt_tokens=100, completion_tokens=50))
+    original = provider.generate_text
+
+    def cancel(**kwargs):
+        with session_scope(engine) as session:
+            stored = session.get(Job, job.id)
+            stored.cancel_requested = True
+            session.add(stored)
+        return original(**kwargs)
+
+    monkeypatch.setattr(provider, "generate_text", cancel)
+    runner = Runner(
+        engine=engine, provider=provider, catalogue=get_catalogue(), retry=RetryPolicy()
+    )
+    # When the call returns
+    assert runner.run(job.id, worker="w1") == "cancelled"
+    # Then the job is cancelled without output, its one call billed once
+    with session_scope(engine) as session:
+        stored = session.get(Job, job.id)
+        attempts = list_attempts(session, job_id=job.id)
+        spent = session.get(ApiKey, job.key_id).spent_usd
+    assert stored.status == "cancelled" and stored.output_text is None
+    assert [a.outcome for a in attempts] == ["cancelled"]
+    assert spent == stored.cost_usd == attempts[0].cost_usd > 0
 
 
 def test_the_one_statement_end_bills_once_and_settles_the_reservation(engine):
