@@ -63,6 +63,24 @@ def run_watched(engine, job_id: str) -> tuple[str, list[tuple[str, bool]]]:
     return outcome, seen
 
 
+def changed_during_call(engine, job_id: str, **changes) -> Runner:
+    """A Runner whose model call first sets `changes` on the job's row (another process's write
+    while the job runs)."""
+
+    class Changing(FakeProvider):
+        def generate_text(self, **kwargs):
+            with session_scope(engine) as session:
+                stored = session.get(Job, job_id)
+                for name, value in changes.items():
+                    setattr(stored, name, value)
+                session.add(stored)
+            return super().generate_text(**kwargs)
+
+    return Runner(
+        engine=engine, provider=Changing(), catalogue=get_catalogue(), retry=RetryPolicy()
+    )
+
+
 def test_a_plain_job_is_a_claim_and_an_end(engine):
     # Given a queued plain job (no conversation, webhook, batch or cache)
     job = queued_job(engine)
@@ -86,24 +104,11 @@ def test_a_plain_job_is_a_claim_and_an_end(engine):
         assert not any(autocommit for _, autocommit in end)  # the end is one transaction
 
 
-def test_an_end_with_more_to_write_is_one_transaction(engine, monkeypatch):
+def test_an_end_with_more_to_write_is_one_transaction(engine):
     # Given a running job that gained a webhook URL after its claim read none (what the alone
     # end's own guard is for: the Runner's view is only what the claim returned)
     job = queued_job(engine)
-    provider = FakeProvider(usage=Usage(prompt_tokens=100, completion_tokens=50))
-    original = provider.generate_text
-
-    def add_webhook(**kwargs):
-        with session_scope(engine) as session:
-            stored = session.get(Job, job.id)
-            stored.webhook_url = "https://hooks.example.com/genq"
-            session.add(stored)
-        return original(**kwargs)
-
-    monkeypatch.setattr(provider, "generate_text", add_webhook)
-    runner = Runner(
-        engine=engine, provider=provider, catalogue=get_catalogue(), retry=RetryPolicy()
-    )
+    runner = changed_during_call(engine, job.id, webhook_url="https://hooks.example.com/genq")
     # When it succeeds
     assert runner.run(job.id, worker="w1") == "succeeded"
     # Then its delivery was opened with the end, once, and the job billed once
@@ -115,23 +120,10 @@ def test_an_end_with_more_to_write_is_one_transaction(engine, monkeypatch):
         assert session.get(ApiKey, job.key_id).spent_usd == stored.cost_usd > 0
 
 
-def test_a_cancel_during_the_call_wins_over_the_alone_end(engine, monkeypatch):
+def test_a_cancel_during_the_call_wins_over_the_alone_end(engine):
     # Given a running plain job whose cancel is requested during its call
     job = queued_job(engine)
-    provider = FakeProvider(usage=Usage(prompt_tokens=100, completion_tokens=50))
-    original = provider.generate_text
-
-    def cancel(**kwargs):
-        with session_scope(engine) as session:
-            stored = session.get(Job, job.id)
-            stored.cancel_requested = True
-            session.add(stored)
-        return original(**kwargs)
-
-    monkeypatch.setattr(provider, "generate_text", cancel)
-    runner = Runner(
-        engine=engine, provider=provider, catalogue=get_catalogue(), retry=RetryPolicy()
-    )
+    runner = changed_during_call(engine, job.id, cancel_requested=True)
     # When the call returns
     assert runner.run(job.id, worker="w1") == "cancelled"
     # Then the job is cancelled without output, its one call billed once
