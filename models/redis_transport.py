@@ -72,9 +72,10 @@ _APPEND, _ACK = Script(None, APPEND_LUA.encode()), Script(None, ACK_LUA.encode()
 class QoS(kombu_redis.QoS):
     """kombu's ack emulation, with this process recorded as each unacked message's owner in the
     same atomic step that records the message (and a first beat with its first message, until
-    worker/liveness.py beats). genq sets no kombu `global_keyprefix`: the owner keys are read
-    unprefixed by the sweeper. A message's append and ack are scripts (`APPEND_LUA`,
-    `ACK_LUA`); restores keep kombu's transactions, with the owner removed in them."""
+    worker/liveness.py beats). genq sets no kombu `global_keyprefix` (the channel refuses one):
+    the owner keys are read unprefixed by the sweeper. A message's append and ack are scripts
+    (`APPEND_LUA`, `ACK_LUA`); restores keep kombu's transactions, with the owner removed in
+    them."""
 
     _announced = False
 
@@ -104,6 +105,14 @@ class QoS(kombu_redis.QoS):
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _shared_client: redis.Redis | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.global_keyprefix:  # kombu would prefix only a script's first key
+            raise ValueError(
+                "genq's Redis transport does not support the global_keyprefix transport "
+                "option: use a Redis database of its own instead"
+            )
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:

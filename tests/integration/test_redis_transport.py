@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
@@ -38,3 +39,15 @@ def test_publishes_and_acks_reuse_one_client_and_every_message_arrives(clean_red
     assert sorted(received) == list(range(50))
     assert built.count(False) == 1  # kombu alone builds one per publish and per ack: 100
     assert redis.Redis.from_url(clean_redis).llen("genq-transport-test") == 0
+
+
+def test_a_global_key_prefix_is_refused(clean_redis):
+    """The unacked scripts name their keys themselves: kombu's prefixing client would prefix only
+    the first, and restores would look elsewhere. Refused at the channel, not half applied."""
+    redis_transport.install()
+    options = {"global_keyprefix": "app:"}
+    with (
+        Connection(clean_redis, transport_options=options) as conn,
+        pytest.raises(ValueError, match="global_keyprefix"),
+    ):
+        conn.channel()
