@@ -199,6 +199,11 @@ class JobEnd:
     attempts: int
     cost_usd: Decimal
 
+    @classmethod
+    def of(cls, ended: Row, call: Call) -> JobEnd:
+        """From the end's RETURNING row; the model is the call's."""
+        return cls(ended.status, ended.kind, call.spec.id, ended.attempts, ended.cost_usd)
+
 
 def record_output(
     engine: Engine,
@@ -225,33 +230,46 @@ def record_output(
     jobs run no extra statement. A text job without turns or a webhook (`webhook`: whether the
     job has one, as claimed) ends on PostgreSQL in that one statement alone (`_end_alone`).
     """
-    text = result if isinstance(result, TextResult) else None
-    in_one = engine.dialect.name == "postgresql"
     values = _end_values(call, attempt, result, status)
-    if in_one:
+    end = None
+    if engine.dialect.name == "postgresql":
         values |= _attempt_values(attempt, reserved)
-        if text is not None and said is None and not webhook:
+        if isinstance(result, TextResult) and said is None and not webhook:
             end = _end_alone(values, engine, call)
-            if end is not None:
-                return end
+    if end is None:
+        end = _end_in_transaction(engine, call, attempt, result, values, reserved, said)
+    metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
+    return end
+
+
+def _end_in_transaction(
+    engine: Engine,
+    call: Call,
+    attempt: Attempt,
+    result: TextResult | ImageResult,
+    values: dict,
+    reserved: Decimal,
+    said: list[dict] | None,
+) -> JobEnd:
+    """The end with whatever else it writes (images, turns, a webhook delivery), or the
+    careful path when its guard fails, in one transaction."""
+    in_one = engine.dialect.name == "postgresql"
     with session_scope(engine) as session:
         ended = session.execute(_SUCCEED_IN_ONE if in_one else _SUCCEED, values).first()
         if ended is None:
-            end = _cancelled_during_call(session, call, attempt)
-        else:
-            end = _store_output(session, call, attempt, result, ended, reserved, stored=in_one)
-            if ended.conversation_id is not None and said is not None:
-                _store_turns(session, call, ended.conversation_id, said, result)
-            if ended.webhook_url is not None:
-                open_delivery(
-                    session,
-                    job_id=call.job_id,
-                    key_id=ended.key_id,
-                    status=ended.status,
-                    url=ended.webhook_url,
-                )
-    metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
-    return end
+            return _cancelled_during_call(session, call, attempt)
+        end = _store_output(session, call, attempt, result, ended, reserved, stored=in_one)
+        if ended.conversation_id is not None and said is not None:
+            _store_turns(session, call, ended.conversation_id, said, result)
+        if ended.webhook_url is not None:
+            open_delivery(
+                session,
+                job_id=call.job_id,
+                key_id=ended.key_id,
+                status=ended.status,
+                url=ended.webhook_url,
+            )
+        return end
 
 
 def _end_alone(values: dict, engine: Engine, call: Call) -> JobEnd | None:
@@ -261,10 +279,7 @@ def _end_alone(values: dict, engine: Engine, call: Call) -> JobEnd | None:
     write after all), for the transaction to take over."""
     with autocommit(engine) as conn:
         ended = conn.execute(_SUCCEED_ALONE, values).first()
-    if ended is None:
-        return None
-    metrics.record_job_end(kind=ended.kind, model=call.spec.id, status=ended.status)
-    return JobEnd(ended.status, ended.kind, call.spec.id, ended.attempts, ended.cost_usd)
+    return None if ended is None else JobEnd.of(ended, call)
 
 
 def _end_values(
@@ -338,7 +353,7 @@ def _store_output(
         )
     if not stored:
         settle(session, key_id=ended.key_id, reserved=reserved, cost=ended.cost_usd)
-    return JobEnd(ended.status, ended.kind, call.spec.id, ended.attempts, ended.cost_usd)
+    return JobEnd.of(ended, call)
 
 
 def _store_turns(
