@@ -29,9 +29,10 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from models.budgets import settle
-from models.db import Money, autocommit, db_moment, utcnow
+from models.db import Money, db_moment, utcnow
 from models.errors import InvalidRequest, JobNotFound
 from models.keys import ApiKey  # noqa: F401  (the table jobs.key_id points at)
+from models.lone import LoneStatement
 from models.planning import Plan
 from models.schemas import CachePublic, JobCreate, JobPublic, UsagePublic
 from models.webhooks import open_delivery
@@ -293,11 +294,14 @@ def store_jobs(session: Session, jobs: list[Job]) -> None:
     session.execute(_INSERT_JOB, rows[0] if len(rows) == 1 else rows)
 
 
+#: the same INSERT, every column bound, run alone (models/lone.py)
+_INSERT_JOB_ALONE = LoneStatement(_INSERT_JOB, column_keys=[column for _, column in _COLUMNS])
+
+
 def store_job_alone(engine: Engine, job: Job) -> None:
     """Insert one new job as its own autocommit statement, when it is all its transaction
     would hold."""
-    with autocommit(engine) as conn:
-        conn.execute(_INSERT_JOB, _row(job))
+    _INSERT_JOB_ALONE.run(engine, _row(job))
 
 
 def get_job(session: Session, *, job_id: str, key_id: str | None = None) -> Job:
@@ -391,12 +395,13 @@ _CLAIM = (
         )
     )
 )
+#: the claim run alone in autocommit, straight on psycopg on PostgreSQL (models/lone.py)
+_CLAIM_ALONE = LoneStatement(_CLAIM)
 
 
 def claim(engine: Engine, *, job_id: str, worker: str, lease_s: int) -> Row | None:
     """`claim_job` as its own autocommit statement (the one UPDATE is atomic by itself)."""
-    with autocommit(engine) as conn:
-        return claim_job(conn, job_id=job_id, worker=worker, lease_s=lease_s)
+    return _CLAIM_ALONE.first(engine, _claim_params(job_id, worker, lease_s))
 
 
 def claim_job(
@@ -408,15 +413,18 @@ def claim_job(
 
     One `UPDATE … RETURNING` both claims and loads the job (PostgreSQL, SQLite ≥ 3.35).
     """
+    return session.execute(_CLAIM, _claim_params(job_id, worker, lease_s)).first()
+
+
+def _claim_params(job_id: str, worker: str, lease_s: int) -> dict[str, Any]:
     now = utcnow()
-    params = {
+    return {
         "job_id": job_id,
         "token": uuid.uuid4().hex,
         "worker": worker,
         "now": now,
         "lease_until": now + timedelta(seconds=lease_s),
     }
-    return session.execute(_CLAIM, params).first()
 
 
 def finish_job(

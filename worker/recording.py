@@ -20,11 +20,12 @@ from models.attempts import Attempt, Image, add_attempt, attempt_row, new_attemp
 from models.budgets import reserve, settle, settle_values
 from models.catalogue import ModelSpec
 from models.conversations import add_exchange
-from models.db import Money, autocommit, session_scope, utcnow
+from models.db import Money, session_scope, utcnow
 from models.errors import BudgetExceeded
 from models.jobs import CANCELLED, FINISHED, RUNNING, Job, finish_job, owned_job
 from models.jobs import FAILED as JOB_FAILED
 from models.keys import ApiKey
+from models.lone import LoneStatement
 from models.pricing import Usage, cost_of
 from models.webhooks import open_delivery
 from worker import metrics
@@ -184,8 +185,8 @@ def _succeed_in_one(end=_SUCCEED) -> object:
 _SUCCEED_IN_ONE = _succeed_in_one()
 #: the same, for a job with nothing else to write at its end (no conversation turns, no webhook
 #: delivery): guarded on that too, so it can run alone in autocommit (`_end_alone`)
-_SUCCEED_ALONE = _succeed_in_one(
-    _SUCCEED.where(_JOBS.conversation_id.is_(None), _JOBS.webhook_url.is_(None))
+_SUCCEED_ALONE = LoneStatement(
+    _succeed_in_one(_SUCCEED.where(_JOBS.conversation_id.is_(None), _JOBS.webhook_url.is_(None)))
 )
 
 
@@ -277,8 +278,7 @@ def _end_alone(values: dict, engine: Engine, call: Call) -> JobEnd | None:
     as durable (it commits before it returns), without the BEGIN and COMMIT round trips; None
     when its guard failed (nothing written: a cancel, a lost claim, or turns or a webhook to
     write after all), for the transaction to take over."""
-    with autocommit(engine) as conn:
-        ended = conn.execute(_SUCCEED_ALONE, values).first()
+    ended = _SUCCEED_ALONE.first(engine, values)
     return None if ended is None else JobEnd.of(ended, call)
 
 

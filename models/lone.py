@@ -1,0 +1,166 @@
+"""A hot statement that runs alone in autocommit, straight on psycopg when it can.
+
+A plain job's claim and end in the worker, and a plain submit's INSERT in the API, are one
+autocommit statement each. Through SQLAlchemy's `Connection.execute` each paid ~0.27 ms of CPU
+per call, half of it SQLAlchemy's own per-call work (the statement's cache key, an execution
+context, a result object, the isolation level set and reset) around psycopg's ~0.15 ms
+(issue 17; docs/performance.md, "Session 8"). Here the statement is compiled once per dialect,
+with its type processors, and run on the pool's psycopg connection: the same SQL, the same bound
+values (SQLAlchemy's own bind and result processors), the same one round trip. A psycopg error
+comes back as SQLAlchemy's (`DBAPIError.instance`), and a connection the server dropped is
+invalidated, as `Connection.execute` does.
+
+The statement goes through SQLAlchemy as before on any other driver (SQLite), and on an engine
+with cursor-execute listeners (tracing, statement counters in tests): what they watch stays
+visible to them.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.base import Executable
+
+from models.db import autocommit
+
+Processor = Callable[[Any], Any]
+
+
+@dataclass
+class _Compiled:
+    """The statement as psycopg runs it: SQL, constant values, per-name bind processors, and
+    the RETURNING row's columns and type; the per-column result processors once a row has
+    said what the server sends (a processor may depend on it: NUMERIC or FLOAT)."""
+
+    sql: str
+    constants: dict[str, Any]
+    binds: tuple[tuple[str, Processor], ...]
+    columns: tuple[Any, ...]
+    row: Any
+    results: tuple[Processor | None, ...] | None = None
+
+
+class LoneStatement:
+    """One statement run alone in autocommit (atomic by itself, committed when it returns)."""
+
+    def __init__(self, statement: Executable, *, column_keys: Sequence[str] | None = None):
+        self.statement = statement
+        #: an INSERT without `.values()` lists its columns from its parameters: fixed here
+        self.column_keys = list(column_keys) if column_keys is not None else None
+        self._compiled: dict[str, _Compiled] = {}
+
+    def first(self, engine: Engine, params: Mapping[str, Any]) -> Any:
+        """The first RETURNING row (attributes by column name), or None when no row matched."""
+        if not _direct(engine):
+            with autocommit(engine) as conn:
+                return conn.execute(self.statement, params).first()
+        return self._run(engine, params, fetch=True)
+
+    def run(self, engine: Engine, params: Mapping[str, Any]) -> None:
+        """Execute it; nothing read back."""
+        if not _direct(engine):
+            with autocommit(engine) as conn:
+                conn.execute(self.statement, params)
+            return
+        self._run(engine, params, fetch=False)
+
+    def compiled(self, dialect: Dialect) -> _Compiled:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            found = self._compiled[dialect.name] = _compile(
+                self.statement, dialect, self.column_keys
+            )
+        return found
+
+    def _run(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> Any:
+        compiled = self.compiled(engine.dialect)
+        values = compiled.constants | dict(params)
+        for name, process in compiled.binds:
+            values[name] = process(values[name])
+        proxied = engine.raw_connection()
+        try:
+            raw = _execute(engine.dialect, proxied, compiled, values, fetch=fetch)
+        finally:
+            proxied.close()
+        if raw is None:
+            return None
+        return compiled.row._make(
+            value if process is None else process(value)
+            for value, process in zip(raw, compiled.results, strict=True)
+        )
+
+
+def _execute(
+    dialect: Dialect, proxied: Any, compiled: _Compiled, values: dict[str, Any], *, fetch: bool
+) -> Any:
+    """Run it in autocommit on the pooled connection, and lend the connection back as it was
+    lent (out of autocommit: its other users open transactions) or invalidated."""
+    dbapi, error = proxied.dbapi_connection, dialect.loaded_dbapi.Error
+    dbapi.autocommit = True
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(compiled.sql, values)
+        raw = cursor.fetchone() if fetch else None
+        if raw is not None and compiled.results is None:
+            compiled.results = _result_processors(compiled, dialect, cursor)
+        return raw
+    except error as exc:
+        invalidated = dialect.is_disconnect(exc, dbapi, cursor)
+        if invalidated:
+            proxied.invalidate(exc)
+        raise DBAPIError.instance(
+            compiled.sql, values, exc, error, connection_invalidated=invalidated, dialect=dialect
+        ) from exc
+    finally:
+        cursor.close()
+        if proxied.is_valid:
+            try:
+                dbapi.autocommit = False
+            except error as exc:  # broken in a way is_disconnect did not name: not lent again
+                proxied.invalidate(exc)
+
+
+def _direct(engine: Engine) -> bool:
+    """psycopg, and nobody listening to the cursor's statements."""
+    dispatch = engine.dispatch
+    return (
+        engine.dialect.driver == "psycopg"
+        and not dispatch.before_cursor_execute
+        and not dispatch.after_cursor_execute
+    )
+
+
+def _compile(statement: Executable, dialect: Dialect, column_keys: list[str] | None) -> _Compiled:
+    compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+    if (
+        compiled.positional
+        or compiled.escaped_bind_names
+        or compiled.literal_execute_params
+        or compiled.post_compile_params
+    ):
+        raise ValueError("a lone statement needs plain named parameters known at compile time")
+    # one processor per name, as SQLAlchemy keeps them (a name bound twice is processed once)
+    binds: dict[str, Processor] = {}
+    for bind, name in compiled.bind_names.items():
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            binds[name] = process
+    columns = tuple(getattr(statement, "exported_columns", ()))
+    row = namedtuple("Row", [c.key for c in columns]) if columns else None
+    return _Compiled(str(compiled), dict(compiled.params), tuple(binds.items()), columns, row)
+
+
+def _result_processors(
+    compiled: _Compiled, dialect: Dialect, cursor: Any
+) -> tuple[Processor | None, ...]:
+    if len(cursor.description) != len(compiled.columns):
+        raise ValueError("the RETURNING row does not match the statement's columns")
+    return tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, described.type_code)
+        for column, described in zip(compiled.columns, cursor.description, strict=True)
+    )

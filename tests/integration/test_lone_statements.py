@@ -1,0 +1,186 @@
+"""The hot lone statements straight on psycopg write and read exactly what SQLAlchemy's own
+execution does (models/lone.py): the same rows, the same errors, the connection lent back as
+it was lent. PostgreSQL only: on SQLite the statements always go through SQLAlchemy."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from models.catalogue import get_catalogue
+from models.db import make_engine, session_scope
+from models.jobs import Job, claim, store_job_alone
+from models.keys import ApiKey, create_key
+from models.lone import LoneStatement
+from models.migrate import upgrade
+from models.pricing import Usage
+from tests.conftest import _postgres_database
+from tests.helpers import FakeProvider
+from worker.retry import RetryPolicy
+from worker.runner import Runner
+
+
+@pytest.fixture
+def pg_url():
+    for url in _postgres_database():
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def engines(pg_url):
+    """(direct, through SQLAlchemy): the same database; a cursor listener makes the second
+    take SQLAlchemy's execution, as tracing would."""
+    direct, watched = make_engine(pg_url), make_engine(pg_url)
+    event.listen(watched, "before_cursor_execute", lambda *args: None)
+    yield direct, watched
+    direct.dispose()
+    watched.dispose()
+
+
+@pytest.fixture
+def direct_runs(monkeypatch) -> list[str]:
+    """The SQL of each statement run straight on psycopg."""
+    ran: list[str] = []
+    original = LoneStatement._run
+
+    def spy(self, engine, params, *, fetch):
+        ran.append(str(self.statement).split()[0])
+        return original(self, engine, params, fetch=fetch)
+
+    monkeypatch.setattr(LoneStatement, "_run", spy)
+    return ran
+
+
+def _job(engine, name: str) -> str:
+    with session_scope(engine) as session:
+        key, _ = create_key(session, name=name, budget_usd=Decimal("5"))
+        key.reserved_usd = Decimal("0.0000300000")
+        session.add(key)
+        job = Job(
+            key_id=key.id,
+            kind="text",
+            model="gpt-4o-mini",
+            request={"kind": "text", "prompt": "Write a haiku", "params": {"max_tokens": 24}},
+            routing={"mode": "policy", "fallbacks": []},
+            reserved_usd=Decimal("0.0000300000"),
+        )
+        session.add(job)
+    return job.id
+
+
+def _as_text(engine, table: str, column: str, value: str) -> list[str]:
+    """Each matching row as PostgreSQL prints it (SQL NULL and JSON null differ), without the
+    columns that differ by construction (ids, keys, tokens, clocks)."""
+    differ = {"id", "key_id", "job_id", "claim_token", "worker"}
+    with engine.connect() as conn:
+        names = [
+            c["name"]
+            for c in sa.inspect(conn).get_columns(table)
+            if c["name"] not in differ and not str(c["type"]).startswith("TIMESTAMP")
+        ]
+        listed = ", ".join(f"{n}::text" for n in names)
+        rows = conn.execute(
+            sa.text(f"SELECT {listed} FROM {table} WHERE {column} = :v ORDER BY 1"), {"v": value}
+        ).all()
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _runner(engine) -> Runner:
+    return Runner(
+        engine=engine,
+        provider=FakeProvider(usage=Usage(prompt_tokens=100, completion_tokens=50)),
+        catalogue=get_catalogue(),
+        retry=RetryPolicy(max_attempts=1),
+    )
+
+
+def test_a_plain_job_straight_on_psycopg_writes_what_sqlalchemy_writes(engines, direct_runs):
+    direct, watched = engines
+    fast, slow = _job(direct, "direct"), _job(watched, "watched")
+    assert _runner(direct).run(fast, worker="w") == "succeeded"
+    assert direct_runs == ["UPDATE", "WITH"]  # the claim and the end, nothing else
+    assert _runner(watched).run(slow, worker="w") == "succeeded"
+    assert direct_runs == ["UPDATE", "WITH"]  # a listened-to engine went through SQLAlchemy
+
+    assert _as_text(direct, "jobs", "id", fast) == _as_text(direct, "jobs", "id", slow)
+    assert _as_text(direct, "attempts", "job_id", fast) == _as_text(
+        direct, "attempts", "job_id", slow
+    )
+    with session_scope(direct) as session:
+        keys = [session.get(ApiKey, session.get(Job, i).key_id) for i in (fast, slow)]
+        assert [(k.spent_usd, k.reserved_usd) for k in keys] == [
+            (keys[1].spent_usd, Decimal(0)),
+            (keys[1].spent_usd, Decimal(0)),
+        ]
+        assert keys[0].spent_usd > 0
+
+
+def test_the_claim_row_is_the_one_sqlalchemy_returns(engines, direct_runs):
+    direct, watched = engines
+    fast, slow = _job(direct, "direct"), _job(watched, "watched")
+    ours = claim(direct, job_id=fast, worker="w", lease_s=60)
+    theirs = claim(watched, job_id=slow, worker="w", lease_s=60)
+    assert direct_runs == ["UPDATE"]
+    differ = {"id", "claim_token", "deadline_at"}
+    assert ours._fields == tuple(theirs._fields)
+    for name in ours._fields:
+        mine, other = getattr(ours, name), getattr(theirs, name)
+        assert type(mine) is type(other), name
+        if name not in differ:
+            assert mine == other, name
+    assert ours.reserved_usd == Decimal("0.0000300000")
+    assert claim(direct, job_id=fast, worker="w", lease_s=60) is None  # already running
+
+
+def test_a_stored_job_is_the_row_sqlalchemy_stores(engines, direct_runs):
+    direct, watched = engines
+    with session_scope(direct) as session:
+        key, _ = create_key(session, name="store")
+    made = {
+        "key_id": key.id,
+        "kind": "text",
+        "model": "gpt-4o-mini",
+        "request": {"kind": "text", "prompt": "Ünïcode ✓ and a 'quote'"},
+        "estimated_cost_usd": Decimal("0.00001725"),
+        "reserved_usd": Decimal("0.0000172500"),
+    }
+    fast, slow = Job(**made), Job(**made)  # routing None: JSON null or SQL NULL, the same
+    store_job_alone(direct, fast)
+    store_job_alone(watched, slow)
+    assert direct_runs == ["INSERT"]
+    assert _as_text(direct, "jobs", "id", fast.id) == _as_text(direct, "jobs", "id", slow.id)
+
+
+def test_an_error_is_sqlalchemys_and_the_connection_comes_back_as_lent(pg_url, direct_runs):
+    engine = make_engine(pg_url)
+    engine.pool.dispose()
+    with session_scope(engine) as session:
+        key, _ = create_key(session, name="twice")
+    job = Job(key_id=key.id, kind="text", model="gpt-4o-mini", request={"kind": "text"})
+    store_job_alone(engine, job)
+    with pytest.raises(sa.exc.IntegrityError):
+        store_job_alone(engine, Job(**{**job.model_dump(), "request": {"kind": "text"}}))
+    assert engine.pool.checkedin() == 1  # the same one connection, lent back
+    with engine.connect() as conn:  # out of autocommit again: a transaction rolls back whole
+        conn.execute(sa.text("UPDATE jobs SET model = 'changed' WHERE id = :i"), {"i": job.id})
+        conn.rollback()
+        assert conn.execute(sa.text("SELECT model FROM jobs")).scalar_one() == "gpt-4o-mini"
+    engine.dispose()
+
+
+def test_a_connection_the_server_dropped_is_replaced(pg_url, direct_runs):
+    engine = make_engine(pg_url)
+    first = _job(engine, "dropped")
+    with engine.connect() as conn:
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    admin = make_engine(pg_url)
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend})
+    admin.dispose()
+    row = claim(engine, job_id=first, worker="w", lease_s=60)
+    assert row is not None and row.id == first
+    engine.dispose()
