@@ -82,9 +82,13 @@ def hung_up(dbapi_conn) -> bool:
 
 def _check_on_checkout(dbapi_conn, _record, _proxy) -> None:
     """The pre-ping, without its round trip: a connection the server hung up on is replaced
-    before use (the pool retries the checkout with a fresh connection)."""
+    before use (the pool retries the checkout with a fresh connection). A connection is always
+    lent out of autocommit: a lone statement (models/lone.py) interrupted between switching it
+    on and off (an asynchronous exception) cannot leave its next user without transactions."""
     if hung_up(dbapi_conn):
         raise DisconnectionError("the server closed the connection")
+    if dbapi_conn.autocommit:
+        dbapi_conn.autocommit = False
 
 
 #: libpq's TCP keepalives: a probe after 30 s idle, every 10 s, 3 unanswered = dead

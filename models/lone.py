@@ -7,12 +7,13 @@ context, a result object, the isolation level set and reset) around psycopg's ~0
 (issue 17; docs/performance.md, "Session 8"). Here the statement is compiled once per dialect,
 with its type processors, and run on the pool's psycopg connection: the same SQL, the same bound
 values (SQLAlchemy's own bind and result processors), the same one round trip. A psycopg error
-comes back as SQLAlchemy's (`DBAPIError.instance`), and a connection the server dropped is
-invalidated, as `Connection.execute` does.
+comes back as SQLAlchemy's (`DBAPIError.instance`: a refused connection is still the
+`OperationalError` the API answers 503 to), and on a dropped connection the pool's older
+connections are invalidated with it, as `Connection.execute` does.
 
 The statement goes through SQLAlchemy as before on any other driver (SQLite), and on an engine
-with cursor-execute listeners (tracing, statement counters in tests): what they watch stays
-visible to them.
+that something watches (cursor or error listeners: tracing, statement counters in tests; SQL
+echo): what they watch stays visible to them.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.sql.base import Executable
 
 from models.db import autocommit
@@ -39,6 +41,8 @@ class _Compiled:
 
     sql: str
     constants: dict[str, Any]
+    #: the names each call must bind (SQLAlchemy refuses a call without them; so does this)
+    required: frozenset[str]
     binds: tuple[tuple[str, Processor], ...]
     columns: tuple[Any, ...]
     row: Any
@@ -52,7 +56,8 @@ class LoneStatement:
         self.statement = statement
         #: an INSERT without `.values()` lists its columns from its parameters: fixed here
         self.column_keys = list(column_keys) if column_keys is not None else None
-        self._compiled: dict[str, _Compiled] = {}
+        #: per dialect object: its processors follow its settings (a JSON serializer, say)
+        self._compiled: WeakKeyDictionary[Dialect, _Compiled] = WeakKeyDictionary()
 
     def first(self, engine: Engine, params: Mapping[str, Any]) -> Any:
         """The first RETURNING row (attributes by column name), or None when no row matched."""
@@ -70,21 +75,26 @@ class LoneStatement:
         self._run(engine, params, fetch=False)
 
     def compiled(self, dialect: Dialect) -> _Compiled:
-        found = self._compiled.get(dialect.name)
+        found = self._compiled.get(dialect)
         if found is None:
-            found = self._compiled[dialect.name] = _compile(
-                self.statement, dialect, self.column_keys
-            )
+            found = self._compiled[dialect] = _compile(self.statement, dialect, self.column_keys)
         return found
 
     def _run(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> Any:
-        compiled = self.compiled(engine.dialect)
+        dialect = engine.dialect
+        compiled = self.compiled(dialect)
+        if not compiled.required <= params.keys():
+            missing = ", ".join(sorted(compiled.required - params.keys()))
+            raise ArgumentError(f"a value is required for bind parameters {missing}")
         values = compiled.constants | dict(params)
         for name, process in compiled.binds:
             values[name] = process(values[name])
-        proxied = engine.raw_connection()
         try:
-            raw = _execute(engine.dialect, proxied, compiled, values, fetch=fetch)
+            proxied = engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # as Connection() wraps it: "database down"
+            raise _wrapped(engine, None, exc, compiled.sql, values) from exc
+        try:
+            raw = _execute(engine, proxied, compiled, values, fetch=fetch)
         finally:
             proxied.close()
         if raw is None:
@@ -96,28 +106,25 @@ class LoneStatement:
 
 
 def _execute(
-    dialect: Dialect, proxied: Any, compiled: _Compiled, values: dict[str, Any], *, fetch: bool
+    engine: Engine, proxied: Any, compiled: _Compiled, values: dict[str, Any], *, fetch: bool
 ) -> Any:
     """Run it in autocommit on the pooled connection, and lend the connection back as it was
     lent (out of autocommit: its other users open transactions) or invalidated."""
-    dbapi, error = proxied.dbapi_connection, dialect.loaded_dbapi.Error
-    dbapi.autocommit = True
-    cursor = dbapi.cursor()
+    dialect, dbapi, cursor = engine.dialect, proxied.dbapi_connection, None
+    error = dialect.loaded_dbapi.Error
     try:
+        dbapi.autocommit = True  # set back below, and at the next checkout (models/db.py)
+        cursor = dbapi.cursor()
         cursor.execute(compiled.sql, values)
         raw = cursor.fetchone() if fetch else None
         if raw is not None and compiled.results is None:
             compiled.results = _result_processors(compiled, dialect, cursor)
         return raw
     except error as exc:
-        invalidated = dialect.is_disconnect(exc, dbapi, cursor)
-        if invalidated:
-            proxied.invalidate(exc)
-        raise DBAPIError.instance(
-            compiled.sql, values, exc, error, connection_invalidated=invalidated, dialect=dialect
-        ) from exc
+        raise _wrapped(engine, proxied, exc, compiled.sql, values, cursor) from exc
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
         if proxied.is_valid:
             try:
                 dbapi.autocommit = False
@@ -125,13 +132,38 @@ def _execute(
                 proxied.invalidate(exc)
 
 
+def _wrapped(
+    engine: Engine, proxied: Any, exc: Exception, sql: str, values: dict, cursor: Any = None
+) -> DBAPIError:
+    """The psycopg error as SQLAlchemy's execution raises it. On a disconnect the connection is
+    invalidated and, as `Connection._handle_dbapi_exception` does, so is every connection the
+    pool made before it (a failover leaves them all stale): each is replaced at its checkout."""
+    dialect = engine.dialect
+    dbapi = proxied.dbapi_connection if proxied is not None else None
+    invalidated = dialect.is_disconnect(exc, dbapi, cursor)
+    if invalidated and proxied is not None:  # (a failed connect leaves the pool as it is)
+        engine.pool._invalidate(proxied, exc)
+    return DBAPIError.instance(
+        sql,
+        values,
+        exc,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=engine.hide_parameters,
+        connection_invalidated=invalidated,
+        dialect=dialect,
+    )
+
+
 def _direct(engine: Engine) -> bool:
-    """psycopg, and nobody listening to the cursor's statements."""
+    """psycopg, and nobody watching statements: no cursor or error listeners (tracing, tests
+    that count statements), no SQL echo."""
     dispatch = engine.dispatch
     return (
         engine.dialect.driver == "psycopg"
+        and not engine.echo
         and not dispatch.before_cursor_execute
         and not dispatch.after_cursor_execute
+        and not engine.dialect.dispatch.handle_error
     )
 
 
@@ -152,7 +184,10 @@ def _compile(statement: Executable, dialect: Dialect, column_keys: list[str] | N
             binds[name] = process
     columns = tuple(getattr(statement, "exported_columns", ()))
     row = namedtuple("Row", [c.key for c in columns]) if columns else None
-    return _Compiled(str(compiled), dict(compiled.params), tuple(binds.items()), columns, row)
+    required = frozenset(name for bind, name in compiled.bind_names.items() if bind.required)
+    return _Compiled(
+        str(compiled), dict(compiled.params), required, tuple(binds.items()), columns, row
+    )
 
 
 def _result_processors(

@@ -184,3 +184,52 @@ def test_a_connection_the_server_dropped_is_replaced(pg_url, direct_runs):
     row = claim(engine, job_id=first, worker="w", lease_s=60)
     assert row is not None and row.id == first
     engine.dispose()
+
+
+def test_a_database_that_refuses_connections_is_sqlalchemys_operational_error(direct_runs):
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    job = Job(key_id="k", kind="text", model="gpt-4o-mini", request={"kind": "text"})
+    with pytest.raises(sa.exc.OperationalError):  # what the API answers 503 to (api/errors.py)
+        store_job_alone(engine, job)
+    assert direct_runs == ["INSERT"]
+    engine.dispose()
+
+
+def test_a_statement_on_a_dropped_connection_invalidates_the_pool(pg_url, monkeypatch):
+    engine = make_engine(pg_url)
+    job_id = _job(engine, "failover")
+    with engine.connect() as conn:
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    monkeypatch.setattr("models.db.hung_up", lambda _conn: False)  # unseen until it is used
+    admin = make_engine(pg_url)
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend})
+    admin.dispose()
+    with pytest.raises(sa.exc.OperationalError) as raised:
+        claim(engine, job_id=job_id, worker="w", lease_s=60)
+    assert raised.value.connection_invalidated
+    assert engine.pool._invalidate_time > 0  # every older connection is replaced at checkout
+    row = claim(engine, job_id=job_id, worker="w", lease_s=60)  # a fresh connection
+    assert row is not None and row.id == job_id
+    engine.dispose()
+
+
+def test_a_connection_is_never_lent_in_autocommit(pg_url):
+    engine = make_engine(pg_url)
+    engine.pool.dispose()
+    leaked = engine.raw_connection()
+    leaked.dbapi_connection.autocommit = True  # as if interrupted between on and off
+    leaked.close()
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection is not None
+        assert conn.connection.dbapi_connection.autocommit is False
+    engine.dispose()
+
+
+def test_a_missing_value_is_refused_before_anything_is_sent(pg_url, direct_runs):
+    engine = make_engine(pg_url)
+    statement = LoneStatement(sa.text("SELECT :a AS a, :b AS b").columns(a=sa.Text, b=sa.Text))
+    with pytest.raises(sa.exc.ArgumentError, match="bind parameters b"):
+        statement.first(engine, {"a": "x"})
+    assert tuple(statement.first(engine, {"a": "x", "b": "y"})) == ("x", "y")
+    engine.dispose()
