@@ -172,15 +172,20 @@ def test_an_error_is_sqlalchemys_and_the_connection_comes_back_as_lent(pg_url, d
     engine.dispose()
 
 
-def test_a_connection_the_server_dropped_is_replaced(pg_url, direct_runs):
-    engine = make_engine(pg_url)
-    first = _job(engine, "dropped")
+def _terminate_pooled(engine, url: str) -> None:
+    """The server ends the backend of the engine's pooled connection (a restart, a failover)."""
     with engine.connect() as conn:
         backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-    admin = make_engine(pg_url)
+    admin = make_engine(url)
     with admin.connect() as conn:
         conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend})
     admin.dispose()
+
+
+def test_a_connection_the_server_dropped_is_replaced(pg_url, direct_runs):
+    engine = make_engine(pg_url)
+    first = _job(engine, "dropped")
+    _terminate_pooled(engine, pg_url)
     row = claim(engine, job_id=first, worker="w", lease_s=60)
     assert row is not None and row.id == first
     engine.dispose()
@@ -198,13 +203,8 @@ def test_a_database_that_refuses_connections_is_sqlalchemys_operational_error(di
 def test_a_statement_on_a_dropped_connection_invalidates_the_pool(pg_url, monkeypatch):
     engine = make_engine(pg_url)
     job_id = _job(engine, "failover")
-    with engine.connect() as conn:
-        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
     monkeypatch.setattr("models.db.hung_up", lambda _conn: False)  # unseen until it is used
-    admin = make_engine(pg_url)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend})
-    admin.dispose()
+    _terminate_pooled(engine, pg_url)
     with pytest.raises(sa.exc.OperationalError) as raised:
         claim(engine, job_id=job_id, worker="w", lease_s=60)
     assert raised.value.connection_invalidated
