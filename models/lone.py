@@ -35,15 +35,16 @@ Processor = Callable[[Any], Any]
 
 @dataclass
 class _Compiled:
-    """The statement as psycopg runs it: SQL, constant values, per-name bind processors, and
-    the RETURNING row's columns and type; the per-column result processors once a row has
-    said what the server sends (a processor may depend on it: NUMERIC or FLOAT)."""
+    """The statement as psycopg runs it: SQL, its constant values (already processed), the
+    per-name bind processors of the values a call binds, the RETURNING row's columns and type;
+    the per-column result processors once a row has said what the server sends (a processor
+    may depend on it: NUMERIC or FLOAT)."""
 
     sql: str
     constants: dict[str, Any]
     #: the names each call must bind (SQLAlchemy refuses a call without them; so does this)
     required: frozenset[str]
-    binds: tuple[tuple[str, Processor], ...]
+    binds: dict[str, Processor]
     columns: tuple[Any, ...]
     row: Any
     results: tuple[Processor | None, ...] | None = None
@@ -61,18 +62,18 @@ class LoneStatement:
 
     def first(self, engine: Engine, params: Mapping[str, Any]) -> Any:
         """The first RETURNING row (attributes by column name), or None when no row matched."""
-        if not _direct(engine):
-            with autocommit(engine) as conn:
-                return conn.execute(self.statement, params).first()
-        return self._run(engine, params, fetch=True)
+        return self._call(engine, params, fetch=True)
 
     def run(self, engine: Engine, params: Mapping[str, Any]) -> None:
         """Execute it; nothing read back."""
-        if not _direct(engine):
-            with autocommit(engine) as conn:
-                conn.execute(self.statement, params)
-            return
-        self._run(engine, params, fetch=False)
+        self._call(engine, params, fetch=False)
+
+    def _call(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> Any:
+        if _direct(engine):
+            return self._run(engine, params, fetch=fetch)
+        with autocommit(engine) as conn:
+            result = conn.execute(self.statement, params)
+            return result.first() if fetch else None
 
     def compiled(self, dialect: Dialect) -> _Compiled:
         found = self._compiled.get(dialect)
@@ -86,9 +87,10 @@ class LoneStatement:
         if not compiled.required <= params.keys():
             missing = ", ".join(sorted(compiled.required - params.keys()))
             raise ArgumentError(f"a value is required for bind parameters {missing}")
-        values = compiled.constants | dict(params)
-        for name, process in compiled.binds:
-            values[name] = process(values[name])
+        values = compiled.constants | dict(params)  # the constants processed once, at compile
+        for name in params:
+            if (process := compiled.binds.get(name)) is not None:
+                values[name] = process(values[name])
         try:
             proxied = engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:  # as Connection() wraps it: "database down"
@@ -185,9 +187,12 @@ def _compile(statement: Executable, dialect: Dialect, column_keys: list[str] | N
     columns = tuple(getattr(statement, "exported_columns", ()))
     row = namedtuple("Row", [c.key for c in columns]) if columns else None
     required = frozenset(name for bind, name in compiled.bind_names.items() if bind.required)
-    return _Compiled(
-        str(compiled), dict(compiled.params), required, tuple(binds.items()), columns, row
-    )
+    constants = {
+        name: binds[name](value) if name in binds else value
+        for name, value in compiled.params.items()
+        if name not in required
+    }
+    return _Compiled(str(compiled), constants, required, binds, columns, row)
 
 
 def _result_processors(
