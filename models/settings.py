@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     retry_after_cap_s: float = Field(default=60.0, ge=0)
 
     worker_concurrency: int = Field(default=8, ge=1, le=2000)
+    #: the cyclic garbage collector's first threshold in workers (worker/collector.py);
+    #: 0 keeps Python's own (700, 10, 10) and freezes nothing
+    worker_gc_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
     #: Celery task events: what Flower's task list and task pages are built from
     task_events: bool = True
     #: PostgreSQL: SQLAlchemy's pre-ping (a `SELECT 1` per checkout) on top of the socket check

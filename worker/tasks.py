@@ -7,7 +7,13 @@ from functools import lru_cache
 
 import redis
 import structlog
-from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
@@ -19,6 +25,7 @@ from models.reserved import dead_owners, give_back
 from models.settings import get_settings
 from models.tokens import install_encodings
 from models.webhooks import publish_on_commit
+from worker import collector
 from worker.batches import after_batch_job, finalize, sweep_batches
 from worker.celery_app import celery_app
 from worker.health import RedisHealth
@@ -188,6 +195,13 @@ def _announce(**_kwargs) -> None:
         )
     else:
         log.info("provider.ready", provider=runner.provider.name)
+    collector.tune(get_settings().worker_gc_threshold)  # what is alive now lives as long as we do
+
+
+@worker_process_init.connect
+def _child_started(**_kwargs) -> None:
+    """A prefork child (`--pool prefork`) tunes its own collector; the threads pool has none."""
+    collector.tune(get_settings().worker_gc_threshold)
 
 
 @worker_shutting_down.connect

@@ -72,6 +72,8 @@ def test_hundreds_in_flight_in_one_worker_keep_every_guarantee(stack, settings):
         **RECOVERY,
     }
     stack.worker("w1", "--concurrency", str(THREADS), env=provider)
+    # (with the collector tuned the documented way: GENQ_WORKER_GC_THRESHOLD's default)
+    wait_until(lambda: '"threshold": 50000' in stack.log("w1"), what="w1's collector tuned")
     secret = new_key(settings.database_url)
     ids = submit(settings, secret, JOBS)
 

@@ -122,6 +122,8 @@ def test_dotenv_file_is_read_and_environment_wins(monkeypatch, tmp_path):
         ({"offline_invalid_output": "often"}, "offline_invalid_output"),
         ({"retry_initial_s": -0.1}, "retry_initial_s"),
         ({"lease_s": 2}, "lease_s"),
+        ({"worker_gc_threshold": -1}, "worker_gc_threshold"),
+        ({"worker_gc_threshold": "often"}, "worker_gc_threshold"),
         ({"log_level": "TRACE"}, "log_level"),
     ],
 )
