@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import httpx2
 import pytest
 import uvicorn
 
@@ -16,7 +18,12 @@ from models.catalogue import get_catalogue
 from models.errors import RetryableProviderError
 from models.schemas import TextParams
 from tests.helpers import free_port, wait_until
-from worker.providers.http_shards import SHARD_SIZE, ShardedTransport, sharded_http_client
+from worker.providers.http_shards import (
+    KEEPALIVE_EXPIRY_S,
+    SHARD_SIZE,
+    ShardedTransport,
+    sharded_http_client,
+)
 from worker.providers.openai_provider import OpenAIProvider
 from worker.providers.simulator import Simulator
 from worker.simulator_server import create_simulator_app
@@ -101,3 +108,38 @@ def test_a_proxy_in_the_environment_keeps_the_sdks_own_client(monkeypatch):
     monkeypatch.delenv("https_proxy", raising=False)
     client = sharded_http_client()
     assert client is not None and isinstance(client._transport, ShardedTransport)
+
+
+async def client_port_app(scope, receive, send) -> None:
+    """An ASGI app answering with the client's port: a new port is a new connection."""
+    if scope["type"] != "http":
+        return
+    body = str(scope["client"][1]).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_an_idle_connection_is_dropped_before_uvicorn_would_close_it():
+    # Given a server with uvicorn's default keep-alive, and a client on the sharded transport
+    config = uvicorn.Config(
+        client_port_app, host="127.0.0.1", port=free_port(), log_level="warning"
+    )
+    server_keeps = config.timeout_keep_alive
+    assert KEEPALIVE_EXPIRY_S < 4.5 < server_keeps == 5
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=20, what="the server")
+    url = f"http://127.0.0.1:{config.port}/"
+    try:
+        with httpx2.Client(transport=ShardedTransport()) as client:
+            # When a call follows another at once, and one follows after 4.5 s idle
+            first, again = client.get(url).text, client.get(url).text
+            time.sleep(4.5)
+            later = client.get(url).text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    # Then the first connection was reused at once, and not after 4.5 s: the client let it go
+    # before the server would have closed it under a call being sent (a connection error)
+    assert first == again != later
