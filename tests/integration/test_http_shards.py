@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import httpx2
@@ -35,15 +36,23 @@ CALLS = 2 * SHARD_SIZE + 16
 @pytest.fixture
 def slow_simulator(tiktoken_dir) -> Iterator[str]:
     """The simulator answering after 1 s, so the calls of a burst overlap (even on a busy box)."""
-    port = free_port()
-    app = create_simulator_app(Simulator(latency_ms=1000), get_catalogue())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    with served(create_simulator_app(Simulator(latency_ms=1000), get_catalogue())) as url:
+        yield url
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    """`app` on uvicorn in a thread, with uvicorn's defaults (its keep-alive among them)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_until(lambda: server.started, timeout_s=20, what="the simulator")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    wait_until(lambda: server.started, timeout_s=20, what="the server")
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def provider(url: str) -> tuple[OpenAIProvider, ShardedTransport]:
@@ -121,25 +130,12 @@ async def client_port_app(scope, receive, send) -> None:
 
 def test_an_idle_connection_is_dropped_before_uvicorn_would_close_it():
     # Given a server with uvicorn's default keep-alive, and a client on the sharded transport
-    config = uvicorn.Config(
-        client_port_app, host="127.0.0.1", port=free_port(), log_level="warning"
-    )
-    server_keeps = config.timeout_keep_alive
-    assert KEEPALIVE_EXPIRY_S < 4.5 < server_keeps == 5
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout_s=20, what="the server")
-    url = f"http://127.0.0.1:{config.port}/"
-    try:
-        with httpx2.Client(transport=ShardedTransport()) as client:
-            # When a call follows another at once, and one follows after 4.5 s idle
-            first, again = client.get(url).text, client.get(url).text
-            time.sleep(4.5)
-            later = client.get(url).text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    assert KEEPALIVE_EXPIRY_S < 4.5 < uvicorn.Config(client_port_app).timeout_keep_alive == 5
+    with served(client_port_app) as url, httpx2.Client(transport=ShardedTransport()) as client:
+        # When a call follows another at once, and one follows after 4.5 s idle
+        first, again = client.get(url).text, client.get(url).text
+        time.sleep(4.5)
+        later = client.get(url).text
     # Then the first connection was reused at once, and not after 4.5 s: the client let it go
     # before the server would have closed it under a call being sent (a connection error)
     assert first == again != later
