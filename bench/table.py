@@ -164,12 +164,27 @@ def _inflight(s: dict, t: dict) -> list[str]:
         f"{_num(s['jobs_per_s'])} jobs/s; peak RSS {_num(held)} MiB "
         f"| ideal min(C, N)/L = {_num(s['ideal_jobs_per_s'])} jobs/s; all started within "
         f"{_num(within['p100'], 2)} s (90% within {_num(within['p90'], 2)} s); "
-        f"workers {_num(s['cpu_ms_per_job'].get('workers'))} ms CPU per job "
-        f"| efficiency {_num(s['efficiency'], 2)} "
+        f"workers {_num(s['cpu_ms_per_job'].get('workers'))} ms CPU per job; "
+        f"{_one_process_limits(s)} "
+        f"| efficiency {_num(s['efficiency'], 2)}; genq/limit {_num(s['genq_over_limit'], 2)} "
         f"| {_verdict(t, 'calls in flight in one process', '≥ 900')}; "
         f"{_verdict(t, 'in-flight jobs/s (ideal 200)', '≥ 150 jobs/s')}; "
         f"{_verdict(t, 'in-flight peak RSS (MiB)', '≤ 300 MiB')} |"
     ]
+
+
+def _one_process_limits(s: dict) -> str:
+    """The in-flight baselines: one process each, no queue, no database (bench/inflight.py)."""
+    asyncio, threads = s["limits"]["asyncio"], s["limits"]["threads"]
+    loop_ms = _num(asyncio["cpu_ms_per_job"].get("harness"))
+    return (
+        f"asyncio + AsyncOpenAI: {_num(asyncio['jobs_per_s'])} jobs/s "
+        f"({asyncio['peak_in_flight']} in flight, {loop_ms} ms CPU per call); "
+        f"genq's SDK path on {threads['concurrency']} threads: "
+        f"{_num(threads['jobs_per_s'])} jobs/s ({threads['peak_in_flight']} in flight, "
+        f"all started within {_num(threads['started_within_s'], 2)} s, "
+        f"{_num(threads['cpu_ms_per_job'])} ms CPU per call)"
+    )
 
 
 def markdown(report: dict) -> str:

@@ -128,4 +128,14 @@ def test_the_inflight_scenario_counts_calls_in_flight_at_the_simulator(settings,
     assert run["ideal_jobs_per_s"] == pytest.approx(8 / 0.3, rel=0.01) and run["efficiency"] > 0
     assert set(run["claimed_within_s"]) == {"p50", "p90", "p100"}
     assert all(v > 0 for v in run["rss_mib_under_load"].values())
-    assert "| in flight |" in data["markdown"]
+    # and both one-process baselines made the same 8 calls on the same simulator, at most 8 at once
+    for name in ("asyncio", "threads"):
+        limit = run["limits"][name]
+        assert limit["jobs"] == 8 and limit["errors"] == 0 and limit["jobs_per_s"] > 0, name
+        assert 1 <= limit["peak_in_flight"] <= 8, name
+    assert run["limits"]["threads"]["started_within_s"] >= 0
+    best = max(limit["jobs_per_s"] for limit in run["limits"].values())
+    assert run["genq_over_limit"] == pytest.approx(run["jobs_per_s"] / best, abs=0.001)
+    assert (
+        "| in flight |" in data["markdown"] and "genq's SDK path on 8 threads" in data["markdown"]
+    )
