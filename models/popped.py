@@ -1,12 +1,13 @@
 """Jobs whose message a dead consumer had popped off its list but not yet recorded as unacked.
 
-kombu's Redis transport takes a message with one command (`BRPOP`) and records it in its
-`unacked` hash with a second (`QoS.append`, models/redis_transport.py). A worker killed between
-the two takes the message with it: it is in no list and no unacked hash, so neither kombu nor
-models/reserved.py can give it back, and only the sweeper's presumption of loss
-(`GENQ_REDISPATCH_AFTER_S`, five minutes; a batch line only once its lane is empty) would publish
-it again. Under load the window is not small: the consumer thread waits for the GIL between the
-two, milliseconds per message. Redis has no blocking pop over several lists that also moves the
+kombu's Redis transport takes a message with one command (`BRPOP`) and records it in its `unacked`
+hash with a second (`QoS.append`, models/redis_transport.py; genq's pops up to
+`GENQ_WORKER_FETCH_BATCH` - 1 more of the same list in that second round trip and records them in a
+third). A worker killed in between takes those messages with it: each is in no list and no unacked
+hash, so neither kombu nor models/reserved.py can give it back, and only the sweeper's presumption
+of loss (`GENQ_REDISPATCH_AFTER_S`, five minutes; a batch line only once its lane is empty) would
+publish it again. Under load the window is not small: the consumer thread waits for the GIL between
+the two, milliseconds per message. Redis has no blocking pop over several lists that also moves the
 message somewhere, so the pop itself cannot be made atomic from here.
 
 So when the sweeper finds a consumer that went silent without stopping cleanly (a clean stop

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     #: the cyclic garbage collector's first threshold in workers (worker/collector.py);
     #: 0 keeps Python's own (700, 10, 10) and freezes nothing
     worker_gc_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
+    #: the most queued messages a worker takes per Redis round trip, within its prefetch limit
+    #: (models/redis_transport.py); 1 is kombu's one message per `BRPOP`
+    worker_fetch_batch: int = Field(default=16, ge=1, le=1000)
     #: Celery task events: what Flower's task list and task pages are built from
     task_events: bool = True
     #: PostgreSQL: SQLAlchemy's pre-ping (a `SELECT 1` per checkout) on top of the socket check

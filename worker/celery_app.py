@@ -41,6 +41,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             "queue_order_strategy": redis_transport.QUEUE_ORDER,
+            # several queued messages per round trip, never beyond the prefetch limit
+            "fetch_batch": settings.worker_fetch_batch,
         },
     )
     return app

@@ -124,6 +124,8 @@ def test_dotenv_file_is_read_and_environment_wins(monkeypatch, tmp_path):
         ({"lease_s": 2}, "lease_s"),
         ({"worker_gc_threshold": -1}, "worker_gc_threshold"),
         ({"worker_gc_threshold": "often"}, "worker_gc_threshold"),
+        ({"worker_fetch_batch": 0}, "worker_fetch_batch"),
+        ({"worker_fetch_batch": 1001}, "worker_fetch_batch"),
         ({"log_level": "TRACE"}, "log_level"),
     ],
 )
