@@ -27,7 +27,7 @@ from bench.config import (
     phase_timeout,
 )
 from bench.http import prompt
-from bench.measure import CpuMeter, mib, summary_ms
+from bench.measure import CpuMeter, call_spans, mib
 from bench.procs import (
     BenchError,
     Child,
@@ -86,14 +86,8 @@ def asyncio_limit(
         )
     if not spans:
         raise BenchError("every asyncio baseline call failed; see the simulator log")
-    seconds = max(end for _s, end in spans) - min(start for start, _e in spans)
     return {
-        "jobs": jobs,
-        "concurrency": concurrency,
-        "errors": errors,
-        "seconds": round(seconds, 3),
-        "jobs_per_s": round(len(spans) / seconds, 2),
-        "call_ms": summary_ms([(end - start) * 1000 for start, end in spans]),
+        **call_spans(spans, jobs=jobs, concurrency=concurrency, errors=errors),
         "cpu_ms_per_job": cpu.per_job_ms(jobs),
         "machine_busy_cores": cpu.busy_cores,
     }

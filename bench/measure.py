@@ -147,6 +147,24 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     }
 
 
+def call_spans(
+    spans: list[tuple[float, float]], *, jobs: int, concurrency: int, errors: int
+) -> dict:
+    """A baseline's calls (start, end) as its rate: first start to last end, how long the
+    starts took, and each call's time."""
+    starts = sorted(start for start, _end in spans)
+    seconds = max(end for _start, end in spans) - starts[0]
+    return {
+        "jobs": jobs,
+        "concurrency": concurrency,
+        "errors": errors,
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(len(spans) / seconds, 2),
+        "started_within_s": round(starts[-1] - starts[0], 2),
+        "call_ms": summary_ms([(end - start) * 1000 for start, end in spans]),
+    }
+
+
 class MemorySampler:
     """Samples the RSS of some process trees in the background; keeps the peak of each."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.config import BENCH_MAX_TOKENS, BENCH_MODEL, BENCH_OPENAI_KEY
 from bench.http import prompt
-from bench.measure import summary_ms
+from bench.measure import call_spans
 from models.errors import ProviderError
 from models.schemas import TextParams
 from worker.providers.openai_provider import OpenAIProvider
@@ -60,16 +60,8 @@ def calls(sim_url: str, *, jobs: int, concurrency: int, timeout_s: float) -> dic
         cpu = _cpu_s() - cpu
     if not spans:
         return {"jobs": jobs, "concurrency": concurrency, "errors": errors}
-    starts = sorted(start for start, _end in spans)
-    seconds = max(end for _start, end in spans) - starts[0]
     return {
-        "jobs": jobs,
-        "concurrency": concurrency,
-        "errors": errors,
-        "seconds": round(seconds, 3),
-        "jobs_per_s": round(len(spans) / seconds, 2),
-        "started_within_s": round(starts[-1] - starts[0], 2),
-        "call_ms": summary_ms([(end - start) * 1000 for start, end in spans]),
+        **call_spans(spans, jobs=jobs, concurrency=concurrency, errors=errors),
         "cpu_ms_per_job": round(1000 * cpu / jobs, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -13,8 +13,9 @@ non-empty one, so listing the interactive queues before the batch lanes serves t
 sweeper gives a dead worker's messages back at once instead of after the visibility timeout.
 
 `Channel` follows each `BRPOP` that answers with one `RPOP` of up to `fetch_batch` - 1 more
-messages from the same list, as many as the prefetch limit still allows, and records them all as
-unacked in one round trip before delivering them. kombu takes one message per `BRPOP` and then
+messages from the same list, as many as the prefetch limit still allows, sent in the round trip
+that records the first message as unacked; the others are recorded in one more round trip, and
+only then is any of them delivered. kombu takes one message per `BRPOP` and then
 records it with its own command: two round trips in the consumer thread per message, each giving
 up the GIL, and under a thousand busy threads each taking milliseconds to get it back; that bound
 how fast a worker started a burst of queued jobs (issue 17). What a worker reserves is unchanged:
@@ -98,11 +99,9 @@ class QoS(kombu_redis.QoS):
     def append(self, message, delivery_tag) -> None:
         """kombu's `append` (its two writes, then the in-process bookkeeping), with the owner
         in the same script; only the bookkeeping for a message `record` wrote already."""
-        if delivery_tag in self._recorded:
-            self._recorded.discard(delivery_tag)
-        else:
+        if delivery_tag not in self._recorded:
             self.record([message._raw])
-            self._recorded.discard(delivery_tag)
+        self._recorded.discard(delivery_tag)
         virtual.QoS.append(self, message, delivery_tag)
 
     def record(
