@@ -177,6 +177,21 @@ def _inflight(workers: int = 1, threads: int = 1000) -> dict:
         "claimed_within_s": {"p50": 1.5, "p90": 3.0, "p100": 3.5},
         "cpu_ms_per_job": {"workers": 7.0, "simulator": 0.7},
         "rss_mib_under_load": {"w0": 260.0},
+        "limits": {
+            "asyncio": {
+                "jobs_per_s": 110.0,
+                "peak_in_flight": 1000,
+                "cpu_ms_per_job": {"harness": 5.0},
+            },
+            "threads": {
+                "jobs_per_s": 160.0,
+                "peak_in_flight": 1000,
+                "concurrency": threads,
+                "started_within_s": 1.25,
+                "cpu_ms_per_job": 2.0,
+            },
+        },
+        "genq_over_limit": 0.75,
     }
 
 
@@ -193,3 +208,7 @@ def test_inflight_targets_judge_the_one_process_thousand_call_run_only():
     row = next(line for line in markdown(report).splitlines() if line.startswith("| in flight"))
     assert "950 calls in flight" in row and "120.0 jobs/s" in row and "260.0 MiB" in row
     assert "≥ 900 met" in row and "≥ 150 jobs/s **missed**" in row
+    # and both one-process limits, with genq's ratio to the better one
+    assert "asyncio + AsyncOpenAI: 110.0 jobs/s (1000 in flight, 5.0 ms CPU per call)" in row
+    assert "genq's SDK path on 1000 threads: 160.0 jobs/s" in row and "within 1.25 s" in row
+    assert "genq/limit 0.75" in row
