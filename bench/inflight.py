@@ -45,7 +45,10 @@ def inflight(bench: Bench) -> dict:
         seen = _peak(sim)
     slots = config.workers * config.concurrency
     ideal = min(slots, jobs) / (config.latency_ms / 1000) if config.latency_ms else None
-    limits = {"asyncio": _asyncio_limit(bench, slots), "threads": _thread_limit(bench, slots)}
+    limits = {
+        "asyncio": _asyncio_limit(bench, sim, slots),
+        "threads": _thread_limit(bench, sim, slots),
+    }
     best = max(limit["jobs_per_s"] for limit in limits.values())
     return {
         **run,
@@ -66,9 +69,8 @@ def _peak(sim: str) -> int:
     return httpx.get(f"{sim}/_simulator/stats", timeout=10).json()["peak_in_flight"]
 
 
-def _asyncio_limit(bench: Bench, concurrency: int) -> dict:
+def _asyncio_limit(bench: Bench, sim: str, concurrency: int) -> dict:
     config = bench.config
-    sim = bench.simulator(config.latency_ms)
     _reset(sim)
     with bench.phase(f"inflight: asyncio limit, {config.jobs} calls", config.jobs) as tracker:
         limit = baselines.asyncio_limit(
@@ -82,11 +84,10 @@ def _asyncio_limit(bench: Bench, concurrency: int) -> dict:
     return {**limit, "peak_in_flight": _peak(sim)}
 
 
-def _thread_limit(bench: Bench, concurrency: int) -> dict:
+def _thread_limit(bench: Bench, sim: str, concurrency: int) -> dict:
     """bench/thread_limit.py as a child process (one process, like the worker), its result read
     from the file it writes."""
     config = bench.config
-    sim = bench.simulator(config.latency_ms)
     out = bench.fleet.log_dir / "thread-limit.json"
     out.unlink(missing_ok=True)
     _reset(sim)
