@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     Column,
     DateTime,
     Index,
+    String,
     Text,
     UniqueConstraint,
+    any_,
     bindparam,
     insert,
     text,
@@ -358,50 +362,71 @@ def list_jobs(
 #: Built once, on the table rather than the ORM entity: an ORM statement is re-annotated and
 #: re-keyed on every execution, a Core one only once (worker CPU per job, see docs/performance.md).
 _JOBS = Job.__table__.c
-_CLAIM = (
-    update(Job.__table__)
-    # a follower of the response cache never runs: its leader's output ends it
-    .where(_JOBS.id == bindparam("job_id"), _JOBS.status == QUEUED, _JOBS.cache_source_id.is_(None))
-    .values(
-        status=RUNNING,
-        claim_token=bindparam("token"),
-        worker=bindparam("worker"),
-        started_at=bindparam("now"),
-        lease_until=bindparam("lease_until"),
-    )
-    # what running the job reads, not the whole row (each column returned is decoded: the
-    # JSON ones parsed)
-    .returning(
-        *(
-            _JOBS[name]
-            for name in (
-                "id",
-                "claim_token",
-                "kind",
-                "model",
-                "request",
-                "routing",
-                "attempts",
-                "deadline_at",
-                "reserved_usd",
-                "cancel_requested",
-                "conversation_id",
-                "context",
-                "batch_id",
-                "moderation",
-                "request_hash",
-                "webhook_url",
-            )
+
+
+def _claim_statement(which: Any) -> Any:
+    """The claim of the jobs `which` selects: each moves from queued to running and reads back
+    what running it needs, in one `UPDATE … RETURNING` (PostgreSQL, SQLite ≥ 3.35)."""
+    return (
+        update(Job.__table__)
+        # a follower of the response cache never runs: its leader's output ends it
+        .where(which, _JOBS.status == QUEUED, _JOBS.cache_source_id.is_(None))
+        .values(
+            status=RUNNING,
+            claim_token=bindparam("token"),
+            worker=bindparam("worker"),
+            started_at=bindparam("now"),
+            lease_until=bindparam("lease_until"),
         )
+        # what running the job reads, not the whole row (each column returned is decoded: the
+        # JSON ones parsed)
+        .returning(*(_JOBS[name] for name in _CLAIMED))
     )
+
+
+_CLAIMED = (
+    "id",
+    "claim_token",
+    "kind",
+    "model",
+    "request",
+    "routing",
+    "attempts",
+    "deadline_at",
+    "reserved_usd",
+    "cancel_requested",
+    "conversation_id",
+    "context",
+    "batch_id",
+    "moderation",
+    "request_hash",
+    "webhook_url",
 )
-#: the claim run alone in autocommit, straight on psycopg on PostgreSQL (models/lone.py)
-_CLAIM_ALONE = LoneStatement(_CLAIM)
+_CLAIM = _claim_statement(_JOBS.id == bindparam("job_id"))
+#: several claims as one autocommit statement: on PostgreSQL an array of ids, straight on
+#: psycopg (models/lone.py); elsewhere (SQLite) an expanded `IN`
+_CLAIM_ANY = LoneStatement(
+    _claim_statement(_JOBS.id == any_(bindparam("job_ids", type_=ARRAY(String()))))
+)
+_CLAIM_IN = LoneStatement(_claim_statement(_JOBS.id.in_(bindparam("job_ids", expanding=True))))
+
+
+def claim_many(
+    engine: Engine, *, job_ids: Sequence[str], worker: str, lease_s: int
+) -> dict[str, Row]:
+    """Claim several jobs at once, each as `claim_job` would, in one autocommit statement (the
+    UPDATE is atomic by itself); the rows claimed, by job id (one not queued, or unknown, is
+    missing). Jobs claimed together share one claim token: everywhere a claim is checked, it
+    is its job id and its token together, so each is still its own claim (worker/claims.py
+    says why they are grouped)."""
+    statement = _CLAIM_ANY if engine.dialect.name == "postgresql" else _CLAIM_IN
+    rows = statement.all(engine, _claim_params(worker, lease_s) | {"job_ids": list(job_ids)})
+    return {row.id: row for row in rows}
 
 
 def claim(engine: Engine, *, job_id: str, worker: str, lease_s: int) -> Row | None:
     """`claim_job` as its own autocommit statement (the one UPDATE is atomic by itself)."""
-    return _CLAIM_ALONE.first(engine, _claim_params(job_id, worker, lease_s))
+    return claim_many(engine, job_ids=[job_id], worker=worker, lease_s=lease_s).get(job_id)
 
 
 def claim_job(
@@ -413,13 +438,13 @@ def claim_job(
 
     One `UPDATE … RETURNING` both claims and loads the job (PostgreSQL, SQLite ≥ 3.35).
     """
-    return session.execute(_CLAIM, _claim_params(job_id, worker, lease_s)).first()
+    params = _claim_params(worker, lease_s) | {"job_id": job_id}
+    return session.execute(_CLAIM, params).first()
 
 
-def _claim_params(job_id: str, worker: str, lease_s: int) -> dict[str, Any]:
+def _claim_params(worker: str, lease_s: int) -> dict[str, Any]:
     now = utcnow()
     return {
-        "job_id": job_id,
         "token": uuid.uuid4().hex,
         "worker": worker,
         "now": now,

@@ -62,18 +62,23 @@ class LoneStatement:
 
     def first(self, engine: Engine, params: Mapping[str, Any]) -> Any:
         """The first RETURNING row (attributes by column name), or None when no row matched."""
+        rows = self._call(engine, params, fetch=True)
+        return rows[0] if rows else None
+
+    def all(self, engine: Engine, params: Mapping[str, Any]) -> list[Any]:
+        """Every RETURNING row (a statement that writes several rows: grouped claims)."""
         return self._call(engine, params, fetch=True)
 
     def run(self, engine: Engine, params: Mapping[str, Any]) -> None:
         """Execute it; nothing read back."""
         self._call(engine, params, fetch=False)
 
-    def _call(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> Any:
+    def _call(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> list[Any]:
         if _direct(engine):
             return self._run(engine, params, fetch=fetch)
         with autocommit(engine) as conn:
             result = conn.execute(self.statement, params)
-            return result.first() if fetch else None
+            return list(result.all()) if fetch else []
 
     def compiled(self, dialect: Dialect) -> _Compiled:
         found = self._compiled.get(dialect)
@@ -81,7 +86,7 @@ class LoneStatement:
             found = self._compiled[dialect] = _compile(self.statement, dialect, self.column_keys)
         return found
 
-    def _run(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> Any:
+    def _run(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> list[Any]:
         dialect = engine.dialect
         compiled = self.compiled(dialect)
         if not compiled.required <= params.keys():
@@ -99,17 +104,21 @@ class LoneStatement:
             raw = _execute(engine, proxied, compiled, values, fetch=fetch)
         finally:
             proxied.close()
-        if raw is None:
-            return None
-        return compiled.row._make(
-            value if process is None else process(value)
-            for value, process in zip(raw, compiled.results, strict=True)
-        )
+        if not raw:
+            return []
+        make, results = compiled.row._make, compiled.results
+        return [
+            make(
+                value if process is None else process(value)
+                for value, process in zip(one, results, strict=True)
+            )
+            for one in raw
+        ]
 
 
 def _execute(
     engine: Engine, proxied: Any, compiled: _Compiled, values: dict[str, Any], *, fetch: bool
-) -> Any:
+) -> list[Any]:
     """Run it in autocommit on the pooled connection, and lend the connection back as it was
     lent (out of autocommit: its other users open transactions) or invalidated."""
     dialect, dbapi, cursor = engine.dialect, proxied.dbapi_connection, None
@@ -118,8 +127,8 @@ def _execute(
         dbapi.autocommit = True  # set back below, and at the next checkout (models/db.py)
         cursor = dbapi.cursor()
         cursor.execute(compiled.sql, values)
-        raw = cursor.fetchone() if fetch else None
-        if raw is not None and compiled.results is None:
+        raw = cursor.fetchall() if fetch else []
+        if raw and compiled.results is None:
             compiled.results = _result_processors(compiled, dialect, cursor)
         return raw
     except error as exc:

@@ -26,7 +26,7 @@ from models.cache_flight import TIMEOUT, TIMEOUT_MESSAGE
 from models.catalogue import Catalogue, ModelSpec
 from models.db import session_scope, utcnow
 from models.errors import PermanentProviderError, ProviderError
-from models.jobs import CANCELLED, Job, aware, claim
+from models.jobs import CANCELLED, Job, aware
 from models.jobs import FAILED as JOB_FAILED
 from models.jobs import SUCCEEDED as JOB_SUCCEEDED
 from models.lifecycle import release, unpublish
@@ -36,6 +36,7 @@ from models.pricing import Usage
 from models.schemas import JobCreate
 from models.tokens import count_request
 from worker import metrics
+from worker.claims import ClaimGroups
 from worker.flights import end_followers
 from worker.health import LocalHealth, ModelHealth
 from worker.lease import LeaseKeeper
@@ -78,6 +79,8 @@ class Runner:
     retry_inline_max_s: float = 5.0
     fallback_after: int = 2
     leases: LeaseKeeper | None = None
+    #: this process's claims, grouped when its threads claim at once (worker/claims.py)
+    claims: ClaimGroups | None = None
     #: told (batch id, kind) when a batch's job ended (worker/batches.py); plain jobs never call it
     batch_job_ended: Callable[[str, str], None] | None = None
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
@@ -86,12 +89,13 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.leases = self.leases or LeaseKeeper(self.engine, lease_s=self.lease_s)
+        self.claims = self.claims or ClaimGroups(self.engine, lease_s=self.lease_s)
         self.moderator = Moderator.of(self)
         self.streaming = self.streaming or Streaming(provider=self.provider, engine=self.engine)
 
     def run(self, job_id: str, *, worker: str = "local") -> str:
         """Run the job unless another delivery claimed it; returns what happened."""
-        job = claim(self.engine, job_id=job_id, worker=worker, lease_s=self.lease_s)
+        job = self.claims.claim(job_id, worker)
         bound = log.bind(job_id=job_id, worker=worker)
         if job is None or job.claim_token is None:
             bound.info("job.skipped", reason="unknown, already claimed or finished")
