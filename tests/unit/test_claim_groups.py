@@ -78,74 +78,11 @@ def test_a_lone_claim_runs_at_once_as_its_own_statement():
     assert groups.claim("a", "w") is None  # already claimed
 
 
-def test_claims_arriving_during_a_claim_are_made_by_one_statement():
-    statement = Statement(hold_first=True)
-    groups = ClaimGroups(None, lease_s=60, claim=statement)
-    first = threading.Thread(target=groups.claim, args=("first", "w"))
-    first.start()
-    assert statement.entered.wait(10)
-    later = [f"job-{i}" for i in range(20)]
-    result: dict[int, object] = {}
-    runner = threading.Thread(target=lambda: result.update(_claim_all(groups, later)))
-    runner.start()
-    _waiting(groups, 20)
-    statement.gate.set()
-    runner.join(10)
-    first.join(10)
-    assert statement.calls[0] == ("w", ["first"])
-    assert len(statement.calls) == 2 and sorted(statement.calls[1][1]) == sorted(later)
-    assert {i: row.id for i, row in result.items()} == dict(enumerate(later))
-    assert {row.claim_token for row in result.values()} == {"token-2"}
-    assert not groups._claiming and not groups._waiting
-
-
-def test_a_group_is_at_most_max_group_jobs_and_never_mixes_worker_names():
-    statement = Statement(hold_first=True)
-    groups = ClaimGroups(None, lease_s=60, claim=statement)
-    first = threading.Thread(target=groups.claim, args=("first", "w"))
-    first.start()
-    assert statement.entered.wait(10)
-    many = [f"job-{i}" for i in range(MAX_GROUP + 10)]
-    results: list[dict] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(_claim_all(groups, many, "w"))),
-        threading.Thread(target=lambda: results.append(_claim_all(groups, ["x", "y"], "other"))),
-    ]
-    for thread in threads:
-        thread.start()
-    _waiting(groups, len(many) + 2)
-    statement.gate.set()
-    for thread in [*threads, first]:
-        thread.join(10)
-    later = statement.calls[1:]
-    assert all(len(ids) <= MAX_GROUP for _, ids in later)
-    assert sorted(i for w, ids in later if w == "w" for i in ids) == sorted(many)
-    assert [sorted(ids) for w, ids in later if w == "other"] == [["x", "y"]]
-    assert all(isinstance(row, Row) for result in results for row in result.values())
-
-
-def test_a_job_twice_in_one_group_is_claimed_once():
-    statement = Statement(hold_first=True)
-    groups = ClaimGroups(None, lease_s=60, claim=statement)
-    first = threading.Thread(target=groups.claim, args=("first", "w"))
-    first.start()
-    assert statement.entered.wait(10)
-    result: dict[int, object] = {}
-    runner = threading.Thread(target=lambda: result.update(_claim_all(groups, ["a", "a", "b"])))
-    runner.start()
-    _waiting(groups, 3)
-    statement.gate.set()
-    runner.join(10)
-    first.join(10)
-    assert sorted(statement.calls[1][1]) == ["a", "b"]  # sent once
-    rows = [result[0], result[1]]
-    assert rows.count(None) == 1 and Row("a", "token-2") in rows
-    assert result[2] == Row("b", "token-2")
-
-
-@pytest.mark.parametrize("fail_on", [1, 2])
-def test_an_error_reaches_every_thread_of_its_group_and_the_next_group_still_runs(fail_on):
-    statement = Statement(hold_first=True, fail_on=fail_on)
+def _behind_a_running_claim(
+    statement: Statement, *bursts: tuple[list[str], str]
+) -> tuple[ClaimGroups, object, list[dict[int, object]]]:
+    """A claim of "first" held in its statement while each burst (job ids, worker name) queues
+    behind it; then the statement is let go. What "first" got, and what each burst's threads got."""
     groups = ClaimGroups(None, lease_s=60, claim=statement)
     outcome: dict[str, object] = {}
 
@@ -158,19 +95,62 @@ def test_an_error_reaches_every_thread_of_its_group_and_the_next_group_still_run
     leader = threading.Thread(target=first)
     leader.start()
     assert statement.entered.wait(10)
-    result: dict[int, object] = {}
-    runner = threading.Thread(target=lambda: result.update(_claim_all(groups, ["a", "b"])))
-    runner.start()
-    _waiting(groups, 2)
+    results: list[dict[int, object]] = [{} for _ in bursts]
+    threads = [
+        threading.Thread(target=lambda r=r, ids=ids, w=w: r.update(_claim_all(groups, ids, w)))
+        for r, (ids, w) in zip(results, bursts, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    _waiting(groups, sum(len(ids) for ids, _ in bursts))
     statement.gate.set()
-    runner.join(10)
-    leader.join(10)
-    failed = [outcome["first"]] if fail_on == 1 else list(result.values())
-    assert all(isinstance(error, RuntimeError) for error in failed)
+    for thread in [*threads, leader]:
+        thread.join(10)
+    return groups, outcome["first"], results
+
+
+def test_claims_arriving_during_a_claim_are_made_by_one_statement():
+    statement = Statement(hold_first=True)
+    later = [f"job-{i}" for i in range(20)]
+    groups, first, [result] = _behind_a_running_claim(statement, (later, "w"))
+    assert first == Row("first", "token-1")
+    assert statement.calls[0] == ("w", ["first"])
+    assert len(statement.calls) == 2 and sorted(statement.calls[1][1]) == sorted(later)
+    assert {i: row.id for i, row in result.items()} == dict(enumerate(later))
+    assert {row.claim_token for row in result.values()} == {"token-2"}
+    assert not groups._claiming and not groups._waiting
+
+
+def test_a_group_is_at_most_max_group_jobs_and_never_mixes_worker_names():
+    statement = Statement(hold_first=True)
+    many = [f"job-{i}" for i in range(MAX_GROUP + 10)]
+    _, _, results = _behind_a_running_claim(statement, (many, "w"), (["x", "y"], "other"))
+    later = statement.calls[1:]
+    assert all(len(ids) <= MAX_GROUP for _, ids in later)
+    assert sorted(i for w, ids in later if w == "w" for i in ids) == sorted(many)
+    assert [sorted(ids) for w, ids in later if w == "other"] == [["x", "y"]]
+    assert all(isinstance(row, Row) for result in results for row in result.values())
+
+
+def test_a_job_twice_in_one_group_is_claimed_once():
+    statement = Statement(hold_first=True)
+    _, _, [result] = _behind_a_running_claim(statement, (["a", "a", "b"], "w"))
+    assert sorted(statement.calls[1][1]) == ["a", "b"]  # sent once
+    rows = [result[0], result[1]]
+    assert rows.count(None) == 1 and Row("a", "token-2") in rows
+    assert result[2] == Row("b", "token-2")
+
+
+@pytest.mark.parametrize("fail_on", [1, 2])
+def test_an_error_reaches_every_thread_of_its_group_and_the_next_group_still_runs(fail_on):
+    statement = Statement(hold_first=True, fail_on=fail_on)
+    groups, first, [result] = _behind_a_running_claim(statement, (["a", "b"], "w"))
+    failed = [first] if fail_on == 1 else list(result.values())
+    assert failed and all(isinstance(error, RuntimeError) for error in failed)
     if fail_on == 1:
-        assert [row.id for row in result.values()] == ["a", "b"]
+        assert sorted(row.id for row in result.values()) == ["a", "b"]
     else:
-        assert outcome["first"] == Row("first", "token-1")
+        assert first == Row("first", "token-1")
     assert not groups._claiming and not groups._waiting
     assert groups.claim("c", "w") == Row("c", f"token-{len(statement.calls)}")  # not stuck
 
