@@ -78,7 +78,7 @@ class LoneStatement:
             return self._run(engine, params, fetch=fetch)
         with autocommit(engine) as conn:
             result = conn.execute(self.statement, params)
-            return list(result.all()) if fetch else []
+            return result.all() if fetch else []
 
     def compiled(self, dialect: Dialect) -> _Compiled:
         found = self._compiled.get(dialect)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import redis
@@ -18,6 +19,7 @@ import redis
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
 from models.errors import ProviderError
+from models.jobs import Job
 from models.keys import create_key
 from models.moderation import Verdict
 from models.pricing import Usage
@@ -33,6 +35,20 @@ def new_key(database_url: str, name: str = "test") -> str:
     with session_scope(get_engine(database_url)) as session:
         _key, secret = create_key(session, name=name)
     return secret
+
+
+def text_job_row(key_id: str, **fields) -> Job:
+    """A queued plain text job's row as the API would store it (a haiku, 24 tokens at most), for
+    tests that write jobs straight to the database."""
+    return Job(
+        key_id=key_id,
+        kind="text",
+        model="gpt-4o-mini",
+        request={"kind": "text", "prompt": "Write a haiku", "params": {"max_tokens": 24}},
+        routing={"mode": "policy", "fallbacks": []},
+        reserved_usd=Decimal("0.0000300000"),
+        **fields,
+    )
 
 
 def auth(secret: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import pytest
 from models.db import make_engine, session_scope, utcnow
 from models.jobs import QUEUED, RUNNING, SUCCEEDED, Job, aware, claim_job, claim_many
 from models.keys import create_key
+from tests.helpers import text_job_row
 from worker.claims import ClaimGroups
 
 
@@ -27,18 +28,7 @@ def engine(database_url):
 def _jobs(engine, count: int, **fields) -> list[str]:
     with session_scope(engine) as session:
         key, _ = create_key(session, name="claims", budget_usd=Decimal("5"))
-        jobs = [
-            Job(
-                key_id=key.id,
-                kind="text",
-                model="gpt-4o-mini",
-                request={"kind": "text", "prompt": "Write a haiku", "params": {"max_tokens": 24}},
-                routing={"mode": "policy", "fallbacks": []},
-                reserved_usd=Decimal("0.0000300000"),
-                **fields,
-            )
-            for _ in range(count)
-        ]
+        jobs = [text_job_row(key.id, **fields) for _ in range(count)]
         session.add_all(jobs)
     return [job.id for job in jobs]
 

@@ -18,7 +18,7 @@ from models.lone import LoneStatement
 from models.migrate import upgrade
 from models.pricing import Usage
 from tests.conftest import _postgres_database
-from tests.helpers import FakeProvider
+from tests.helpers import FakeProvider, text_job_row
 from worker.retry import RetryPolicy
 from worker.runner import Runner
 
@@ -60,14 +60,7 @@ def _job(engine, name: str) -> str:
         key, _ = create_key(session, name=name, budget_usd=Decimal("5"))
         key.reserved_usd = Decimal("0.0000300000")
         session.add(key)
-        job = Job(
-            key_id=key.id,
-            kind="text",
-            model="gpt-4o-mini",
-            request={"kind": "text", "prompt": "Write a haiku", "params": {"max_tokens": 24}},
-            routing={"mode": "policy", "fallbacks": []},
-            reserved_usd=Decimal("0.0000300000"),
-        )
+        job = text_job_row(key.id)
         session.add(job)
     return job.id
 
