@@ -387,6 +387,7 @@ def _claim_statement(which: Any) -> Any:
 _CLAIMED = (
     "id",
     "claim_token",
+    "key_id",
     "kind",
     "model",
     "request",

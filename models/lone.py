@@ -89,13 +89,7 @@ class LoneStatement:
     def _run(self, engine: Engine, params: Mapping[str, Any], *, fetch: bool) -> list[Any]:
         dialect = engine.dialect
         compiled = self.compiled(dialect)
-        if not compiled.required <= params.keys():
-            missing = ", ".join(sorted(compiled.required - params.keys()))
-            raise ArgumentError(f"a value is required for bind parameters {missing}")
-        values = compiled.constants | dict(params)  # the constants processed once, at compile
-        for name in params:
-            if (process := compiled.binds.get(name)) is not None:
-                values[name] = process(values[name])
+        values = _bound(compiled, params)
         try:
             proxied = engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:  # as Connection() wraps it: "database down"
@@ -104,16 +98,99 @@ class LoneStatement:
             raw = _execute(engine, proxied, compiled, values, fetch=fetch)
         finally:
             proxied.close()
-        if not raw:
-            return []
-        make, results = compiled.row._make, compiled.results
-        return [
-            make(
-                value if process is None else process(value)
-                for value, process in zip(one, results, strict=True)
-            )
-            for one in raw
-        ]
+        return _rows(compiled, raw)
+
+    def each(self, engine: Engine, params_seq: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """The statement once for each set of values, all in one transaction and one COMMIT
+        (grouped ends: worker/ends.py); each run's first RETURNING row, or None. An error before
+        the COMMIT was sent is `NotWritten` (rolled back: nothing of it written); an error of
+        the COMMIT itself is raised as it is, as an autocommit statement's would be: whether it
+        was written is then unknown."""
+        if not _direct(engine):
+            return self._each_through_sqlalchemy(engine, params_seq)
+        dialect = engine.dialect
+        compiled = self.compiled(dialect)
+        error, cursor = dialect.loaded_dbapi.Error, None
+        try:
+            values_seq = [_bound(compiled, params) for params in params_seq]
+            proxied = engine.raw_connection()
+        except error as exc:
+            raise NotWritten() from _wrapped(engine, None, exc, compiled.sql, {})
+        except ArgumentError as exc:
+            raise NotWritten() from exc
+        dbapi = proxied.dbapi_connection
+        try:
+            try:
+                cursor = dbapi.cursor()  # lent out of autocommit: the first statement BEGINs
+                cursor.executemany(compiled.sql, values_seq, returning=True)  # one pipeline
+                raw = [cursor.fetchone() for _ in cursor.results()]
+                if compiled.results is None and any(raw):
+                    compiled.results = _result_processors(compiled, dialect, cursor)
+            except error as exc:
+                wrapped = _wrapped(engine, proxied, exc, compiled.sql, values_seq, cursor)
+                _roll_back(proxied)
+                raise NotWritten() from wrapped
+            try:
+                dbapi.commit()
+            except error as exc:
+                raise _wrapped(engine, proxied, exc, "COMMIT", {}) from exc
+        finally:
+            if cursor is not None:
+                cursor.close()
+            proxied.close()
+        return [None if one is None else _rows(compiled, [one])[0] for one in raw]
+
+    def _each_through_sqlalchemy(
+        self, engine: Engine, params_seq: Sequence[Mapping[str, Any]]
+    ) -> list[Any]:
+        with engine.connect() as conn:  # closing it rolls back a transaction left open
+            try:
+                conn.begin()
+                rows = [conn.execute(self.statement, params).first() for params in params_seq]
+            except (DBAPIError, ArgumentError) as exc:
+                raise NotWritten() from exc
+            conn.commit()
+        return rows
+
+
+class NotWritten(Exception):
+    """Statements meant as one transaction failed before their COMMIT (the cause says why):
+    rolled back, nothing of them written, each can be run again on its own."""
+
+
+def _bound(compiled: _Compiled, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a call binds, processed as SQLAlchemy would, with the statement's constants."""
+    if not compiled.required <= params.keys():
+        missing = ", ".join(sorted(compiled.required - params.keys()))
+        raise ArgumentError(f"a value is required for bind parameters {missing}")
+    values = compiled.constants | dict(params)  # the constants processed once, at compile
+    for name in params:
+        if (process := compiled.binds.get(name)) is not None:
+            values[name] = process(values[name])
+    return values
+
+
+def _rows(compiled: _Compiled, raw: list[Any]) -> list[Any]:
+    """psycopg's tuples as rows by column name, through the columns' result processors."""
+    if not raw:
+        return []
+    make, results = compiled.row._make, compiled.results
+    return [
+        make(
+            value if process is None else process(value)
+            for value, process in zip(one, results, strict=True)
+        )
+        for one in raw
+    ]
+
+
+def _roll_back(proxied: Any) -> None:
+    """Roll back a failed transaction; a connection that cannot is not lent again."""
+    if proxied.is_valid:
+        try:
+            proxied.dbapi_connection.rollback()
+        except Exception as exc:  # the server rolls back what a closed connection left
+            proxied.invalidate(exc)
 
 
 def _execute(

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import redis
+import sqlalchemy as sa
 
 from models.catalogue import get_catalogue
 from models.db import get_engine, session_scope
@@ -250,3 +251,20 @@ def text_of(events: list) -> str:
         elif event.event == "delta":
             text += event.json()["text"]
     return text
+
+
+def row_as_text(engine, table: str, column: str, value: str) -> list[str]:
+    """Each matching row as PostgreSQL prints it (SQL NULL and JSON null differ), without the
+    columns that differ by construction (ids, keys, tokens, clocks)."""
+    differ = {"id", "key_id", "job_id", "claim_token", "worker"}
+    with engine.connect() as conn:
+        names = [
+            c["name"]
+            for c in sa.inspect(conn).get_columns(table)
+            if c["name"] not in differ and not str(c["type"]).startswith("TIMESTAMP")
+        ]
+        listed = ", ".join(f"{n}::text" for n in names)
+        rows = conn.execute(
+            sa.text(f"SELECT {listed} FROM {table} WHERE {column} = :v ORDER BY 1"), {"v": value}
+        ).all()
+    return [dict(zip(names, row, strict=True)) for row in rows]

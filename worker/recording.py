@@ -29,6 +29,7 @@ from models.lone import LoneStatement
 from models.pricing import Usage, cost_of
 from models.webhooks import open_delivery
 from worker import metrics
+from worker.ends import EndGroups
 from worker.providers.base import ImageResult, TextResult
 
 #: attempt outcomes beyond succeeded / retryable_error / failed
@@ -53,6 +54,8 @@ class Call:
     spec: ModelSpec
     worker: str
     provider: str
+    #: whose key pays (grouped ends take the keys' rows in its order: worker/ends.py)
+    key_id: str = ""
     started_at: datetime = field(default_factory=utcnow)
     clock: float = field(default_factory=time.perf_counter)
 
@@ -216,6 +219,7 @@ def record_output(
     reserved: Decimal,
     said: list[dict] | None = None,
     webhook: bool = True,
+    ends: EndGroups | None = None,
 ) -> JobEnd:
     """The successful attempt, its output and the job's end: one transaction.
 
@@ -229,14 +233,15 @@ def record_output(
     stores them and the reply as the conversation's turns, in the same transaction; a webhook
     job opens its delivery there too (published once committed: models/webhooks.py); other
     jobs run no extra statement. A text job without turns or a webhook (`webhook`: whether the
-    job has one, as claimed) ends on PostgreSQL in that one statement alone (`_end_alone`).
+    job has one, as claimed) ends on PostgreSQL in that one statement alone (`_end_alone`),
+    grouped with the ends other threads write at the same time when `ends` is given.
     """
     values = _end_values(call, attempt, result, status)
     end = None
     if engine.dialect.name == "postgresql":
         values |= _attempt_values(attempt, reserved)
         if isinstance(result, TextResult) and said is None and not webhook:
-            end = _end_alone(values, engine, call)
+            end = _end_alone(values, engine, call, ends)
     if end is None:
         end = _end_in_transaction(engine, call, attempt, result, values, reserved, said)
     metrics.record_job_end(kind=end.kind, model=end.model, status=end.status)
@@ -273,12 +278,18 @@ def _end_in_transaction(
         return end
 
 
-def _end_alone(values: dict, engine: Engine, call: Call) -> JobEnd | None:
+def end_groups(engine: Engine) -> EndGroups:
+    """A worker process's grouped ends of plain text jobs (worker/ends.py)."""
+    return EndGroups(engine, _SUCCEED_ALONE)
+
+
+def _end_alone(values: dict, engine: Engine, call: Call, ends: EndGroups | None) -> JobEnd | None:
     """A text job's end that is one statement and nothing else, in autocommit: atomic alone and
     as durable (it commits before it returns), without the BEGIN and COMMIT round trips; None
     when its guard failed (nothing written: a cancel, a lost claim, or turns or a webhook to
-    write after all), for the transaction to take over."""
-    ended = _SUCCEED_ALONE.first(engine, values)
+    write after all), for the transaction to take over. With `ends`, it may be one of several
+    threads' ends written in one transaction, as durable (each returns after their COMMIT)."""
+    ended = ends.end(values, call.key_id) if ends else _SUCCEED_ALONE.first(engine, values)
     return None if ended is None else JobEnd.of(ended, call)
 
 

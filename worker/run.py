@@ -37,6 +37,8 @@ class Run:
 
     job_id: str
     token: str
+    #: whose key pays (from the claim)
+    key_id: str
     kind: str
     worker: str
     request: JobCreate

@@ -37,6 +37,7 @@ from models.schemas import JobCreate
 from models.tokens import count_request
 from worker import metrics
 from worker.claims import ClaimGroups
+from worker.ends import EndGroups
 from worker.flights import end_followers
 from worker.health import LocalHealth, ModelHealth
 from worker.lease import LeaseKeeper
@@ -47,6 +48,7 @@ from worker.ratelimit import Limiter, NoLimiter
 from worker.recording import (
     Call,
     ClaimLost,
+    end_groups,
     finish_owned,
     record,
     record_orphan,
@@ -81,6 +83,8 @@ class Runner:
     leases: LeaseKeeper | None = None
     #: this process's claims, grouped when its threads claim at once (worker/claims.py)
     claims: ClaimGroups | None = None
+    #: this process's ends of plain text jobs, grouped the same way (worker/ends.py)
+    ends: EndGroups | None = None
     #: told (batch id, kind) when a batch's job ended (worker/batches.py); plain jobs never call it
     batch_job_ended: Callable[[str, str], None] | None = None
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
@@ -90,6 +94,7 @@ class Runner:
     def __post_init__(self) -> None:
         self.leases = self.leases or LeaseKeeper(self.engine, lease_s=self.lease_s)
         self.claims = self.claims or ClaimGroups(self.engine, lease_s=self.lease_s)
+        self.ends = self.ends or end_groups(self.engine)
         self.moderator = Moderator.of(self)
         self.streaming = self.streaming or Streaming(provider=self.provider, engine=self.engine)
 
@@ -166,6 +171,7 @@ class Runner:
             counts=self._counts(job),
             job_id=job.id,
             token=token,
+            key_id=job.key_id,
             kind=job.kind,
             worker=worker,
             request=request,
@@ -286,6 +292,7 @@ class Runner:
         call = Call(
             job_id=run.job_id,
             token=run.token,
+            key_id=run.key_id,
             number=run.number,
             spec=spec,
             worker=run.worker,
@@ -389,6 +396,7 @@ class Runner:
                 reserved=run.reserved_usd,
                 said=said,
                 webhook=run.webhook,
+                ends=self.ends,
             )
         except ClaimLost:
             record_orphan(self.engine, attempt)

@@ -8,37 +8,16 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from models.catalogue import get_catalogue
 from models.db import make_engine, session_scope
 from models.jobs import Job, claim, store_job_alone
 from models.keys import ApiKey, create_key
 from models.lone import LoneStatement
-from models.migrate import upgrade
 from models.pricing import Usage
-from tests.conftest import _postgres_database
-from tests.helpers import FakeProvider, text_job_row
+from tests.helpers import FakeProvider, row_as_text, text_job_row
 from worker.retry import RetryPolicy
 from worker.runner import Runner
-
-
-@pytest.fixture
-def pg_url():
-    for url in _postgres_database():
-        upgrade(url)
-        yield url
-
-
-@pytest.fixture
-def engines(pg_url):
-    """(direct, through SQLAlchemy): the same database; a cursor listener makes the second
-    take SQLAlchemy's execution, as tracing would."""
-    direct, watched = make_engine(pg_url), make_engine(pg_url)
-    event.listen(watched, "before_cursor_execute", lambda *args: None)
-    yield direct, watched
-    direct.dispose()
-    watched.dispose()
 
 
 @pytest.fixture
@@ -65,23 +44,6 @@ def _job(engine, name: str) -> str:
     return job.id
 
 
-def _as_text(engine, table: str, column: str, value: str) -> list[str]:
-    """Each matching row as PostgreSQL prints it (SQL NULL and JSON null differ), without the
-    columns that differ by construction (ids, keys, tokens, clocks)."""
-    differ = {"id", "key_id", "job_id", "claim_token", "worker"}
-    with engine.connect() as conn:
-        names = [
-            c["name"]
-            for c in sa.inspect(conn).get_columns(table)
-            if c["name"] not in differ and not str(c["type"]).startswith("TIMESTAMP")
-        ]
-        listed = ", ".join(f"{n}::text" for n in names)
-        rows = conn.execute(
-            sa.text(f"SELECT {listed} FROM {table} WHERE {column} = :v ORDER BY 1"), {"v": value}
-        ).all()
-    return [dict(zip(names, row, strict=True)) for row in rows]
-
-
 def _runner(engine) -> Runner:
     return Runner(
         engine=engine,
@@ -91,16 +53,16 @@ def _runner(engine) -> Runner:
     )
 
 
-def test_a_plain_job_straight_on_psycopg_writes_what_sqlalchemy_writes(engines, direct_runs):
-    direct, watched = engines
+def test_a_plain_job_straight_on_psycopg_writes_what_sqlalchemy_writes(pg_engines, direct_runs):
+    direct, watched = pg_engines
     fast, slow = _job(direct, "direct"), _job(watched, "watched")
     assert _runner(direct).run(fast, worker="w") == "succeeded"
     assert direct_runs == ["UPDATE", "WITH"]  # the claim and the end, nothing else
     assert _runner(watched).run(slow, worker="w") == "succeeded"
     assert direct_runs == ["UPDATE", "WITH"]  # a listened-to engine went through SQLAlchemy
 
-    assert _as_text(direct, "jobs", "id", fast) == _as_text(direct, "jobs", "id", slow)
-    assert _as_text(direct, "attempts", "job_id", fast) == _as_text(
+    assert row_as_text(direct, "jobs", "id", fast) == row_as_text(direct, "jobs", "id", slow)
+    assert row_as_text(direct, "attempts", "job_id", fast) == row_as_text(
         direct, "attempts", "job_id", slow
     )
     with session_scope(direct) as session:
@@ -112,13 +74,13 @@ def test_a_plain_job_straight_on_psycopg_writes_what_sqlalchemy_writes(engines, 
         assert keys[0].spent_usd > 0
 
 
-def test_the_claim_row_is_the_one_sqlalchemy_returns(engines, direct_runs):
-    direct, watched = engines
+def test_the_claim_row_is_the_one_sqlalchemy_returns(pg_engines, direct_runs):
+    direct, watched = pg_engines
     fast, slow = _job(direct, "direct"), _job(watched, "watched")
     ours = claim(direct, job_id=fast, worker="w", lease_s=60)
     theirs = claim(watched, job_id=slow, worker="w", lease_s=60)
     assert direct_runs == ["UPDATE"]
-    differ = {"id", "claim_token", "deadline_at"}
+    differ = {"id", "claim_token", "key_id", "deadline_at"}
     assert ours._fields == tuple(theirs._fields)
     for name in ours._fields:
         mine, other = getattr(ours, name), getattr(theirs, name)
@@ -129,8 +91,8 @@ def test_the_claim_row_is_the_one_sqlalchemy_returns(engines, direct_runs):
     assert claim(direct, job_id=fast, worker="w", lease_s=60) is None  # already running
 
 
-def test_a_stored_job_is_the_row_sqlalchemy_stores(engines, direct_runs):
-    direct, watched = engines
+def test_a_stored_job_is_the_row_sqlalchemy_stores(pg_engines, direct_runs):
+    direct, watched = pg_engines
     with session_scope(direct) as session:
         key, _ = create_key(session, name="store")
     made = {
@@ -145,7 +107,7 @@ def test_a_stored_job_is_the_row_sqlalchemy_stores(engines, direct_runs):
     store_job_alone(direct, fast)
     store_job_alone(watched, slow)
     assert direct_runs == ["INSERT"]
-    assert _as_text(direct, "jobs", "id", fast.id) == _as_text(direct, "jobs", "id", slow.id)
+    assert row_as_text(direct, "jobs", "id", fast.id) == row_as_text(direct, "jobs", "id", slow.id)
 
 
 def test_an_error_is_sqlalchemys_and_the_connection_comes_back_as_lent(pg_url, direct_runs):

@@ -118,7 +118,7 @@ def test_claims_arriving_during_a_claim_are_made_by_one_statement():
     assert len(statement.calls) == 2 and sorted(statement.calls[1][1]) == sorted(later)
     assert {i: row.id for i, row in result.items()} == dict(enumerate(later))
     assert {row.claim_token for row in result.values()} == {"token-2"}
-    assert not groups._claiming and not groups._waiting
+    assert not groups._busy and not groups._waiting
 
 
 def test_a_group_is_at_most_max_group_jobs_and_never_mixes_worker_names():
@@ -151,7 +151,7 @@ def test_an_error_reaches_every_thread_of_its_group_and_the_next_group_still_run
         assert sorted(row.id for row in result.values()) == ["a", "b"]
     else:
         assert first == Row("first", "token-1")
-    assert not groups._claiming and not groups._waiting
+    assert not groups._busy and not groups._waiting
     assert groups.claim("c", "w") == Row("c", f"token-{len(statement.calls)}")  # not stuck
 
 
